@@ -1,0 +1,18 @@
+//! MiniGPT-4 in Rust: a frozen vision encoder and adapter feed one trained linear projection
+//! whose output is a soft prompt for a frozen LLaMA-family decoder.
+
+pub mod adapter;
+pub mod error;
+pub mod eva_vit;
+pub mod generate;
+pub mod image;
+pub mod llama;
+pub mod minigpt4;
+pub mod names;
+pub mod projector;
+pub mod qformer;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};
