@@ -1,1 +1,284 @@
-//! TODO
+//! EVA ViT-g/14 as used by BLIP-2 and MiniGPT-4 (DESIGN §1.3), with Hugging Face `Blip2Vision*`
+//! tensor names. Configurable sizes so tiny test models run through the same code.
+//!
+//! The output is the last block's tokens *before* any final norm; `ln_vision` (HF's
+//! `post_layernorm`) belongs to the caller, because its epsilon and whether its weights exist
+//! depend on the checkpoint family, not on the encoder.
+
+use candle_core::{Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::weights::Scope;
+
+/// Mirrors Hugging Face's `Blip2VisionConfig` (defaults: EVA ViT-g/14 at 224 px, 39 blocks).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvaVitConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub layer_norm_eps: f64,
+    pub qkv_bias: bool,
+    pub hidden_act: String,
+}
+
+impl Default for EvaVitConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 1408,
+            intermediate_size: 6144,
+            num_hidden_layers: 39,
+            num_attention_heads: 16,
+            image_size: 224,
+            patch_size: 14,
+            layer_norm_eps: 1e-6,
+            qkv_bias: true,
+            hidden_act: "gelu".into(),
+        }
+    }
+}
+
+impl EvaVitConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::Config(format!(
+                "vision hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+            return Err(Error::Config(format!(
+                "vision image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        if self.hidden_act != "gelu" {
+            return Err(Error::Config(format!("vision hidden_act `{}` is not supported (gelu)", self.hidden_act)));
+        }
+        Ok(())
+    }
+}
+
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn load(cfg: &EvaVitConfig, w: &Scope) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let weight = w.get("qkv.weight", &[3 * d, d])?;
+        // Published checkpoints keep q and v biases apart (k has none); recent transformers save
+        // them fused as one `qkv.bias` with zeros in the k slot. Both become the same bias.
+        let bias = if !cfg.qkv_bias {
+            None
+        } else if w.contains("q_bias") {
+            let q = w.get("q_bias", &[d])?;
+            let v = w.get("v_bias", &[d])?;
+            Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
+        } else {
+            Some(w.get("qkv.bias", &[3 * d])?)
+        };
+        Ok(Self {
+            qkv: Linear::new(weight, bias),
+            proj: w.pp("projection").linear(d, d, true)?,
+            heads: cfg.num_attention_heads,
+            scale: (cfg.head_dim() as f64).powf(-0.5),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let hd = d / self.heads;
+        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
+        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        Ok(self.proj.forward(&out)?)
+    }
+}
+
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Block {
+    fn load(cfg: &EvaVitConfig, w: &Scope) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            norm1: w.pp("layer_norm1").layer_norm(d, eps)?,
+            attn: Attention::load(cfg, &w.pp("self_attn"))?,
+            norm2: w.pp("layer_norm2").layer_norm(d, eps)?,
+            fc1: w.pp("mlp.fc1").linear(d, cfg.intermediate_size, true)?,
+            fc2: w.pp("mlp.fc2").linear(cfg.intermediate_size, d, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
+        Ok((x + h)?)
+    }
+}
+
+pub struct EvaVit {
+    /// Patch projection as a matrix [hidden, 3·p·p]: a stride-p convolution is exactly a matmul
+    /// over non-overlapping patches, and the matmul is much faster on CPU.
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    blocks: Vec<Block>,
+    cfg: EvaVitConfig,
+    image_size: usize,
+}
+
+impl EvaVit {
+    /// Loads from `vision_model.*`-style names (pass `weights.pp("vision_model")`).
+    /// `image_size` may differ from the checkpoint's: the position embeddings are then resized
+    /// bicubically, as LAVIS and transformers do.
+    pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &Scope) -> Result<Self> {
+        cfg.validate()?;
+        if image_size == 0 || image_size % cfg.patch_size != 0 {
+            return Err(Error::Config(format!("image size {image_size} is not a multiple of patch size {}", cfg.patch_size)));
+        }
+        let (d, p) = (cfg.hidden_size, cfg.patch_size);
+        let emb = w.pp("embeddings");
+        let conv = emb.get("patch_embedding.weight", &[d, 3, p, p])?;
+        let grid = cfg.image_size / p;
+        let mut pos = emb.get("position_embedding", &[1, grid * grid + 1, d])?;
+        let new_grid = image_size / p;
+        if new_grid != grid {
+            pos = interpolate_pos_embed(&pos, grid, new_grid)?;
+        }
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(cfg, &w.pp("encoder.layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_weight: conv.reshape((d, 3 * p * p))?.t()?.contiguous()?,
+            patch_bias: emb.get("patch_embedding.bias", &[d])?,
+            class_embedding: emb.get("class_embedding", &[1, 1, d])?,
+            position_embedding: pos,
+            blocks,
+            cfg: cfg.clone(),
+            image_size,
+        })
+    }
+
+    pub fn config(&self) -> &EvaVitConfig {
+        &self.cfg
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// Number of output tokens (patches + CLS).
+    pub fn num_tokens(&self) -> usize {
+        let g = self.image_size / self.cfg.patch_size;
+        g * g + 1
+    }
+
+    /// `pixels` [B, 3, S, S] → tokens [B, 1 + (S/p)², hidden], no final norm.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        if c != 3 || h != self.image_size || w != self.image_size {
+            return Err(Error::Config(format!(
+                "vision encoder expects [B, 3, {s}, {s}] pixels, got {:?}",
+                pixels.dims(),
+                s = self.image_size
+            )));
+        }
+        let p = self.cfg.patch_size;
+        let g = self.image_size / p;
+        let patches = pixels
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, g * g, 3 * p * p))?;
+        let x = patches.broadcast_matmul(&self.patch_weight)?.broadcast_add(&self.patch_bias)?;
+        let cls = self.class_embedding.broadcast_as((b, 1, self.cfg.hidden_size))?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Resizes the patch part of a [1, 1 + g², D] position embedding to a `new_g` grid with
+/// `F.interpolate(mode="bicubic", align_corners=False)` semantics; the CLS entry is kept.
+pub fn interpolate_pos_embed(pos: &Tensor, g: usize, new_g: usize) -> Result<Tensor> {
+    let d = pos.dim(D::Minus1)?;
+    let cls = pos.narrow(1, 0, 1)?;
+    let grid = pos.narrow(1, 1, g * g)?.reshape((g, g, d))?.to_dtype(candle_core::DType::F32)?;
+    let data: Vec<f32> = grid.flatten_all()?.to_vec1()?;
+    let scale = g as f64 / new_g as f64;
+    let resized = bicubic_resize_grid(&data, g, g, d, new_g, new_g, scale, scale);
+    let patch = Tensor::from_vec(resized, (1, new_g * new_g, d), pos.device())?.to_dtype(pos.dtype())?;
+    Ok(Tensor::cat(&[&cls, &patch], 1)?)
+}
+
+/// Bicubic resampling of an [h, w, c] grid like PyTorch's `upsample_bicubic2d` with
+/// `align_corners=False` (A = −0.75, half-pixel centres, borders clamped). `scale_*` is the
+/// source step per output pixel: in/out when a size is given, 1/scale_factor when a factor is.
+#[allow(clippy::too_many_arguments)]
+pub fn bicubic_resize_grid(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    out_h: usize,
+    out_w: usize,
+    scale_h: f64,
+    scale_w: f64,
+) -> Vec<f32> {
+    fn taps(out: usize, len: usize, scale: f64) -> Vec<([usize; 4], [f32; 4])> {
+        const A: f64 = -0.75;
+        let cubic1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+        let cubic2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+        (0..out)
+            .map(|o| {
+                // PyTorch computes these in the tensor's precision; f32 keeps us bit-close.
+                let src = ((o as f32 + 0.5) * scale as f32 - 0.5) as f64;
+                let i0 = src.floor();
+                let t = src - i0;
+                let wts = [cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2(2.0 - t)];
+                let idx = [-1i64, 0, 1, 2].map(|k| (i0 as i64 + k).clamp(0, len as i64 - 1) as usize);
+                (idx, wts.map(|x| x as f32))
+            })
+            .collect()
+    }
+    let ty = taps(out_h, h, scale_h);
+    let tx = taps(out_w, w, scale_w);
+    let mut out = vec![0f32; out_h * out_w * c];
+    for (oy, (iy, wy)) in ty.iter().enumerate() {
+        for (ox, (ix, wx)) in tx.iter().enumerate() {
+            let dst = &mut out[(oy * out_w + ox) * c..][..c];
+            for (a, &yy) in iy.iter().enumerate() {
+                // Rows first, then columns, as PyTorch's kernel does.
+                for ch in 0..c {
+                    let row = (0..4).map(|b| src[(yy * w + ix[b]) * c + ch] * wx[b]).sum::<f32>();
+                    dst[ch] += row * wy[a];
+                }
+            }
+        }
+    }
+    out
+}

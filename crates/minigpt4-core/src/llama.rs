@@ -1,1 +1,589 @@
-//! TODO
+//! A LLaMA-family decoder (Vicuna, Llama-2, SmolLM2): RMSNorm, RoPE, SwiGLU, grouped-query
+//! attention, tied or untied head, KV cache. Loads Hugging Face safetensors or GGUF (quantized
+//! blocks stay quantized for inference).
+//!
+//! Two forward modes share one code path. Inference uses candle's fused kernels. Training
+//! (`Mode::Differentiable`) swaps in ops that have a backward pass, because candle's fused
+//! `rms_norm`, `softmax_last_dim`, `rope*` and quantized matmul silently drop gradients; with
+//! it, gradients reach the input embeddings while the weights (plain tensors, never `Var`s)
+//! get none.
+
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::names;
+use crate::weights::Scope;
+
+/// Mirrors the fields of a Hugging Face `LlamaConfig` (`config.json`) that inference needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<EosIds>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+/// `eos_token_id` is an int or a list of ints in published configs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EosIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            None => vec![],
+            Some(EosIds::One(id)) => vec![*id],
+            Some(EosIds::Many(ids)) => ids.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let (h, kv) = (self.num_attention_heads, self.num_kv_heads());
+        if h == 0 || kv == 0 || h % kv != 0 {
+            return Err(Error::Config(format!("{h} attention heads cannot be grouped over {kv} key/value heads")));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(Error::Config("RoPE needs an even head_dim".into()));
+        }
+        if self.hidden_act != "silu" {
+            return Err(Error::Config(format!("hidden_act `{}` is not supported (silu)", self.hidden_act)));
+        }
+        match &self.rope_scaling {
+            None | Some(serde_json::Value::Null) => Ok(()),
+            Some(s) => Err(Error::Config(format!("rope_scaling {s} is not supported"))),
+        }
+    }
+
+    /// Reads the `llama.*` (or `{general.architecture}.*`) metadata of a GGUF file.
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
+        let md = |key: &str| ct.metadata.get(key);
+        let arch = md("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or("llama".into());
+        let get = |key: &str| {
+            md(&format!("{arch}.{key}")).ok_or_else(|| Error::Config(format!("GGUF metadata `{arch}.{key}` is missing")))
+        };
+        let int = |key: &str| -> Result<usize> {
+            let v = get(key)?;
+            v.to_u32()
+                .map(|x| x as usize)
+                .or_else(|_| v.to_u64().map(|x| x as usize))
+                .map_err(|e| Error::Config(format!("GGUF `{arch}.{key}`: {e}")))
+        };
+        let float = |key: &str, default: f64| -> Result<f64> {
+            match md(&format!("{arch}.{key}")) {
+                None => Ok(default),
+                Some(v) => v.to_f32().map(f64::from).map_err(|e| Error::Config(format!("GGUF `{arch}.{key}`: {e}"))),
+            }
+        };
+        let embd = ct
+            .tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| Error::Config("GGUF has no token_embd.weight".into()))?;
+        let heads = int("attention.head_count")?;
+        let hidden = int("embedding_length")?;
+        let id = |key: &str| md(key).and_then(|v| v.to_u32().ok());
+        Ok(Self {
+            vocab_size: embd.shape.dims()[0],
+            hidden_size: hidden,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(int("attention.head_count_kv").unwrap_or(heads)),
+            head_dim: int("attention.key_length").ok(),
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)?,
+            rope_theta: float("rope.freq_base", 10_000.0)?,
+            max_position_embeddings: int("context_length").unwrap_or(2048),
+            tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
+            bos_token_id: id("tokenizer.ggml.bos_token_id"),
+            eos_token_id: id("tokenizer.ggml.eos_token_id").map(EosIds::One),
+            rope_scaling: None,
+            hidden_act: "silu".into(),
+        })
+    }
+}
+
+/// Whether a forward pass must be differentiable with respect to its input embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Inference,
+    Differentiable,
+}
+
+/// A weight matrix [out, in], dense or in GGUF quantized blocks.
+#[derive(Clone)]
+enum Weight {
+    Dense(candle_nn::Linear),
+    Quantized(QMatMul),
+}
+
+impl Weight {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match self {
+            Weight::Dense(l) => Ok(l.forward(x)?),
+            Weight::Quantized(_) if mode == Mode::Differentiable => Err(Error::Config(
+                "quantized weights have no backward pass; load the model with `into_dense()` for training".into(),
+            )),
+            Weight::Quantized(q) => Ok(q.forward(x)?),
+        }
+    }
+
+    fn to_dense(&self, dtype: DType) -> Result<Weight> {
+        Ok(match self {
+            Weight::Dense(_) => self.clone(),
+            Weight::Quantized(QMatMul::QTensor(q)) => {
+                Weight::Dense(candle_nn::Linear::new(q.dequantize(&q.device())?.to_dtype(dtype)?, None))
+            }
+            Weight::Quantized(QMatMul::Tensor(t)) | Weight::Quantized(QMatMul::TensorF16(t)) => {
+                Weight::Dense(candle_nn::Linear::new(t.to_dtype(dtype)?, None))
+            }
+        })
+    }
+
+    fn is_quantized(&self) -> bool {
+        matches!(self, Weight::Quantized(QMatMul::QTensor(_)))
+    }
+}
+
+/// Where the decoder's tensors come from; both sides answer in Hugging Face names.
+enum Source<'a> {
+    Hf(&'a Scope<'a>),
+    Gguf { ct: &'a gguf_file::Content, file: &'a mut std::fs::File, path: &'a Path, device: &'a Device, hf_to_gguf: std::collections::HashMap<String, String> },
+}
+
+impl Source<'_> {
+    fn qtensor(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
+        let Source::Gguf { ct, file, path, device, hf_to_gguf } = self else { unreachable!("GGUF only") };
+        let file_name = path.display().to_string();
+        let gname = hf_to_gguf
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), file: file_name.clone() })?;
+        let q = ct
+            .tensor(*file, gname, device)
+            .map_err(|e| Error::BadCheckpoint { file: file_name.clone(), msg: format!("reading `{gname}`: {e}") })?;
+        if q.shape().dims() != shape {
+            return Err(Error::ShapeMismatch {
+                name: gname.clone(),
+                file: file_name,
+                expected: shape.to_vec(),
+                actual: q.shape().dims().to_vec(),
+            });
+        }
+        Ok(q)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Source::Hf(w) => w.contains(name),
+            Source::Gguf { hf_to_gguf, .. } => hf_to_gguf.contains_key(name),
+        }
+    }
+
+    /// A plain tensor (norm weights, embeddings), dequantized if need be.
+    fn dense(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        match self {
+            Source::Hf(w) => w.get(name, shape),
+            Source::Gguf { device, .. } => {
+                let device = (*device).clone();
+                Ok(self.qtensor(name, shape)?.dequantize(&device)?.to_dtype(dtype)?)
+            }
+        }
+    }
+
+    fn weight(&mut self, name: &str, out_dim: usize, in_dim: usize, dtype: DType) -> Result<Weight> {
+        match self {
+            Source::Hf(w) => Ok(Weight::Dense(candle_nn::Linear::new(w.get(name, &[out_dim, in_dim])?, None))),
+            Source::Gguf { device, .. } => {
+                let device = (*device).clone();
+                let q = self.qtensor(name, &[out_dim, in_dim])?;
+                if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                    let t = q.dequantize(&device)?.to_dtype(dtype)?;
+                    Ok(Weight::Dense(candle_nn::Linear::new(t, None)))
+                } else {
+                    Ok(Weight::Quantized(QMatMul::from_qtensor(q)?))
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Attention {
+    q: Weight,
+    k: Weight,
+    v: Weight,
+    o: Weight,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+#[derive(Clone)]
+struct Mlp {
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+}
+
+#[derive(Clone)]
+struct Block {
+    input_norm: Tensor,
+    attn: Attention,
+    post_attn_norm: Tensor,
+    mlp: Mlp,
+}
+
+/// Per-layer keys and values of the positions seen so far. Cloning is cheap (tensors are
+/// reference-counted), which is what beam search needs.
+#[derive(Clone, Debug)]
+pub struct LlamaCache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    pos: usize,
+}
+
+impl LlamaCache {
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+}
+
+#[derive(Clone)]
+pub struct Llama {
+    embed_tokens: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Weight,
+    cos: Tensor,
+    sin: Tensor,
+    /// GGUF files store q/k rows permuted for llama.cpp's interleaved (pairwise) rotation;
+    /// rotating pairs on those rows equals Hugging Face's half-split rotation on the original
+    /// rows, so we keep the file's layout and pick the matching rotation.
+    interleaved_rope: bool,
+    cfg: LlamaConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl Llama {
+    /// Loads `LlamaForCausalLM` names (`model.embed_tokens.weight`, `model.layers.{i}.…`,
+    /// `model.norm.weight`, `lm_head.weight`) from a checkpoint's root scope.
+    pub fn load(cfg: &LlamaConfig, w: &Scope) -> Result<Self> {
+        let dtype = w.weights().dtype();
+        Self::build(cfg, &mut Source::Hf(w), w.device(), dtype, false)
+    }
+
+    /// Loads a GGUF file: config and tensors; quantized matrices stay quantized.
+    pub fn load_gguf(path: &Path, device: &Device) -> Result<(Self, gguf_file::Content)> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let ct = gguf_file::Content::read(&mut file)
+            .map_err(|e| Error::BadCheckpoint { file: path.display().to_string(), msg: e.to_string() })?;
+        let cfg = LlamaConfig::from_gguf(&ct)?;
+        let hf_to_gguf = ct.tensor_infos.keys().filter_map(|g| names::gguf_to_hf(g).map(|h| (h, g.clone()))).collect();
+        let mut src = Source::Gguf { ct: &ct, file: &mut file, path, device, hf_to_gguf };
+        let model = Self::build(&cfg, &mut src, device, DType::F32, true)?;
+        Ok((model, ct))
+    }
+
+    fn build(cfg: &LlamaConfig, src: &mut Source, device: &Device, dtype: DType, interleaved_rope: bool) -> Result<Self> {
+        cfg.validate()?;
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_kv_heads());
+        let embed_tokens = src.dense("model.embed_tokens.weight", &[cfg.vocab_size, d], dtype)?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            blocks.push(Block {
+                input_norm: src.dense(&p("input_layernorm.weight"), &[d], dtype)?,
+                attn: Attention {
+                    q: src.weight(&p("self_attn.q_proj.weight"), heads * hd, d, dtype)?,
+                    k: src.weight(&p("self_attn.k_proj.weight"), kv_heads * hd, d, dtype)?,
+                    v: src.weight(&p("self_attn.v_proj.weight"), kv_heads * hd, d, dtype)?,
+                    o: src.weight(&p("self_attn.o_proj.weight"), d, heads * hd, dtype)?,
+                    heads,
+                    kv_heads,
+                    head_dim: hd,
+                },
+                post_attn_norm: src.dense(&p("post_attention_layernorm.weight"), &[d], dtype)?,
+                mlp: Mlp {
+                    gate: src.weight(&p("mlp.gate_proj.weight"), cfg.intermediate_size, d, dtype)?,
+                    up: src.weight(&p("mlp.up_proj.weight"), cfg.intermediate_size, d, dtype)?,
+                    down: src.weight(&p("mlp.down_proj.weight"), d, cfg.intermediate_size, dtype)?,
+                },
+            });
+        }
+        let norm = src.dense("model.norm.weight", &[d], dtype)?;
+        let lm_head = if src.contains("lm_head.weight") {
+            src.weight("lm_head.weight", cfg.vocab_size, d, dtype)?
+        } else if cfg.tie_word_embeddings || matches!(src, Source::Gguf { .. }) {
+            // Tied head: reuse the embedding table (still quantized when it came quantized).
+            src.weight("model.embed_tokens.weight", cfg.vocab_size, d, dtype)?
+        } else {
+            return Err(Error::MissingTensor {
+                name: "lm_head.weight".into(),
+                file: match src {
+                    Source::Hf(w) => w.weights().origin().to_string(),
+                    Source::Gguf { path, .. } => path.display().to_string(),
+                },
+            });
+        };
+        let (cos, sin) = rope_tables(cfg, device)?;
+        Ok(Self {
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            interleaved_rope,
+            cfg: cfg.clone(),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// A copy whose quantized matrices are dequantized (needed for `Mode::Differentiable`).
+    pub fn into_dense(self) -> Result<Self> {
+        let dt = self.dtype;
+        let dense = |w: &Weight| w.to_dense(dt);
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    input_norm: b.input_norm.clone(),
+                    attn: Attention {
+                        q: dense(&b.attn.q)?,
+                        k: dense(&b.attn.k)?,
+                        v: dense(&b.attn.v)?,
+                        o: dense(&b.attn.o)?,
+                        ..b.attn.clone()
+                    },
+                    post_attn_norm: b.post_attn_norm.clone(),
+                    mlp: Mlp { gate: dense(&b.mlp.gate)?, up: dense(&b.mlp.up)?, down: dense(&b.mlp.down)? },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { lm_head: dense(&self.lm_head)?, blocks, ..self })
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.lm_head.is_quantized() || self.blocks.iter().any(|b| b.attn.q.is_quantized() || b.mlp.up.is_quantized())
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    pub fn new_cache(&self) -> LlamaCache {
+        LlamaCache { kv: vec![None; self.blocks.len()], pos: 0 }
+    }
+
+    /// Token embeddings [1, T, D]. Ids outside the vocabulary are an error, not a panic.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            return Err(Error::Generation(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
+        }
+        let ids = Tensor::new(ids, &self.device)?;
+        Ok(self.embed_tokens.index_select(&ids, 0)?.unsqueeze(0)?)
+    }
+
+    /// Runs `embeds` [1, T, D] after what `cache` holds; returns the last position's logits [V] (f32).
+    pub fn forward_last(&self, embeds: &Tensor, cache: &mut LlamaCache) -> Result<Tensor> {
+        let h = self.hidden(embeds, Some(cache), Mode::Inference)?;
+        let t = h.dim(1)?;
+        let logits = self.lm_head.forward(&h.narrow(1, t - 1, 1)?, Mode::Inference)?;
+        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+    }
+
+    /// Logits for every position [B, T, V], with no cache (parity tests, training).
+    pub fn forward_all(&self, embeds: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = self.hidden(embeds, None, mode)?;
+        self.lm_head.forward(&h, mode)
+    }
+
+    fn hidden(&self, embeds: &Tensor, mut cache: Option<&mut LlamaCache>, mode: Mode) -> Result<Tensor> {
+        let (_, t, d) = embeds.dims3()?;
+        if d != self.cfg.hidden_size {
+            return Err(Error::Generation(format!("input embeddings have width {d}, the LLM expects {}", self.cfg.hidden_size)));
+        }
+        let pos = cache.as_ref().map_or(0, |c| c.pos);
+        if pos + t > self.cos.dim(0)? {
+            return Err(Error::Generation(format!(
+                "sequence of {} positions exceeds the model's context of {}",
+                pos + t,
+                self.cos.dim(0)?
+            )));
+        }
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let mask = if t > 1 { Some(causal_mask(t, pos, &self.device, self.dtype)?) } else { None };
+        let eps = self.cfg.rms_norm_eps as f32;
+        let mut x = embeds.to_dtype(self.dtype)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.kv[i]);
+            let h = rms_norm(&x, &block.input_norm, eps, mode)?;
+            let h = self.attention(&block.attn, &h, &cos, &sin, mask.as_ref(), layer_cache, mode)?;
+            x = (x + h)?;
+            let h = rms_norm(&x, &block.post_attn_norm, eps, mode)?;
+            let mlp = &block.mlp;
+            let gate = mlp.gate.forward(&h, mode)?;
+            let act = (candle_nn::ops::silu(&gate)? * mlp.up.forward(&h, mode)?)?;
+            x = (x + mlp.down.forward(&act, mode)?)?;
+        }
+        if let Some(c) = cache {
+            c.pos += t;
+        }
+        rms_norm(&x, &self.norm, eps, mode)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let hd = a.head_dim;
+        let shape = |w: &Weight, heads: usize| -> Result<Tensor> {
+            Ok(w.forward(x, mode)?.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = self.rope(&shape(&a.q, a.heads)?, cos, sin, mode)?;
+        let mut k = self.rope(&shape(&a.k, a.kv_heads)?, cos, sin, mode)?;
+        let mut v = shape(&a.v, a.kv_heads)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let k = repeat_kv(k, a.heads / a.kv_heads)?;
+        let v = repeat_kv(v, a.heads / a.kv_heads)?;
+        let mut scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = match mode {
+            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, a.heads * hd))?;
+        a.o.forward(&out, mode)
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+        use candle_nn::rotary_emb as r;
+        Ok(match (self.interleaved_rope, mode) {
+            (false, Mode::Inference) => r::rope(x, cos, sin)?,
+            (false, Mode::Differentiable) => r::rope_slow(x, cos, sin)?,
+            (true, Mode::Inference) => r::rope_i(x, cos, sin)?,
+            (true, Mode::Differentiable) => r::rope_i_slow(x, cos, sin)?,
+        })
+    }
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, mode: Mode) -> Result<Tensor> {
+    Ok(match mode {
+        Mode::Inference => candle_nn::ops::rms_norm(x, w, eps)?,
+        Mode::Differentiable => candle_nn::ops::rms_norm_slow(x, w, eps)?,
+    })
+}
+
+/// cos/sin [max_pos, head_dim/2] computed in f32 as transformers does.
+fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let hd = cfg.head_dim();
+    let inv_freq: Vec<f32> =
+        (0..hd).step_by(2).map(|i| 1f32 / (cfg.rope_theta as f32).powf(i as f32 / hd as f32)).collect();
+    let n = inv_freq.len();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, n), device)?;
+    let positions = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((cfg.max_position_embeddings, 1))?;
+    let freqs = positions.matmul(&inv_freq)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+/// Additive mask [t, pos + t]: query i (at absolute position pos + i) sees keys 0..=pos + i.
+fn causal_mask(t: usize, pos: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    let total = pos + t;
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Ok(Tensor::from_vec(mask, (t, total), device)?.to_dtype(dtype)?)
+}
+
+fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n, t, hd))?.reshape((b, kv * n, t, hd))?)
+}

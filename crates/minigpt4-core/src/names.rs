@@ -1,1 +1,144 @@
-//! TODO
+//! Every rename table in one place. The model code uses Hugging Face names throughout
+//! (`vision_model.*`, `qformer.*`, `query_tokens`, `model.layers.*`); files that use other names
+//! (LAVIS/MiniGPT-4 `.pth`, llama.cpp GGUF) are read through these tables.
+
+/// LAVIS / MiniGPT-4 name → Hugging Face name. `None` means the tensor is not used by inference
+/// (the Q-Former's text branch, optimizer leftovers, the LLM copy inside a MiniGPT-4 checkpoint…).
+///
+/// Accepts the bare EVA names of `eva_vit_g.pth` as well as the `visual_encoder.`-prefixed ones.
+pub fn lavis_to_hf(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix("ln_vision.") {
+        return Some(format!("vision_model.post_layernorm.{rest}"));
+    }
+    if name == "query_tokens" || name.starts_with("llama_proj.") {
+        return Some(name.to_string());
+    }
+    if let Some(rest) = name.strip_prefix("Qformer.bert.") {
+        return qformer_to_hf(rest);
+    }
+    eva_to_hf(name.strip_prefix("visual_encoder.").unwrap_or(name))
+}
+
+fn eva_to_hf(name: &str) -> Option<String> {
+    let embed = |s: &str| Some(format!("vision_model.embeddings.{s}"));
+    match name {
+        "cls_token" => return embed("class_embedding"),
+        "pos_embed" => return embed("position_embedding"),
+        _ => {}
+    }
+    if let Some(rest) = name.strip_prefix("patch_embed.proj.") {
+        return embed(&format!("patch_embedding.{rest}"));
+    }
+    let rest = name.strip_prefix("blocks.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let mapped = if let Some(r) = rest.strip_prefix("norm1.") {
+        format!("layer_norm1.{r}")
+    } else if let Some(r) = rest.strip_prefix("norm2.") {
+        format!("layer_norm2.{r}")
+    } else if let Some(r) = rest.strip_prefix("attn.proj.") {
+        format!("self_attn.projection.{r}")
+    } else if let Some(r) = rest.strip_prefix("attn.") {
+        // qkv.weight, q_bias, v_bias keep their names.
+        format!("self_attn.{r}")
+    } else if rest.starts_with("mlp.fc1.") || rest.starts_with("mlp.fc2.") {
+        rest.to_string()
+    } else {
+        return None;
+    };
+    Some(format!("vision_model.encoder.layers.{layer}.{mapped}"))
+}
+
+fn qformer_to_hf(rest: &str) -> Option<String> {
+    if let Some(r) = rest.strip_prefix("embeddings.LayerNorm.") {
+        return Some(format!("qformer.layernorm.{r}"));
+    }
+    let r = rest.strip_prefix("encoder.layer.")?;
+    let (layer, r) = r.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let mapped = if let Some(x) = r.strip_prefix("attention.self.") {
+        format!("attention.attention.{x}")
+    } else if let Some(x) = r.strip_prefix("crossattention.self.") {
+        format!("crossattention.attention.{x}")
+    } else if r.starts_with("attention.output.")
+        || r.starts_with("crossattention.output.")
+        || r.starts_with("intermediate_query.")
+        || r.starts_with("output_query.")
+    {
+        r.to_string()
+    } else {
+        // The text branch (`intermediate.`, `output.`) is never run by MiniGPT-4.
+        return None;
+    };
+    Some(format!("qformer.encoder.layer.{layer}.{mapped}"))
+}
+
+/// llama.cpp GGUF name → Hugging Face `LlamaForCausalLM` name.
+pub fn gguf_to_hf(name: &str) -> Option<String> {
+    match name {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let r = name.strip_prefix("blk.")?;
+    let (layer, r) = r.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (part, suffix) = r.split_once('.')?;
+    let mapped = match part {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{mapped}.{suffix}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lavis_names() {
+        let cases = [
+            ("visual_encoder.cls_token", Some("vision_model.embeddings.class_embedding")),
+            ("pos_embed", Some("vision_model.embeddings.position_embedding")),
+            ("patch_embed.proj.weight", Some("vision_model.embeddings.patch_embedding.weight")),
+            ("blocks.3.norm1.bias", Some("vision_model.encoder.layers.3.layer_norm1.bias")),
+            ("blocks.3.attn.q_bias", Some("vision_model.encoder.layers.3.self_attn.q_bias")),
+            ("blocks.3.attn.proj.weight", Some("vision_model.encoder.layers.3.self_attn.projection.weight")),
+            ("visual_encoder.blocks.0.mlp.fc2.bias", Some("vision_model.encoder.layers.0.mlp.fc2.bias")),
+            ("ln_vision.weight", Some("vision_model.post_layernorm.weight")),
+            ("Qformer.bert.embeddings.LayerNorm.weight", Some("qformer.layernorm.weight")),
+            (
+                "Qformer.bert.encoder.layer.2.crossattention.self.key.weight",
+                Some("qformer.encoder.layer.2.crossattention.attention.key.weight"),
+            ),
+            (
+                "Qformer.bert.encoder.layer.1.output_query.LayerNorm.bias",
+                Some("qformer.encoder.layer.1.output_query.LayerNorm.bias"),
+            ),
+            ("Qformer.bert.encoder.layer.1.intermediate.dense.weight", None),
+            ("Qformer.bert.embeddings.word_embeddings.weight", None),
+            ("Qformer.cls.predictions.bias", None),
+            ("llama_model.model.layers.0.mlp.up_proj.weight", None),
+            ("llama_proj.weight", Some("llama_proj.weight")),
+        ];
+        for (lavis, hf) in cases {
+            assert_eq!(lavis_to_hf(lavis).as_deref(), hf, "{lavis}");
+        }
+    }
+
+    #[test]
+    fn gguf_names() {
+        assert_eq!(gguf_to_hf("blk.12.ffn_gate.weight").unwrap(), "model.layers.12.mlp.gate_proj.weight");
+        assert_eq!(gguf_to_hf("output.weight").unwrap(), "lm_head.weight");
+        assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
+    }
+}

@@ -1,1 +1,172 @@
-//! TODO
+//! The query branch of BLIP-2's Q-Former (DESIGN §1.4): learned query tokens attend to
+//! themselves and, every `cross_attention_frequency` layers, to the image tokens. Post-norm
+//! BERT layers with Hugging Face `Blip2QFormer*` tensor names. The text branch is never run.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{LayerNorm, Linear};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::weights::Scope;
+
+/// Mirrors Hugging Face's `Blip2QFormerConfig` (defaults: the BLIP-2 Q-Former of MiniGPT-4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QFormerConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub layer_norm_eps: f64,
+    pub cross_attention_frequency: usize,
+    pub encoder_hidden_size: usize,
+    pub hidden_act: String,
+}
+
+impl Default for QFormerConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            layer_norm_eps: 1e-12,
+            cross_attention_frequency: 2,
+            encoder_hidden_size: 1408,
+            hidden_act: "gelu".into(),
+        }
+    }
+}
+
+struct MultiHeadAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    dense: Linear,
+    norm: LayerNorm,
+    heads: usize,
+}
+
+impl MultiHeadAttention {
+    /// `w` is `attention` or `crossattention`; `kv_dim` is the width of what is attended to.
+    fn load(cfg: &QFormerConfig, kv_dim: usize, w: &Scope) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let a = w.pp("attention");
+        Ok(Self {
+            query: a.pp("query").linear(d, d, true)?,
+            key: a.pp("key").linear(kv_dim, d, true)?,
+            value: a.pp("value").linear(kv_dim, d, true)?,
+            dense: w.pp("output.dense").linear(d, d, true)?,
+            norm: w.pp("output.LayerNorm").layer_norm(d, cfg.layer_norm_eps)?,
+            heads: cfg.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let m = context.dim(1)?;
+        let hd = d / self.heads;
+        let split = |t: Tensor, len: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, len, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split(self.query.forward(x)?, n)?;
+        let k = split(self.key.forward(context)?, m)?;
+        let v = split(self.value.forward(context)?, m)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        Ok(self.norm.forward(&(self.dense.forward(&ctx)? + x)?)?)
+    }
+}
+
+struct Layer {
+    self_attn: MultiHeadAttention,
+    cross_attn: Option<MultiHeadAttention>,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(cfg: &QFormerConfig, index: usize, w: &Scope) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let cross = index % cfg.cross_attention_frequency == 0;
+        Ok(Self {
+            self_attn: MultiHeadAttention::load(cfg, d, &w.pp("attention"))?,
+            cross_attn: if cross {
+                Some(MultiHeadAttention::load(cfg, cfg.encoder_hidden_size, &w.pp("crossattention"))?)
+            } else {
+                None
+            },
+            intermediate: w.pp("intermediate_query.dense").linear(d, cfg.intermediate_size, true)?,
+            output: w.pp("output_query.dense").linear(cfg.intermediate_size, d, true)?,
+            output_norm: w.pp("output_query.LayerNorm").layer_norm(d, cfg.layer_norm_eps)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, image: &Tensor) -> Result<Tensor> {
+        let mut x = self.self_attn.forward(x, x)?;
+        if let Some(cross) = &self.cross_attn {
+            x = cross.forward(&x, image)?;
+        }
+        let h = self.output.forward(&self.intermediate.forward(&x)?.gelu_erf()?)?;
+        Ok(self.output_norm.forward(&(h + x)?)?)
+    }
+}
+
+pub struct QFormer {
+    query_tokens: Tensor,
+    layernorm: LayerNorm,
+    layers: Vec<Layer>,
+    cfg: QFormerConfig,
+}
+
+impl QFormer {
+    /// `root` is the checkpoint's top level: the Q-Former lives under `qformer.` and its learned
+    /// queries at `query_tokens`, as in `Blip2Model`.
+    pub fn load(cfg: &QFormerConfig, num_query_tokens: usize, root: &Scope) -> Result<Self> {
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(Error::Config(format!(
+                "Q-Former hidden_size {} is not divisible by num_attention_heads {}",
+                cfg.hidden_size, cfg.num_attention_heads
+            )));
+        }
+        if cfg.cross_attention_frequency == 0 || cfg.hidden_act != "gelu" {
+            return Err(Error::Config("Q-Former needs cross_attention_frequency ≥ 1 and hidden_act gelu".into()));
+        }
+        let w = root.pp("qformer");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(cfg, i, &w.pp("encoder.layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            query_tokens: root.get("query_tokens", &[1, num_query_tokens, cfg.hidden_size])?,
+            layernorm: w.pp("layernorm").layer_norm(cfg.hidden_size, cfg.layer_norm_eps)?,
+            layers,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &QFormerConfig {
+        &self.cfg
+    }
+
+    pub fn num_query_tokens(&self) -> usize {
+        self.query_tokens.dim(1).unwrap_or(0)
+    }
+
+    /// `image` [B, N, encoder_hidden_size] (after `ln_vision`) → [B, num_queries, hidden].
+    pub fn forward(&self, image: &Tensor) -> Result<Tensor> {
+        let (b, _, d) = image.dims3()?;
+        if d != self.cfg.encoder_hidden_size {
+            return Err(Error::Config(format!(
+                "Q-Former expects image tokens of width {}, got {d}",
+                self.cfg.encoder_hidden_size
+            )));
+        }
+        let q = self.query_tokens.broadcast_as((b, self.num_query_tokens(), self.cfg.hidden_size))?;
+        let mut x = self.layernorm.forward(&q.contiguous()?)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, image)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,1 +1,262 @@
-//! TODO
+//! Named-tensor sources: safetensors (single or sharded), PyTorch `.pth` zip-pickles, or tensors
+//! already in memory. Every lookup checks the shape and names the tensor and file on failure.
+//!
+//! `.pth` files are read with candle's pickle reader, which interprets the pickle opcodes into
+//! plain data (dicts, lists, tensor records) and never imports or calls anything, so a hostile
+//! checkpoint cannot run code.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{safetensors::MmapedSafetensors, pickle::PthTensors, DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+enum Store {
+    Safetensors(MmapedSafetensors),
+    Pth(PthTensors),
+    Memory(HashMap<String, Tensor>),
+}
+
+pub struct Weights {
+    store: Store,
+    /// What to call the source in messages (a path, or several).
+    origin: String,
+    /// Canonical name → name in the file, for files that use other names (see `names.rs`).
+    /// Empty means the file already uses canonical names.
+    aliases: HashMap<String, String>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Weights {
+    /// Opens a checkpoint by its form: a `.safetensors` file, a sharded
+    /// `model.safetensors.index.json`, a directory holding either, or a `.pth`/`.pt`/`.bin` pickle.
+    pub fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if path.is_dir() {
+            let index = path.join("model.safetensors.index.json");
+            if index.exists() {
+                return Self::from_index(&index, device, dtype);
+            }
+            let single = path.join("model.safetensors");
+            if single.exists() {
+                return Self::from_safetensors(&[single], device, dtype);
+            }
+            return Err(Error::BadCheckpoint {
+                file: path.display().to_string(),
+                msg: "directory holds neither model.safetensors nor model.safetensors.index.json".into(),
+            });
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".safetensors") {
+            Self::from_safetensors(&[path.to_path_buf()], device, dtype)
+        } else if name.ends_with(".index.json") {
+            Self::from_index(path, device, dtype)
+        } else if name.ends_with(".pth") || name.ends_with(".pt") || name.ends_with(".bin") {
+            Self::from_pth(path, device, dtype)
+        } else {
+            Err(Error::BadCheckpoint {
+                file: path.display().to_string(),
+                msg: "unknown checkpoint format (expected .safetensors, .safetensors.index.json or .pth)".into(),
+            })
+        }
+    }
+
+    pub fn from_safetensors(paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
+        for p in paths {
+            std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        }
+        let origin = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        // SAFETY: the files are mapped read-only; like every mmap reader we rely on nobody
+        // truncating them while they are open.
+        let st = unsafe { MmapedSafetensors::multi(paths) }
+            .map_err(|e| Error::BadCheckpoint { file: origin.clone(), msg: e.to_string() })?;
+        Ok(Self::new(Store::Safetensors(st), origin, device, dtype))
+    }
+
+    /// A sharded Hugging Face checkpoint: `{"weight_map": {name: file}}`.
+    pub fn from_index(index: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let bad = |msg: String| Error::BadCheckpoint { file: index.display().to_string(), msg };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut files: Vec<PathBuf> = Vec::new();
+        for shard in map.values() {
+            let shard = shard.as_str().ok_or_else(|| bad("`weight_map` values must be file names".into()))?;
+            let p = dir.join(shard);
+            if !files.contains(&p) {
+                files.push(p);
+            }
+        }
+        Self::from_safetensors(&files, device, dtype)
+    }
+
+    /// A PyTorch zip-pickle. Training checkpoints wrap the state dict as `{"model": {...}}`;
+    /// both that and a bare state dict are accepted.
+    pub fn from_pth(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let file = path.display().to_string();
+        let wrapped = PthTensors::new(path, Some("model")).ok().filter(|p| !p.tensor_infos().is_empty());
+        let pth = match wrapped {
+            Some(p) => p,
+            None => PthTensors::new(path, None)
+                .map_err(|e| Error::BadCheckpoint { file: file.clone(), msg: e.to_string() })?,
+        };
+        if pth.tensor_infos().is_empty() {
+            return Err(Error::BadCheckpoint { file, msg: "no tensors found (not a state dict?)".into() });
+        }
+        Ok(Self::new(Store::Pth(pth), file, device, dtype))
+    }
+
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, origin: &str, device: &Device, dtype: DType) -> Self {
+        Self::new(Store::Memory(tensors), origin.to_string(), device, dtype)
+    }
+
+    fn new(store: Store, origin: String, device: &Device, dtype: DType) -> Self {
+        Self { store, origin, aliases: HashMap::new(), device: device.clone(), dtype }
+    }
+
+    /// Views the file through a rename table (`names::lavis_to_hf`, …): afterwards only the
+    /// canonical names are visible and file names the table maps to `None` are ignored.
+    pub fn renamed(mut self, rename: impl Fn(&str) -> Option<String>) -> Self {
+        self.aliases = self.raw_names().into_iter().filter_map(|n| rename(&n).map(|c| (c, n))).collect();
+        self
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn raw_names(&self) -> Vec<String> {
+        match &self.store {
+            Store::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            Store::Pth(p) => p.tensor_infos().keys().cloned().collect(),
+            Store::Memory(m) => m.keys().cloned().collect(),
+        }
+    }
+
+    /// Canonical names of every tensor visible through this source, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = if self.aliases.is_empty() { self.raw_names() } else { self.aliases.keys().cloned().collect() };
+        names.sort();
+        names
+    }
+
+    fn file_name<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        if self.aliases.is_empty() {
+            Some(name)
+        } else {
+            self.aliases.get(name).map(String::as_str)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        let Some(raw) = self.file_name(name) else { return false };
+        match &self.store {
+            Store::Safetensors(st) => st.get(raw).is_ok(),
+            Store::Pth(p) => p.tensor_infos().contains_key(raw),
+            Store::Memory(m) => m.contains_key(raw),
+        }
+    }
+
+    /// The tensor as stored (any shape), converted to this source's dtype and device.
+    pub fn get_any(&self, name: &str) -> Result<Tensor> {
+        let missing = || Error::MissingTensor { name: name.to_string(), file: self.origin.clone() };
+        let raw = self.file_name(name).ok_or_else(missing)?;
+        let bad = |e: candle_core::Error| Error::BadCheckpoint {
+            file: self.origin.clone(),
+            msg: format!("reading `{raw}`: {e}"),
+        };
+        let t = match &self.store {
+            Store::Safetensors(st) => {
+                if st.get(raw).is_err() {
+                    return Err(missing());
+                }
+                st.load(raw, &Device::Cpu).map_err(bad)?
+            }
+            Store::Pth(p) => p.get(raw).map_err(bad)?.ok_or_else(missing)?,
+            Store::Memory(m) => m.get(raw).cloned().ok_or_else(missing)?,
+        };
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// The tensor, which must have exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get_any(name)?;
+        if t.dims() != shape {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                file: self.origin.clone(),
+                expected: shape.to_vec(),
+                actual: t.dims().to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    pub fn pp(&self, prefix: &str) -> Scope<'_> {
+        Scope { weights: self, prefix: prefix.to_string() }
+    }
+}
+
+/// A prefix into a `Weights` (like candle's `VarBuilder::pp`), so model code names tensors
+/// relative to the module that owns them.
+#[derive(Clone)]
+pub struct Scope<'a> {
+    weights: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> Scope<'a> {
+    pub fn pp(&self, part: impl std::fmt::Display) -> Scope<'a> {
+        let prefix = if self.prefix.is_empty() { part.to_string() } else { format!("{}.{part}", self.prefix) };
+        Scope { weights: self.weights, prefix }
+    }
+
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
+    }
+
+    pub fn get(&self, leaf: &str, shape: &[usize]) -> Result<Tensor> {
+        self.weights.get(&self.name(leaf), shape)
+    }
+
+    pub fn contains(&self, leaf: &str) -> bool {
+        self.weights.contains(&self.name(leaf))
+    }
+
+    pub fn weights(&self) -> &'a Weights {
+        self.weights
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.weights.device
+    }
+
+    /// `nn.Linear(in_dim, out_dim)` stored as `weight` [out, in] and `bias` [out].
+    pub fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<candle_nn::Linear> {
+        let w = self.get("weight", &[out_dim, in_dim])?;
+        let b = if bias { Some(self.get("bias", &[out_dim])?) } else { None };
+        Ok(candle_nn::Linear::new(w, b))
+    }
+
+    pub fn layer_norm(&self, dim: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
+        Ok(candle_nn::LayerNorm::new(self.get("weight", &[dim])?, self.get("bias", &[dim])?, eps))
+    }
+}
