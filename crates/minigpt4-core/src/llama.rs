@@ -32,8 +32,12 @@ pub struct LlamaConfig {
     pub head_dim: Option<usize>,
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
+    /// Older configs write `rope_theta` at the top level; transformers ≥ 5 nests it in
+    /// `rope_parameters`. `validate` folds the second into the first.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default)]
@@ -59,9 +63,6 @@ pub enum EosIds {
 fn default_rms_eps() -> f64 {
     1e-6
 }
-fn default_rope_theta() -> f64 {
-    10_000.0
-}
 fn default_max_pos() -> usize {
     2048
 }
@@ -72,7 +73,15 @@ fn default_act() -> String {
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// RoPE base frequency, wherever the config put it.
+    pub fn rope_base(&self) -> f64 {
+        let nested = self.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64());
+        self.rope_theta.or(nested).unwrap_or(10_000.0)
     }
 
     pub fn num_kv_heads(&self) -> usize {
@@ -102,9 +111,13 @@ impl LlamaConfig {
         if self.hidden_act != "silu" {
             return Err(Error::Config(format!("hidden_act `{}` is not supported (silu)", self.hidden_act)));
         }
-        match &self.rope_scaling {
-            None | Some(serde_json::Value::Null) => Ok(()),
-            Some(s) => Err(Error::Config(format!("rope_scaling {s} is not supported"))),
+        if let Some(s) = self.rope_scaling.as_ref().filter(|s| !s.is_null()) {
+            return Err(Error::Config(format!("rope_scaling {s} is not supported")));
+        }
+        let rope_type = self.rope_parameters.as_ref().and_then(|p| p.get("rope_type")).and_then(|v| v.as_str());
+        match rope_type {
+            None | Some("default") => Ok(()),
+            Some(t) => Err(Error::Config(format!("rope_type `{t}` is not supported (default)"))),
         }
     }
 
@@ -144,7 +157,8 @@ impl LlamaConfig {
             num_key_value_heads: Some(int("attention.head_count_kv").unwrap_or(heads)),
             head_dim: int("attention.key_length").ok(),
             rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)?,
-            rope_theta: float("rope.freq_base", 10_000.0)?,
+            rope_theta: Some(float("rope.freq_base", 10_000.0)?),
+            rope_parameters: None,
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
@@ -562,7 +576,7 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, mode: Mode) -> Result<Tensor> {
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
     let inv_freq: Vec<f32> =
-        (0..hd).step_by(2).map(|i| 1f32 / (cfg.rope_theta as f32).powf(i as f32 / hd as f32)).collect();
+        (0..hd).step_by(2).map(|i| 1f32 / (cfg.rope_base() as f32).powf(i as f32 / hd as f32)).collect();
     let n = inv_freq.len();
     let inv_freq = Tensor::from_vec(inv_freq, (1, n), device)?;
     let positions = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?

@@ -1,1 +1,147 @@
-//! TODO
+//! The whole MiniGPT-4: vision tower (encoder + `ln_vision`) → adapter → projection → LLM,
+//! with the image tokens spliced into the prompt where `<ImageHere>` stood.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::LayerNorm;
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::Adapter;
+use crate::error::{Error, Result};
+use crate::eva_vit::{EvaVit, EvaVitConfig};
+use crate::llama::Llama;
+use crate::projector::Projector;
+use crate::qformer::QFormerConfig;
+use crate::weights::Weights;
+
+/// Mirrors the vision/Q-Former part of Hugging Face's `Blip2Config`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Blip2Config {
+    #[serde(default)]
+    pub vision_config: EvaVitConfig,
+    #[serde(default)]
+    pub qformer_config: QFormerConfig,
+    #[serde(default = "default_queries")]
+    pub num_query_tokens: usize,
+}
+
+fn default_queries() -> usize {
+    32
+}
+
+impl Blip2Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// `ln_vision` epsilon of LAVIS/MiniGPT-4 (`nn.LayerNorm` default); Hugging Face uses the vision
+/// config's `layer_norm_eps` instead.
+pub const LAVIS_LN_VISION_EPS: f64 = 1e-5;
+
+/// Vision encoder followed by `ln_vision`.
+pub struct VisionTower {
+    encoder: EvaVit,
+    ln_vision: LayerNorm,
+}
+
+impl VisionTower {
+    /// `w` holds `vision_model.*` names. `ln_vision` comes from `vision_model.post_layernorm.*`
+    /// when `load_ln_vision`; otherwise it is a LayerNorm with weight 1 and bias 0, as in
+    /// MiniGPT-4's Llama-2 variant, which builds `ln_vision` but never loads it.
+    pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &Weights, load_ln_vision: bool, ln_eps: f64) -> Result<Self> {
+        let encoder = EvaVit::load(cfg, image_size, &w.pp("vision_model"))?;
+        let d = cfg.hidden_size;
+        let ln_vision = if load_ln_vision {
+            w.pp("vision_model.post_layernorm").layer_norm(d, ln_eps)?
+        } else {
+            let ones = Tensor::ones(d, w.dtype(), w.device())?;
+            LayerNorm::new(ones.clone(), ones.zeros_like()?, ln_eps)
+        };
+        Ok(Self { encoder, ln_vision })
+    }
+
+    pub fn encoder(&self) -> &EvaVit {
+        &self.encoder
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.encoder.config().hidden_size
+    }
+
+    /// [B, 3, S, S] → [B, N, D] normalised tokens.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.ln_vision.forward(&self.encoder.forward(pixels)?)?)
+    }
+}
+
+pub struct MiniGpt4 {
+    pub vision: VisionTower,
+    pub adapter: Adapter,
+    pub projector: Projector,
+    pub llm: Llama,
+}
+
+impl MiniGpt4 {
+    pub fn new(vision: VisionTower, adapter: Adapter, projector: Projector, llm: Llama) -> Result<Self> {
+        let a = adapter.out_dim(vision.hidden_size());
+        if projector.in_dim() != a || projector.out_dim() != llm.hidden_size() {
+            return Err(Error::Config(format!(
+                "projection is Linear({} → {}), but the adapter gives {a} and the LLM takes {}",
+                projector.in_dim(),
+                projector.out_dim(),
+                llm.hidden_size()
+            )));
+        }
+        Ok(Self { vision, adapter, projector, llm })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.llm.device()
+    }
+
+    /// The frozen part: pixels → adapter tokens. Never changes during training, so it can be
+    /// cached per image.
+    pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.adapter.forward(&self.vision.forward(pixels)?)
+    }
+
+    /// Pixels [B, 3, S, S] → soft-prompt tokens [B, N, d_llm].
+    pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.projector.forward(&self.image_features(pixels)?)?.to_dtype(self.llm.dtype()).map_err(Error::from)
+    }
+
+    /// Interleaves token segments with image embeddings: seg₀ img₀ seg₁ img₁ … segₙ. Each image is
+    /// [1, N, D]; there must be exactly one fewer image than segments.
+    pub fn splice(&self, segments: &[Vec<u32>], images: &[Tensor]) -> Result<Tensor> {
+        if segments.len() != images.len() + 1 {
+            return Err(Error::Prompt(format!(
+                "the prompt has {} image placeholder(s) but {} image(s) were given",
+                segments.len().saturating_sub(1),
+                images.len()
+            )));
+        }
+        let mut parts = Vec::with_capacity(segments.len() * 2);
+        for (i, seg) in segments.iter().enumerate() {
+            if !seg.is_empty() {
+                parts.push(self.llm.embed(seg)?);
+            }
+            if let Some(img) = images.get(i) {
+                parts.push(img.to_dtype(self.llm.dtype())?);
+            }
+        }
+        if parts.is_empty() {
+            return Err(Error::Prompt("empty prompt".into()));
+        }
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+}
+
+/// Loads the projection from a MiniGPT-4 checkpoint (`{"model": {"llama_proj.weight", …}}`) or
+/// any file holding `llama_proj.*`; other keys are ignored.
+pub fn load_projection(path: &Path, in_dim: usize, out_dim: usize, device: &Device, dtype: DType) -> Result<Projector> {
+    let w = Weights::open(path, device, dtype)?;
+    Projector::load(in_dim, out_dim, &w.pp("llama_proj"))
+}
