@@ -601,3 +601,19 @@ fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
     let (b, kv, t, hd) = x.dims4()?;
     Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n, t, hd))?.reshape((b, kv * n, t, hd))?)
 }
+
+impl crate::generate::Decoder for Llama {
+    type Cache = LlamaCache;
+
+    fn new_cache(&self) -> Result<LlamaCache> {
+        Ok(Llama::new_cache(self))
+    }
+
+    fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        self.embed(ids)
+    }
+
+    fn forward_embeds(&self, embeds: &Tensor, cache: &mut LlamaCache) -> Result<Tensor> {
+        self.forward_last(embeds, cache)
+    }
+}

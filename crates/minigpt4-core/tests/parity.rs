@@ -231,3 +231,25 @@ fn whole_minigpt4_forward_matches_reference() {
         assert_close(&format!("{variant}: logits"), &logits, &r["logits"], TOL);
     }
 }
+
+#[test]
+fn whole_minigpt4_greedy_generation_matches_reference() {
+    use minigpt4_core::generate::{generate, GenerationConfig};
+    for variant in ["qformer", "merge4"] {
+        let r = load_ref(&format!("minigpt4/{variant}/reference.safetensors"));
+        let m = meta(variant);
+        let want: Vec<u32> = m["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let model = build_minigpt4(variant);
+        let img = model.encode_image(&r["pixel_values"]).unwrap();
+        let embeds = model.splice(&segments(&m), &[img]).unwrap();
+        let cfg = GenerationConfig {
+            max_new_tokens: want.len(),
+            temperature: 0.0,
+            repetition_penalty: 1.0,
+            ..Default::default()
+        };
+        let out = generate(&model.llm, &embeds, &cfg, &|_| Ok(String::new()), &mut |_| std::ops::ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(out.token_ids, want, "{variant}");
+    }
+}
