@@ -1,1 +1,139 @@
-fn main() {}
+//! `minigpt4`: the command line. Thin by design: every command parses its flags and calls the
+//! core library.
+
+mod chat;
+mod describe;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use minigpt4_core::generate::GenerationConfig;
+use minigpt4_core::model_file::{minigpt4_home, ModelSpec};
+use minigpt4_core::pipeline::Pipeline;
+
+#[derive(Parser)]
+#[command(name = "minigpt4", version, about = "MiniGPT-4 in Rust: describe images, chat about them, train the projection")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe one or more images (files or directories).
+    Describe(describe::DescribeArgs),
+    /// Chat about images interactively (or through a pipe).
+    Chat(chat::ChatArgs),
+    /// List the tensors of a checkpoint (safetensors, .pth, GGUF) with their shapes.
+    Inspect {
+        file: PathBuf,
+    },
+}
+
+/// `--model` as every command takes it.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A preset name or a model file (TOML).
+    #[arg(long, short, default_value = "tiny")]
+    pub model: String,
+    /// Use this projection instead of the model's (e.g. a training checkpoint).
+    #[arg(long)]
+    pub projection: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Pipeline> {
+        let mut spec = ModelSpec::resolve(&self.model, &minigpt4_home())?;
+        if let Some(p) = &self.projection {
+            spec.projection.weights = p.clone();
+        }
+        let started = std::time::Instant::now();
+        eprintln!("loading model {}…", spec.name.as_deref().unwrap_or(&self.model));
+        let device = candle_core::Device::Cpu;
+        let pipeline = Pipeline::load(&spec, &device).with_context(|| format!("loading model `{}`", self.model))?;
+        eprintln!("loaded in {:.1}s", started.elapsed().as_secs_f32());
+        Ok(pipeline)
+    }
+}
+
+/// Sampling flags shared by `describe` and `chat`; defaults are the reference demo's.
+#[derive(Args, Clone)]
+pub struct GenArgs {
+    #[arg(long, default_value_t = 300)]
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f64,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.05)]
+    pub repetition_penalty: f32,
+    /// Beam search width (1 = sampling/greedy, up to 10).
+    #[arg(long, default_value_t = 1)]
+    pub beams: usize,
+    /// Makes sampling reproducible.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl GenArgs {
+    pub fn config(&self, pipeline: &Pipeline) -> Result<GenerationConfig> {
+        let cfg = pipeline.with_stops(GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            num_beams: self.beams,
+            seed: self.seed,
+            ..GenerationConfig::default()
+        });
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MINIGPT4_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Describe(args) => describe::run(args),
+        Command::Chat(args) => chat::run(args),
+        Command::Inspect { file } => inspect(&file).map(|_| true),
+    };
+    match result {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn inspect(file: &std::path::Path) -> Result<()> {
+    let device = candle_core::Device::Cpu;
+    if file.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        let mut f = std::fs::File::open(file).with_context(|| file.display().to_string())?;
+        let ct = candle_core::quantized::gguf_file::Content::read(&mut f).with_context(|| file.display().to_string())?;
+        let mut names: Vec<_> = ct.tensor_infos.iter().collect();
+        names.sort_by_key(|(n, _)| n.as_str());
+        for (name, info) in names {
+            println!("{name}\t{:?}\t{:?}", info.shape.dims(), info.ggml_dtype);
+        }
+        return Ok(());
+    }
+    let w = minigpt4_core::weights::Weights::open(file, &device, candle_core::DType::F32)?;
+    for name in w.names() {
+        let t = w.get_any(&name)?;
+        println!("{name}\t{:?}", t.dims());
+    }
+    Ok(())
+}

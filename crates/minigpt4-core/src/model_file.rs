@@ -1,0 +1,274 @@
+//! The model file: a small TOML that names a model's parts (vision, adapter, projection, LLM,
+//! template, image preprocessing). Relative paths are resolved against the file's directory.
+//!
+//! ```toml
+//! template = "vicuna_v0"
+//! [vision]
+//! kind = "eva_vit_g"                         # eva_vit_g | dinov2
+//! weights = "eva_vit_g.pth"                  # LAVIS .pth or Hugging Face Blip2 safetensors
+//! [adapter]
+//! kind = "qformer"                           # qformer | merge
+//! weights = "blip2_pretrained_flant5xxl.pth" # holds ln_vision, query_tokens and the Q-Former
+//! [projection]
+//! weights = "pretrained_minigpt4_7b.pth"     # llama_proj.weight / llama_proj.bias
+//! [llm]
+//! weights = "vicuna-7b"                      # HF directory (config.json, tokenizer.json, safetensors) or .gguf
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::image::ImageConfig;
+use crate::template::TemplateKind;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub template: TemplateKind,
+    /// Preprocessing; defaults to the vision encoder's (CLIP statistics for EVA, ImageNet for
+    /// DINOv2) at the encoder's image size.
+    #[serde(default)]
+    pub image: Option<ImageConfig>,
+    pub vision: VisionSpec,
+    pub adapter: AdapterSpec,
+    pub projection: ProjectionSpec,
+    pub llm: LlmSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisionKind {
+    EvaVitG,
+    Dinov2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LnVision {
+    /// Loaded from the checkpoint (`ln_vision.*` / `vision_model.post_layernorm.*`), searched in
+    /// the adapter's file first, then the vision file.
+    Checkpoint,
+    /// Weight 1, bias 0: MiniGPT-4's Llama-2 variant builds `ln_vision` but never loads it.
+    Unit,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionSpec {
+    pub kind: VisionKind,
+    pub weights: PathBuf,
+    /// A Hugging Face `Blip2Config`/vision config JSON; the published EVA ViT-g/14 when absent.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    #[serde(default)]
+    pub image_size: Option<usize>,
+    /// Defaults to `checkpoint` with a Q-Former and `unit` otherwise, as MiniGPT-4 does.
+    #[serde(default)]
+    pub ln_vision: Option<LnVision>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterKind {
+    Qformer,
+    Merge,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSpec {
+    pub kind: AdapterKind,
+    /// The Q-Former checkpoint (unused by `merge`).
+    #[serde(default)]
+    pub weights: Option<PathBuf>,
+    /// A Hugging Face `Blip2Config` JSON for the Q-Former; BLIP-2's when absent.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// Tokens concatenated per group by `merge`.
+    #[serde(default = "default_merge")]
+    pub merge: usize,
+}
+
+fn default_merge() -> usize {
+    4
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionSpec {
+    pub weights: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    /// A Hugging Face model directory, a `.safetensors`/`.index.json` file, or a `.gguf`.
+    pub weights: PathBuf,
+    /// `config.json`; next to the weights when absent (not used for GGUF).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// `tokenizer.json`; next to the weights when absent, or the GGUF's own vocabulary.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelSpec {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut spec: Self =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        spec.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(spec)
+    }
+
+    /// Makes every relative path relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.vision.weights);
+        self.vision.config.as_mut().map(fix);
+        self.adapter.weights.as_mut().map(fix);
+        self.adapter.config.as_mut().map(fix);
+        fix(&mut self.projection.weights);
+        fix(&mut self.llm.weights);
+        self.llm.config.as_mut().map(fix);
+        self.llm.tokenizer.as_mut().map(fix);
+    }
+
+    /// Every file the model needs that is not there, with the part that needs it.
+    pub fn missing_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut need: Vec<(&'static str, &PathBuf)> = vec![("vision", &self.vision.weights)];
+        need.extend(self.vision.config.iter().map(|p| ("vision config", p)));
+        need.extend(self.adapter.weights.iter().map(|p| ("adapter", p)));
+        need.extend(self.adapter.config.iter().map(|p| ("adapter config", p)));
+        need.push(("projection", &self.projection.weights));
+        need.push(("llm", &self.llm.weights));
+        need.extend(self.llm.config.iter().map(|p| ("llm config", p)));
+        need.extend(self.llm.tokenizer.iter().map(|p| ("tokenizer", p)));
+        need.into_iter().filter(|(_, p)| !p.exists()).map(|(what, p)| (what, p.clone())).collect()
+    }
+}
+
+/// Where fetched parts, presets' files and caches live: `$MINIGPT4_HOME`, else
+/// `$XDG_CACHE_HOME/minigpt4`, else `~/.cache/minigpt4`.
+pub fn minigpt4_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("MINIGPT4_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(x).join("minigpt4");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("minigpt4")
+}
+
+/// Presets for the published MiniGPT-4 models. Their files are the user's own (no model hub is
+/// assumed): put them under `$MINIGPT4_HOME/models/<preset>/` with the names below.
+const PRESETS: &[(&str, &str)] = &[
+    (
+        "minigpt4-vicuna-7b",
+        r#"
+name = "minigpt4-vicuna-7b"
+template = "vicuna_v0"
+[vision]
+kind = "eva_vit_g"
+weights = "eva_vit_g.pth"
+[adapter]
+kind = "qformer"
+weights = "blip2_pretrained_flant5xxl.pth"
+[projection]
+weights = "pretrained_minigpt4_7b.pth"
+[llm]
+weights = "vicuna-7b"
+"#,
+    ),
+    (
+        "minigpt4-vicuna-13b",
+        r#"
+name = "minigpt4-vicuna-13b"
+template = "vicuna_v0"
+[vision]
+kind = "eva_vit_g"
+weights = "eva_vit_g.pth"
+[adapter]
+kind = "qformer"
+weights = "blip2_pretrained_flant5xxl.pth"
+[projection]
+weights = "pretrained_minigpt4.pth"
+[llm]
+weights = "vicuna-13b"
+"#,
+    ),
+    (
+        "minigpt4-llama2-7b",
+        r#"
+name = "minigpt4-llama2-7b"
+template = "llama2"
+[vision]
+kind = "eva_vit_g"
+weights = "eva_vit_g.pth"
+ln_vision = "unit"
+[adapter]
+kind = "merge"
+merge = 4
+[projection]
+weights = "pretrained_minigpt4_llama2_7b.pth"
+[llm]
+weights = "Llama-2-7b-chat-hf"
+"#,
+    ),
+];
+
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(n, _)| *n).collect()
+}
+
+impl ModelSpec {
+    /// A preset by name, its paths resolved under `home/models/<name>/`.
+    pub fn preset(name: &str, home: &Path) -> Option<Self> {
+        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name)?;
+        let mut spec: Self = toml::from_str(text).expect("built-in presets parse");
+        spec.resolve_paths(&home.join("models").join(name));
+        Some(spec)
+    }
+
+    /// `--model NAME|PATH`: an existing file is a model file, anything else a preset name.
+    pub fn resolve(name_or_path: &str, home: &Path) -> Result<Self> {
+        let path = Path::new(name_or_path);
+        if path.is_file() {
+            return Self::from_file(path);
+        }
+        Self::preset(name_or_path, home).ok_or_else(|| {
+            Error::Config(format!(
+                "`{name_or_path}` is neither a model file nor a preset (presets: {})",
+                preset_names().join(", ")
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_resolve_under_home() {
+        for name in preset_names() {
+            let spec = ModelSpec::preset(name, Path::new("/h")).unwrap();
+            assert!(spec.projection.weights.starts_with(format!("/h/models/{name}")), "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<ModelSpec>("template = \"chatml\"\nvison = 1").unwrap_err().to_string();
+        assert!(err.contains("vison"), "{err}");
+    }
+}

@@ -1,0 +1,229 @@
+//! A loaded model ready to answer: the MiniGPT-4 network, its tokenizer, template and image
+//! preprocessing, plus an in-process cache of image embeddings keyed by content hash (so a chat
+//! encodes its image once).
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::adapter::Adapter;
+use crate::error::{Error, Result};
+use crate::generate::{generate, Generation, GenerationConfig};
+use crate::image::{self, ImageConfig, Limits};
+use crate::llama::{Llama, LlamaConfig};
+use crate::minigpt4::{Blip2Config, MiniGpt4, VisionTower, LAVIS_LN_VISION_EPS};
+use crate::model_file::{AdapterKind, LnVision, ModelSpec, VisionKind};
+use crate::names;
+use crate::projector::Projector;
+use crate::qformer::QFormer;
+use crate::template::{self, Conversation, StopSequences, TemplateKind};
+use crate::tokenizer::Tokenizer;
+use crate::weights::Weights;
+
+pub struct Pipeline {
+    pub model: MiniGpt4,
+    pub tokenizer: Tokenizer,
+    pub template: TemplateKind,
+    pub image: ImageConfig,
+    pub limits: Limits,
+    stops: StopSequences,
+    image_cache: Mutex<HashMap<u64, Tensor>>,
+}
+
+/// Opens a checkpoint and, for PyTorch pickles (LAVIS / MiniGPT-4 naming), views it through the
+/// LAVIS → Hugging Face rename table.
+pub fn open_checkpoint(path: &Path, device: &Device, dtype: DType) -> Result<Weights> {
+    let w = Weights::open(path, device, dtype)?;
+    Ok(if is_pickle(path) { w.renamed(names::lavis_to_hf) } else { w })
+}
+
+fn is_pickle(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("pth" | "pt" | "bin"))
+}
+
+/// A Hugging Face `Blip2Config` file, or BLIP-2's published sizes when the model file names none
+/// (LAVIS checkpoints come without a config).
+fn blip2_config(path: Option<&PathBuf>) -> Result<Blip2Config> {
+    path.map_or_else(|| Ok(Blip2Config::default()), |p| Blip2Config::from_file(p))
+}
+
+impl Pipeline {
+    pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
+        let dtype = DType::F32;
+        if let Some((what, path)) = spec.missing_files().into_iter().next() {
+            let hint = if what == "projection" {
+                " (the projection is what `minigpt4 train` produces; train one or point [projection] at a MiniGPT-4 checkpoint)"
+            } else {
+                ""
+            };
+            return Err(Error::Config(format!("the model's {what} file {} does not exist{hint}", path.display())));
+        }
+
+        let (vision, vision_dim) = match spec.vision.kind {
+            VisionKind::EvaVitG => {
+                let cfg = blip2_config(spec.vision.config.as_ref())?.vision_config;
+                let size = spec.vision.image_size.unwrap_or(cfg.image_size);
+                let vision_w = open_checkpoint(&spec.vision.weights, device, dtype)?;
+                let ln = spec.vision.ln_vision.unwrap_or(match spec.adapter.kind {
+                    AdapterKind::Qformer => LnVision::Checkpoint,
+                    AdapterKind::Merge => LnVision::Unit,
+                });
+                let tower = match ln {
+                    LnVision::Unit => VisionTower::load(&cfg, size, &vision_w, false, LAVIS_LN_VISION_EPS)?,
+                    LnVision::Checkpoint => {
+                        // ln_vision lives with the Q-Former in LAVIS checkpoints; merge the two
+                        // views so one scope answers both.
+                        let ln_file = spec
+                            .adapter
+                            .weights
+                            .as_ref()
+                            .filter(|p| {
+                                open_checkpoint(p, device, dtype)
+                                    .map(|w| w.contains("vision_model.post_layernorm.weight"))
+                                    .unwrap_or(false)
+                            })
+                            .unwrap_or(&spec.vision.weights);
+                        let eps = if is_pickle(ln_file) { LAVIS_LN_VISION_EPS } else { cfg.layer_norm_eps };
+                        let ln_w = open_checkpoint(ln_file, device, dtype)?;
+                        let combined = overlay(&vision_w, &ln_w, "vision_model.post_layernorm.")?;
+                        VisionTower::load(&cfg, size, &combined, true, eps)?
+                    }
+                };
+                (tower, cfg.hidden_size)
+            }
+            VisionKind::Dinov2 => {
+                return Err(Error::Config("the dinov2 vision encoder is not available in this build yet".into()))
+            }
+        };
+        let image_cfg = spec.image.unwrap_or(match spec.vision.kind {
+            VisionKind::EvaVitG => ImageConfig::clip(vision.encoder().image_size() as u32),
+            VisionKind::Dinov2 => ImageConfig::imagenet(vision.encoder().image_size() as u32),
+        });
+
+        let adapter = match spec.adapter.kind {
+            AdapterKind::Merge => Adapter::Merge(spec.adapter.merge),
+            AdapterKind::Qformer => {
+                let path = spec.adapter.weights.as_ref().ok_or_else(|| {
+                    Error::Config("a qformer adapter needs `weights` (e.g. blip2_pretrained_flant5xxl.pth)".into())
+                })?;
+                let cfg = blip2_config(spec.adapter.config.as_ref())?;
+                let w = open_checkpoint(path, device, dtype)?;
+                Adapter::QFormer(Box::new(QFormer::load(&cfg.qformer_config, cfg.num_query_tokens, &w.pp(""))?))
+            }
+        };
+
+        let (llm, tokenizer) = load_llm(spec, device, dtype)?;
+        let in_dim = adapter.out_dim(vision_dim);
+        let proj_w = open_checkpoint(&spec.projection.weights, device, dtype)?;
+        let projector = Projector::load(in_dim, llm.hidden_size(), &proj_w.pp("llama_proj"))?;
+        let stops = StopSequences::for_template(spec.template, &tokenizer)?;
+        Ok(Self {
+            model: MiniGpt4::new(vision, adapter, projector, llm)?,
+            tokenizer,
+            template: spec.template,
+            image: image_cfg,
+            limits: Limits::default(),
+            stops,
+            image_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    /// Soft-prompt tokens [1, N, d_llm] for an encoded image (PNG, JPEG, …), cached by content.
+    pub fn image_embeds(&self, bytes: &[u8], what: &str) -> Result<Tensor> {
+        let key = image::content_hash(bytes);
+        if let Some(t) = self.image_cache.lock().map_err(|_| Error::Generation("image cache poisoned".into()))?.get(&key) {
+            return Ok(t.clone());
+        }
+        let pixels = image::preprocess(bytes, what, &self.image, &self.limits, self.device())?.unsqueeze(0)?;
+        let embeds = self.model.encode_image(&pixels)?;
+        if let Ok(mut cache) = self.image_cache.lock() {
+            cache.insert(key, embeds.clone());
+        }
+        Ok(embeds)
+    }
+
+    /// Generation settings of the reference demo plus this template's stop rules.
+    pub fn default_generation(&self) -> GenerationConfig {
+        self.with_stops(GenerationConfig::default())
+    }
+
+    /// Adds the template's stop strings and token sequences and the tokenizer's EOS to `cfg`.
+    pub fn with_stops(&self, mut cfg: GenerationConfig) -> GenerationConfig {
+        for s in &self.stops.strings {
+            if !cfg.stop_strings.contains(s) {
+                cfg.stop_strings.push(s.clone());
+            }
+        }
+        for s in &self.stops.token_seqs {
+            if !cfg.stop_token_sequences.contains(s) {
+                cfg.stop_token_sequences.push(s.clone());
+            }
+        }
+        let eos = self.tokenizer.eos_id().into_iter().chain(self.model.llm.config().eos_ids());
+        for id in eos {
+            if !cfg.eos_token_ids.contains(&id) {
+                cfg.eos_token_ids.push(id);
+            }
+        }
+        cfg
+    }
+
+    /// The prompt's input embeddings: template text tokenized piecewise with images spliced in.
+    pub fn prompt_embeds(&self, conv: &Conversation, images: &[Tensor]) -> Result<Tensor> {
+        let prompt = conv.prompt();
+        template::check_image_count(&prompt, images.len())?;
+        let segments = template::tokenize_segments(&self.tokenizer, &prompt, self.template.add_bos())?;
+        self.model.splice(&segments, images)
+    }
+
+    /// Answers the conversation's last user turn. `on_text` gets the streamed text.
+    pub fn respond(
+        &self,
+        conv: &Conversation,
+        images: &[Tensor],
+        cfg: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let embeds = self.prompt_embeds(conv, images)?;
+        let tok = &self.tokenizer;
+        let mut out = generate(&self.model.llm, &embeds, cfg, &|ids| tok.decode(ids, true), on_text)?;
+        out.text = template::answer_from_output(self.template, &out.text);
+        Ok(out)
+    }
+}
+
+/// A view of `base` where the names under `prefix` come from `over` instead.
+fn overlay(base: &Weights, over: &Weights, prefix: &str) -> Result<Weights> {
+    let mut all = HashMap::new();
+    for n in base.names() {
+        all.insert(n.clone(), base.get_any(&n)?);
+    }
+    for n in over.names().into_iter().filter(|n| n.starts_with(prefix)) {
+        all.insert(n.clone(), over.get_any(&n)?);
+    }
+    Ok(Weights::from_tensors(all, &format!("{} + {}", base.origin(), over.origin()), base.device(), base.dtype()))
+}
+
+fn load_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, Tokenizer)> {
+    let path = &spec.llm.weights;
+    if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        let (llm, ct) = Llama::load_gguf(path, device)?;
+        let tok = match &spec.llm.tokenizer {
+            Some(t) => Tokenizer::from_file(t)?,
+            None => Tokenizer::from_gguf(&ct)?,
+        };
+        return Ok((llm, tok));
+    }
+    let dir = if path.is_dir() { path.clone() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+    let cfg = LlamaConfig::from_file(&spec.llm.config.clone().unwrap_or_else(|| dir.join("config.json")))?;
+    let tok = Tokenizer::from_file(&spec.llm.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json")))?;
+    let w = Weights::open(path, device, dtype)?;
+    Ok((Llama::load(&cfg, &w.pp(""))?, tok))
+}

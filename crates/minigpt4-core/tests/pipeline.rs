@@ -1,0 +1,71 @@
+//! End to end from files: model file → image file → template → tokenizer → logits, against
+//! the whole-model references (the same reference image, cat.jpg, preprocessed by PIL there
+//! and by us here).
+
+mod common;
+
+use candle_core::Device;
+use common::*;
+use minigpt4_core::llama::Mode;
+use minigpt4_core::model_file::ModelSpec;
+use minigpt4_core::pipeline::Pipeline;
+use minigpt4_core::template::{self, Conversation};
+
+fn pipeline(variant: &str) -> Pipeline {
+    let spec = ModelSpec::from_file(&fixture(&format!("minigpt4/{variant}/model.toml"))).unwrap();
+    Pipeline::load(&spec, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn image_file_to_logits_matches_reference() {
+    for variant in ["qformer", "merge4"] {
+        let p = pipeline(variant);
+        let r = load_ref(&format!("minigpt4/{variant}/reference.safetensors"));
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture(&format!("minigpt4/{variant}/meta.json"))).unwrap())
+                .unwrap();
+        let bytes = std::fs::read(fixture("images/cat.jpg")).unwrap();
+        let img = p.image_embeds(&bytes, "cat.jpg").unwrap();
+        assert_close(&format!("{variant}: image embeds from cat.jpg"), &img, &r["image_embeds"], 1e-4);
+
+        let mut conv = Conversation::new(p.template);
+        conv.add_image();
+        conv.ask(meta["question"].as_str().unwrap());
+        assert_eq!(conv.prompt(), meta["prompt"].as_str().unwrap(), "{variant}: prompt text");
+        let segments = template::tokenize_segments(&p.tokenizer, &conv.prompt(), p.template.add_bos()).unwrap();
+        let want: Vec<Vec<u32>> = serde_json::from_value(meta["segment_ids"].clone()).unwrap();
+        assert_eq!(segments, want, "{variant}: segment ids");
+
+        let embeds = p.prompt_embeds(&conv, &[img]).unwrap();
+        let logits = p.model.llm.forward_all(&embeds, Mode::Inference).unwrap();
+        assert_close(&format!("{variant}: logits from files"), &logits, &r["logits"], 1e-4);
+    }
+}
+
+#[test]
+fn image_embeddings_are_cached_by_content() {
+    let p = pipeline("merge4");
+    let bytes = std::fs::read(fixture("images/cat.jpg")).unwrap();
+    let a = p.image_embeds(&bytes, "cat.jpg").unwrap();
+    let b = p.image_embeds(&bytes, "cat.jpg").unwrap();
+    // The cache hands back the very same storage, not a recomputation.
+    assert_eq!(a.id(), b.id());
+}
+
+#[test]
+fn wrong_image_count_is_a_prompt_error() {
+    let p = pipeline("merge4");
+    let mut conv = Conversation::new(p.template);
+    conv.add_image();
+    conv.ask("What is this?");
+    let err = p.prompt_embeds(&conv, &[]).unwrap_err().to_string();
+    assert!(err.contains("1 image placeholder"), "{err}");
+}
+
+#[test]
+fn missing_projection_says_how_to_get_one() {
+    let mut spec = ModelSpec::from_file(&fixture("minigpt4/merge4/model.toml")).unwrap();
+    spec.projection.weights = fixture("minigpt4/merge4/no-such-projection.safetensors");
+    let err = Pipeline::load(&spec, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("projection") && err.contains("no-such-projection") && err.contains("minigpt4 train"), "{err}");
+}
