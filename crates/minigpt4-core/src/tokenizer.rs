@@ -1,1 +1,767 @@
-//! TODO
+//! Text ⇄ token ids for the LLM, from a Hugging Face `tokenizer.json` or from the vocabulary a
+//! GGUF file carries in its metadata.
+//!
+//! Both sources end up as a [`tokenizers::Tokenizer`], built so that the ids are the ones Hugging
+//! Face produces for the same model:
+//!
+//! * GGUF `tokenizer.ggml.model = "llama"` (SentencePiece BPE: LLaMA, Vicuna, Llama-2) is rebuilt
+//!   the way `transformers`' `LlamaConverter` builds the published Llama-2/Vicuna `tokenizer.json`
+//!   files (`legacy = true`): a BPE whose merges come from the piece scores, byte fallback, a
+//!   `▁` dummy prefix on every piece of text (also after a special token — what SentencePiece and
+//!   llama.cpp do) and a decoder that undoes it.
+//! * GGUF `"gpt2"` (byte-level BPE: SmolLM2, Llama-3, Qwen2…) gets vocabulary and merges from the
+//!   metadata and the pre-tokenizer named by `tokenizer.ggml.pre`. candle's own
+//!   `TokenizerFromGguf` is not used: for pre-tokenizers it does not know (SmolLM2's `smollm`) it
+//!   falls back to a byte-level pre-tokenizer that adds a prefix space, which changes every id of
+//!   a prompt, and it reads the unknown-token id from a key llama.cpp does not write.
+//!
+//! [`Tokenizer::encode`] never lets the underlying tokenizer insert special tokens (templates put
+//! them in the text, where they are recognised as their ids), and adds BOS only when asked.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::normalizers::{
+    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence, NFC,
+};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::error::{Error, Result};
+
+/// SentencePiece's stand-in for a space.
+const SPIECE_SPACE: &str = "▁";
+
+/// What a decoder writes for bytes that are not (yet) valid UTF-8.
+const REPLACEMENT: char = '\u{FFFD}';
+
+// llama.cpp token types (`llama_token_type`), as stored in `tokenizer.ggml.token_type`.
+const TYPE_UNKNOWN: i64 = 2;
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+
+// Pre-tokenizer regexes of the byte-level families, as in their `tokenizer.json` files.
+const REGEX_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Fallback names for BOS / EOS when no config file says which tokens they are, tried in order
+/// among the tokenizer's special tokens.
+const BOS_NAMES: &[&str] = &[
+    "<s>",
+    "<|begin_of_text|>",
+    "<bos>",
+    "<|im_start|>",
+    "<|endoftext|>",
+];
+const EOS_NAMES: &[&str] = &[
+    "</s>",
+    "<|end_of_text|>",
+    "<eos>",
+    "<|im_end|>",
+    "<|endoftext|>",
+];
+
+/// A tokenizer plus the facts about it the rest of the crate needs (BOS, EOS, vocabulary size).
+///
+/// Cheap to clone: the vocabulary is shared.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: Arc<tokenizers::Tokenizer>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos_default: bool,
+    vocab_size: usize,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos_default", &self.add_bos_default)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Loads a Hugging Face `tokenizer.json`.
+    ///
+    /// BOS and EOS are resolved, for each separately, from the first of these that names them:
+    /// 1. a sibling `tokenizer_config.json`: `bos_token` / `eos_token` (a string or an
+    ///    `{"content": …}` object; an explicit `null` means the model has none);
+    /// 2. a sibling `config.json`: `bos_token_id` / `eos_token_id` (a number, or a list whose first
+    ///    entry is taken);
+    /// 3. the tokenizer's special added tokens, by name: BOS `<s>`, `<|begin_of_text|>`, `<bos>`,
+    ///    `<|im_start|>`, `<|endoftext|>`; EOS `</s>`, `<|end_of_text|>`, `<eos>`, `<|im_end|>`,
+    ///    `<|endoftext|>` (first present wins).
+    ///
+    /// [`Tokenizer::add_bos_default`] comes from `add_bos_token` in `tokenizer_config.json`, else
+    /// from whether the file's post-processor inserts BOS.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let tokenizer_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
+        let model_config = read_json_if_present(&dir.join("config.json"))?;
+        Ok(Self::from_hf(
+            inner,
+            tokenizer_config.as_ref(),
+            model_config.as_ref(),
+        ))
+    }
+
+    /// Loads a `tokenizer.json` held in memory; BOS/EOS come from its special tokens by name (rule
+    /// 3 of [`Tokenizer::from_file`]).
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+        Ok(Self::from_hf(inner, None, None))
+    }
+
+    /// Wraps an already built tokenizer; BOS/EOS are found by name as in [`Tokenizer::from_file`]
+    /// rule 3.
+    pub fn from_tokenizers(inner: tokenizers::Tokenizer) -> Self {
+        Self::from_hf(inner, None, None)
+    }
+
+    fn from_hf(
+        inner: tokenizers::Tokenizer,
+        tokenizer_config: Option<&serde_json::Value>,
+        model_config: Option<&serde_json::Value>,
+    ) -> Self {
+        let bos = resolve_special(&inner, tokenizer_config, model_config, "bos", BOS_NAMES);
+        let eos = resolve_special(&inner, tokenizer_config, model_config, "eos", EOS_NAMES);
+        let add_bos_default = match tokenizer_config.and_then(|c| c.get("add_bos_token")) {
+            Some(serde_json::Value::Bool(b)) => *b,
+            _ => match (bos, inner.encode_fast("a", true)) {
+                (Some(bos), Ok(enc)) => enc.get_ids().first() == Some(&bos),
+                _ => false,
+            },
+        };
+        let vocab_size = hf_vocab_size(&inner);
+        Self {
+            inner: Arc::new(inner),
+            bos,
+            eos,
+            add_bos_default,
+            vocab_size,
+        }
+    }
+
+    /// Builds the tokenizer embedded in a GGUF file's metadata (`tokenizer.ggml.*`).
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
+        let model = meta_str(ct, "tokenizer.ggml.model")?;
+        let tokens = meta_strings(ct, "tokenizer.ggml.tokens")?;
+        if tokens.is_empty() {
+            return Err(Error::Tokenizer(
+                "GGUF `tokenizer.ggml.tokens` is empty".into(),
+            ));
+        }
+        let types = match ct.metadata.get("tokenizer.ggml.token_type") {
+            Some(v) => {
+                let types = value_ints(v, "tokenizer.ggml.token_type")?;
+                if types.len() != tokens.len() {
+                    return Err(Error::Tokenizer(format!(
+                        "GGUF `tokenizer.ggml.token_type` has {} entries but there are {} tokens",
+                        types.len(),
+                        tokens.len()
+                    )));
+                }
+                types
+            }
+            None => vec![1; tokens.len()],
+        };
+        let bos = meta_token_id(ct, "tokenizer.ggml.bos_token_id", tokens.len())?;
+        let eos = meta_token_id(ct, "tokenizer.ggml.eos_token_id", tokens.len())?;
+        let unk = meta_token_id(ct, "tokenizer.ggml.unknown_token_id", tokens.len())?;
+        let add_bos = meta_bool(ct, "tokenizer.ggml.add_bos_token")?;
+
+        let mut inner = match model.as_str() {
+            "llama" => build_spm(ct, &tokens, &types, unk)?,
+            "gpt2" => build_byte_level(ct, &tokens)?,
+            other => {
+                return Err(Error::Tokenizer(format!(
+                    "GGUF tokenizer model `{other}` is not supported (supported: `llama` \
+                     SentencePiece BPE, `gpt2` byte-level BPE)"
+                )))
+            }
+        };
+        register_added_tokens(&mut inner, &tokens, &types, [bos, eos])?;
+
+        Ok(Self {
+            inner: Arc::new(inner),
+            bos,
+            eos,
+            add_bos_default: add_bos.unwrap_or(model == "llama"),
+            vocab_size: tokens.len(),
+        })
+    }
+
+    /// Token ids for `text`, with BOS in front when `add_bos`. Special tokens written in the text
+    /// (`<s>`, `<|im_start|>`…) become their ids; nothing else is added.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos {
+            ids.push(self.bos.ok_or_else(|| {
+                Error::Tokenizer("BOS requested but this tokenizer has no BOS token".into())
+            })?);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text for `ids`; with `skip_special` special tokens (BOS, EOS, chat markers) are left out.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(Error::Tokenizer(format!(
+                "token id {bad} is outside the vocabulary ({} tokens)",
+                self.vocab_size
+            )));
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Whether the model's own tokenizer puts BOS in front of a sequence (GGUF
+    /// `tokenizer.ggml.add_bos_token`, HF `add_bos_token`); a hint for callers, `encode` never
+    /// acts on it.
+    pub fn add_bos_default(&self) -> bool {
+        self.add_bos_default
+    }
+
+    /// One past the largest token id.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Whether `id` is a special token (left out by `decode(…, skip_special = true)`).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .get_added_vocabulary()
+            .simple_id_to_token(id)
+            .is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// An incremental detokenizer for streaming generation.
+    pub fn stream(&self, skip_special: bool) -> TokenStream {
+        TokenStream::new(self.clone(), skip_special)
+    }
+}
+
+/// Turns generated ids into text one id at a time, yielding only complete UTF-8 text.
+///
+/// A character can be split across tokens (byte-fallback `<0xE2><0x82><0xAC>`, byte-level BPE),
+/// and SentencePiece decoders drop the leading space of whatever they decode first, so decoding
+/// each id alone is wrong. The stream re-decodes a short window: the ids of the last piece it
+/// emitted (for context) plus the ids since, and yields the difference once it no longer ends in
+/// an incomplete character. Whenever the ids decode to valid UTF-8, the concatenation of
+/// everything [`TokenStream::push`] and [`TokenStream::finish`] return equals
+/// `decode(all ids)`; for invalid byte sequences the replacement characters may differ in number.
+#[derive(Debug, Clone)]
+pub struct TokenStream {
+    tok: Tokenizer,
+    skip_special: bool,
+    /// The window: `ids[..read]` decoded to `prefix` and were already emitted.
+    ids: Vec<u32>,
+    read: usize,
+    prefix: String,
+}
+
+impl TokenStream {
+    pub fn new(tok: Tokenizer, skip_special: bool) -> Self {
+        Self {
+            tok,
+            skip_special,
+            ids: Vec::new(),
+            read: 0,
+            prefix: String::new(),
+        }
+    }
+
+    /// Adds one id; returns the text it completes, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        if id as usize >= self.tok.vocab_size {
+            return Err(Error::Tokenizer(format!(
+                "token id {id} is outside the vocabulary ({} tokens)",
+                self.tok.vocab_size
+            )));
+        }
+        self.ids.push(id);
+        self.advance(false)
+    }
+
+    /// Returns whatever is still held back (an incomplete character at the end of generation
+    /// comes out as U+FFFD, as `decode` would write it).
+    pub fn finish(&mut self) -> Result<Option<String>> {
+        if self.read == self.ids.len() {
+            return Ok(None);
+        }
+        self.advance(true)
+    }
+
+    /// Forgets all state, as if newly created.
+    pub fn reset(&mut self) {
+        self.ids.clear();
+        self.read = 0;
+        self.prefix.clear();
+    }
+
+    fn advance(&mut self, flush: bool) -> Result<Option<String>> {
+        let full = self.tok.decode(&self.ids, self.skip_special)?;
+        if !flush && full.ends_with(REPLACEMENT) {
+            return Ok(None);
+        }
+        let new = match full.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.to_string(),
+            // A byte-fallback run that turned invalid across the window start re-decodes the
+            // already emitted part differently; what was emitted cannot be taken back, so the new
+            // ids are decoded on their own.
+            None => self.tok.decode(&self.ids[self.read..], self.skip_special)?,
+        };
+        if new.is_empty() && !flush {
+            return Ok(None);
+        }
+        self.ids.drain(..self.read);
+        self.read = self.ids.len();
+        self.prefix = self.tok.decode(&self.ids, self.skip_special)?;
+        Ok((!new.is_empty()).then_some(new))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hugging Face tokenizer.json
+
+fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Tokenizer(format!("{}: invalid JSON: {e}", path.display())))
+}
+
+fn resolve_special(
+    inner: &tokenizers::Tokenizer,
+    tokenizer_config: Option<&serde_json::Value>,
+    model_config: Option<&serde_json::Value>,
+    which: &str,
+    names: &[&str],
+) -> Option<u32> {
+    if let Some(v) = tokenizer_config.and_then(|c| c.get(format!("{which}_token"))) {
+        let content = match v {
+            serde_json::Value::Null => return None,
+            serde_json::Value::String(s) => Some(s.as_str()),
+            serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()),
+            _ => None,
+        };
+        if let Some(id) = content.and_then(|c| inner.token_to_id(c)) {
+            return Some(id);
+        }
+    }
+    if let Some(v) = model_config.and_then(|c| c.get(format!("{which}_token_id"))) {
+        let id = match v {
+            serde_json::Value::Array(a) => a.first().and_then(|x| x.as_u64()),
+            other => other.as_u64(),
+        };
+        if let Some(id) = id.and_then(|id| u32::try_from(id).ok()) {
+            if inner.id_to_token(id).is_some() {
+                return Some(id);
+            }
+        }
+    }
+    let added = inner.get_added_tokens_decoder();
+    names.iter().find_map(|name| {
+        added
+            .iter()
+            .find(|(_, t)| t.special && t.content == *name)
+            .map(|(id, _)| *id)
+    })
+}
+
+fn hf_vocab_size(inner: &tokenizers::Tokenizer) -> usize {
+    let model_max = inner.get_vocab(false).values().copied().max();
+    let added_max = inner.get_added_tokens_decoder().keys().copied().max();
+    model_max.max(added_max).map_or(0, |m| m as usize + 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF
+
+fn meta<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
+    ct.metadata
+        .get(key)
+        .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata has no `{key}`")))
+}
+
+fn meta_str(ct: &gguf_file::Content, key: &str) -> Result<String> {
+    meta(ct, key)?
+        .to_string()
+        .cloned()
+        .map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not a string")))
+}
+
+fn meta_strings(ct: &gguf_file::Content, key: &str) -> Result<Vec<String>> {
+    let arr = meta(ct, key)?
+        .to_vec()
+        .map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not an array")))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.to_string()
+                .cloned()
+                .map_err(|_| Error::Tokenizer(format!("GGUF `{key}`[{i}] is not a string")))
+        })
+        .collect()
+}
+
+fn meta_bool(ct: &gguf_file::Content, key: &str) -> Result<Option<bool>> {
+    ct.metadata
+        .get(key)
+        .map(|v| {
+            v.to_bool()
+                .map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not a bool")))
+        })
+        .transpose()
+}
+
+fn value_int(v: &gguf_file::Value) -> Option<i64> {
+    use gguf_file::Value as V;
+    Some(match *v {
+        V::U8(x) => x.into(),
+        V::I8(x) => x.into(),
+        V::U16(x) => x.into(),
+        V::I16(x) => x.into(),
+        V::U32(x) => x.into(),
+        V::I32(x) => x.into(),
+        V::U64(x) => i64::try_from(x).ok()?,
+        V::I64(x) => x,
+        _ => return None,
+    })
+}
+
+fn value_ints(v: &gguf_file::Value, key: &str) -> Result<Vec<i64>> {
+    let arr = v
+        .to_vec()
+        .map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not an array")))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            value_int(x)
+                .ok_or_else(|| Error::Tokenizer(format!("GGUF `{key}`[{i}] is not an integer")))
+        })
+        .collect()
+}
+
+/// A token id from the metadata; absent is fine, out of range is an error. Negative ids are how
+/// some converters write "none".
+fn meta_token_id(ct: &gguf_file::Content, key: &str, n_tokens: usize) -> Result<Option<u32>> {
+    let Some(v) = ct.metadata.get(key) else {
+        return Ok(None);
+    };
+    let id =
+        value_int(v).ok_or_else(|| Error::Tokenizer(format!("GGUF `{key}` is not an integer")))?;
+    if id < 0 {
+        return Ok(None);
+    }
+    if id as u64 >= n_tokens as u64 {
+        return Err(Error::Tokenizer(format!(
+            "GGUF `{key}` = {id} is outside the vocabulary ({n_tokens} tokens)"
+        )));
+    }
+    Ok(Some(id as u32))
+}
+
+/// The vocabulary map; a string listed twice keeps its first id, as llama.cpp's lookup does.
+fn vocab_map(tokens: &[String]) -> Vocab {
+    let mut vocab = Vocab::default();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.entry(t.clone()).or_insert(i as u32);
+    }
+    vocab
+}
+
+fn tok_err(what: &str) -> impl Fn(tokenizers::Error) -> Error + '_ {
+    move |e| Error::Tokenizer(format!("{what}: {e}"))
+}
+
+/// SentencePiece BPE (`tokenizer.ggml.model = "llama"`), rebuilt as `transformers`'
+/// `LlamaConverter` does.
+fn build_spm(
+    ct: &gguf_file::Content,
+    tokens: &[String],
+    types: &[i64],
+    unk: Option<u32>,
+) -> Result<tokenizers::Tokenizer> {
+    let scores: Vec<f32> = match ct.metadata.get("tokenizer.ggml.scores") {
+        Some(v) => {
+            let arr = v.to_vec().map_err(|_| {
+                Error::Tokenizer("GGUF `tokenizer.ggml.scores` is not an array".into())
+            })?;
+            let scores = arr
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.to_f32().map_err(|_| {
+                        Error::Tokenizer(format!(
+                            "GGUF `tokenizer.ggml.scores`[{i}] is not a float"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if scores.len() != tokens.len() {
+                return Err(Error::Tokenizer(format!(
+                    "GGUF `tokenizer.ggml.scores` has {} entries but there are {} tokens",
+                    scores.len(),
+                    tokens.len()
+                )));
+            }
+            scores
+        }
+        // Without scores the piece order stands in for them, as in a score-sorted vocabulary.
+        None => (0..tokens.len()).map(|i| -(i as f32)).collect(),
+    };
+    let vocab = vocab_map(tokens);
+    let merges = spm_merges(tokens, &scores, &vocab);
+
+    let unk_token = unk
+        .or_else(|| {
+            types
+                .iter()
+                .position(|&t| t == TYPE_UNKNOWN)
+                .map(|i| i as u32)
+        })
+        .map(|id| tokens[id as usize].clone())
+        .or_else(|| vocab.contains_key("<unk>").then(|| "<unk>".to_string()));
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(true)
+        .byte_fallback(true);
+    if let Some(unk) = unk_token {
+        builder = builder.unk_token(unk);
+    }
+    let bpe = builder
+        .build()
+        .map_err(tok_err("building the SentencePiece BPE model"))?;
+
+    let add_space_prefix = meta_bool(ct, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+    let replace_space = Replace::new(" ", SPIECE_SPACE).map_err(tok_err("normalizer"))?;
+    let normalizer: NormalizerWrapper = if add_space_prefix {
+        NormalizerSequence::new(vec![
+            Prepend::new(SPIECE_SPACE.into()).into(),
+            replace_space.into(),
+        ])
+        .into()
+    } else {
+        replace_space.into()
+    };
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new(SPIECE_SPACE, " ")
+            .map_err(tok_err("decoder"))?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if add_space_prefix {
+        // Undo the dummy prefix of the first piece only (Fuse has joined the pieces by now).
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner
+        .with_normalizer(Some(normalizer))
+        .map_err(tok_err("normalizer"))?;
+    inner.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(inner)
+}
+
+/// BPE merges from SentencePiece pieces: every split of a piece into two pieces of the
+/// vocabulary, ordered by the merged piece's score (highest first, then by piece id), then by the
+/// halves' ids -- the order `transformers`' `SentencePieceExtractor` produces from scores.
+fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Merges {
+    let mut merges: Vec<(f32, u32, u32, u32, &str, &str)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        for (k, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(k);
+            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
+                merges.push((scores[id], id as u32, l, r, left, right));
+            }
+        }
+    }
+    merges.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(&b.3))
+    });
+    merges
+        .into_iter()
+        .map(|(_, _, _, _, l, r)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+/// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`).
+fn build_byte_level(ct: &gguf_file::Content, tokens: &[String]) -> Result<tokenizers::Tokenizer> {
+    let merges = meta_strings(ct, "tokenizer.ggml.merges")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            // Byte-level symbols never contain a real space, so the first space separates the pair.
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    Error::Tokenizer(format!(
+                        "GGUF `tokenizer.ggml.merges`[{i}] = {m:?} is not a pair"
+                    ))
+                })
+        })
+        .collect::<Result<Merges>>()?;
+
+    let pre = match ct.metadata.get("tokenizer.ggml.pre") {
+        Some(_) => meta_str(ct, "tokenizer.ggml.pre")?,
+        // Files written before llama.cpp recorded the pre-tokenizer are GPT-2 style.
+        None => "gpt2".to_string(),
+    };
+    let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex);
+    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
+        Ok(Split::new(
+            SplitPattern::Regex(regex.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err("pre-tokenizer"))?
+        .into())
+    };
+    let mut normalizer: Option<NormalizerWrapper> = None;
+    let mut ignore_merges = false;
+    let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
+        "gpt2" | "gpt-2" | "mpt" | "olmo" => byte_level(true).into(),
+        // Digits one by one, then GPT-2's regex (SmolLM2's `tokenizer.json`).
+        "smollm" | "starcoder" | "refact" | "codeshell" => {
+            PreTokenizerSequence::new(vec![Digits::new(true).into(), byte_level(true).into()])
+                .into()
+        }
+        "llama3" | "llama-bpe" | "smaug-bpe" => {
+            ignore_merges = true;
+            PreTokenizerSequence::new(vec![split(REGEX_LLAMA3)?, byte_level(false).into()]).into()
+        }
+        "qwen2" => {
+            normalizer = Some(NFC.into());
+            PreTokenizerSequence::new(vec![
+                split(REGEX_QWEN2)?,
+                ByteLevel::new(false, false, false).into(),
+            ])
+            .into()
+        }
+        other => {
+            return Err(Error::Tokenizer(format!(
+            "GGUF pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, starcoder, \
+                 llama-bpe, qwen2); ids would not match the model's own tokenizer"
+        )))
+        }
+    };
+
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab_map(tokens), merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(tok_err("building the byte-level BPE model"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    if let Some(n) = normalizer {
+        inner
+            .with_normalizer(Some(n))
+            .map_err(tok_err("normalizer"))?;
+    }
+    inner.with_pre_tokenizer(Some(pre_tokenizer));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+/// Control and unknown tokens become special added tokens, user-defined ones plain added tokens
+/// (both matched verbatim in text, as `transformers` and llama.cpp do). BOS and EOS are special
+/// even when a converter typed them as normal, provided they look like markup (`<…>`), so a
+/// misconfigured id cannot turn an ordinary word into a special token.
+fn register_added_tokens(
+    inner: &mut tokenizers::Tokenizer,
+    tokens: &[String],
+    types: &[i64],
+    bos_eos: [Option<u32>; 2],
+) -> Result<()> {
+    let mut special = Vec::new();
+    let mut plain = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, (tok, &ty)) in tokens.iter().zip(types).enumerate() {
+        // A string listed twice maps to its first id (see `vocab_map`).
+        if tok.is_empty() || !seen.insert(tok.as_str()) {
+            continue;
+        }
+        let forced = bos_eos.contains(&Some(i as u32))
+            && tok.len() > 2
+            && tok.starts_with('<')
+            && tok.ends_with('>');
+        if ty == TYPE_CONTROL || ty == TYPE_UNKNOWN || forced {
+            special.push(AddedToken::from(tok.clone(), true).normalized(false));
+        } else if ty == TYPE_USER_DEFINED {
+            plain.push(AddedToken::from(tok.clone(), false).normalized(false));
+        }
+    }
+    inner
+        .add_tokens(plain)
+        .map_err(tok_err("adding user-defined tokens"))?;
+    inner
+        .add_special_tokens(special)
+        .map_err(tok_err("adding special tokens"))?;
+    // Added tokens whose text is already in the model vocabulary keep their ids; anything else
+    // would have been given a new id past the vocabulary, which the model cannot embed.
+    let added = inner.get_added_tokens_decoder();
+    if let Some((id, t)) = added.iter().find(|(id, _)| **id as usize >= tokens.len()) {
+        return Err(Error::Tokenizer(format!(
+            "GGUF added token {:?} got id {id}, outside the vocabulary ({} tokens)",
+            t.content,
+            tokens.len()
+        )));
+    }
+    Ok(())
+}
