@@ -11,11 +11,12 @@
 //!   more than the width); the order of older Pillow is available through [`PassOrder`].
 //! * **Normalisation** is done in `f32` in the same order as torchvision, so it is bit-for-bit
 //!   equal as well.
-//! * **Decoding** uses the `image` crate. PNG, GIF, BMP and WebP (lossless and lossy) decode to
-//!   exactly the pixels Pillow sees. JPEG does not: `image` uses zune-jpeg, Pillow libjpeg-turbo;
-//!   their IDCTs round differently and zune's 4:2:0 chroma upsampling rounds twice where
-//!   libjpeg-turbo's "fancy" upsampling rounds once, so on photos ~10-25% of samples differ, by
-//!   at most about 4 levels (mean ~0.2). The test suite measures that gap.
+//! * **Decoding** uses the `image` crate for PNG, GIF, BMP and WebP (lossless and lossy), which
+//!   decode to exactly the pixels Pillow sees. JPEG goes through libjpeg-turbo's decoder (as
+//!   vendored by `mozjpeg`), the library Pillow uses, so JPEG pixels are exact too; the `image`
+//!   crate's zune-jpeg rounds its IDCT and 4:2:0 chroma upsampling differently (up to 4 levels
+//!   on ~12% of samples of a photo). CMYK/YCCK JPEGs, which libjpeg does not turn into RGB,
+//!   still go through zune-jpeg.
 //! * **Colour conversion** follows `convert("RGB")` except for transparency. Pillow drops alpha
 //!   (transparent pixels show whatever colour they happen to store); DESIGN asks for alpha
 //!   composited on white, which is what a person sees in a viewer. We use integer math,
@@ -241,9 +242,29 @@ fn decode(bytes: &[u8], what: &str, format: ImageFormat, limits: &Limits) -> Res
         .ok()
         .flatten()
         .and_then(|raw| exif_orientation(&raw));
-    let img = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(what, format, e))?;
-    let rgb = to_rgb_pil(img);
+    let libjpeg = if format == ImageFormat::Jpeg { decode_jpeg_libjpeg(bytes) } else { None };
+    let rgb = match libjpeg {
+        Some(rgb) => rgb,
+        None => to_rgb_pil(DynamicImage::from_decoder(decoder).map_err(|e| decode_err(what, format, e))?),
+    };
     Ok(apply_exif_orientation(rgb, orientation.unwrap_or(1)))
+}
+
+/// JPEG → RGB with libjpeg-turbo's arithmetic (islow IDCT, fancy upsampling: Pillow's
+/// defaults). `None` for colour spaces libjpeg cannot convert to RGB, or on a decoding error, so
+/// the caller falls back to zune-jpeg, which reports errors properly. libjpeg errors unwind as
+/// panics inside `mozjpeg`; [`load_rgb`] already turns panics into errors.
+fn decode_jpeg_libjpeg(bytes: &[u8]) -> Option<RgbImage> {
+    use mozjpeg::ColorSpace;
+    let d = mozjpeg::Decompress::new_mem(bytes).ok()?;
+    if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
+        return None;
+    }
+    let mut started = d.rgb().ok()?;
+    let (w, h) = (started.width() as u32, started.height() as u32);
+    let px: Vec<u8> = started.read_scanlines().ok()?;
+    started.finish().ok()?;
+    RgbImage::from_raw(w, h, px)
 }
 
 /// [`load_rgb`] for a file; the path names it in errors.

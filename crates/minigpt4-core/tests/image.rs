@@ -269,28 +269,12 @@ fn lossless_inputs_match_pillow_end_to_end() {
     }
 }
 
-/// `image` decodes JPEG with zune-jpeg, Pillow with libjpeg-turbo. Their IDCTs round
-/// differently (±1 on a fraction of a percent of samples, more after YCbCr→RGB) and zune's
-/// 4:2:0 chroma upsampling rounds twice where libjpeg-turbo's fancy upsampling rounds once, so
-/// a few percent of samples differ by up to 4 levels. The resize itself is exact (tests above);
-/// these bounds catch real regressions (wrong orientation, wrong colour, wrong filter).
+/// JPEG is decoded with libjpeg-turbo's arithmetic (Pillow's decoder), so photos match Pillow
+/// exactly, decode and end to end (the `image` crate's zune-jpeg was up to 4 levels off).
 #[test]
-fn jpeg_photos_match_pillow_within_decoder_tolerance() {
+fn jpeg_photos_match_pillow_exactly() {
     let decoded = load("cat.jpg");
-    let d = diff(&decoded, &ref_png("cat.src.png"), "cat.jpg decode");
-    println!(
-        "cat.jpg decode (zune-jpeg vs libjpeg-turbo): max {} mean {:.4} differing {:.2}%",
-        d.max,
-        d.mean,
-        d.differing * 100.0
-    );
-    assert!(
-        d.max <= 6 && d.mean < 0.5,
-        "decode gap grew: max {} mean {}",
-        d.max,
-        d.mean
-    );
-
+    assert_exact(&decoded, &ref_png("cat.src.png"), "cat.jpg decode");
     for (file, s) in [
         ("cat.jpg", 224u32),
         ("cat.jpg", 56),
@@ -301,19 +285,7 @@ fn jpeg_photos_match_pillow_within_decoder_tolerance() {
     ] {
         let stem = file.trim_end_matches(".jpg");
         let ours = resize_bicubic_pil(&load(file), s, s);
-        let d = diff(&ours, &ref_png(&format!("{stem}.{s}.png")), file);
-        println!(
-            "{file} -> {s}x{s} end to end: max {} mean {:.4} differing {:.2}%",
-            d.max,
-            d.mean,
-            d.differing * 100.0
-        );
-        assert!(
-            d.max <= 6 && d.mean < 0.5,
-            "{file} {s}: max {} mean {}",
-            d.max,
-            d.mean
-        );
+        assert_exact(&ours, &ref_png(&format!("{stem}.{s}.png")), &format!("{file} -> {s}x{s} end to end"));
     }
 }
 
