@@ -2,6 +2,7 @@
 //! whose output is a soft prompt for a frozen LLaMA-family decoder.
 
 pub mod adapter;
+pub mod dinov2;
 pub mod error;
 pub mod eva_vit;
 pub mod generate;
@@ -10,6 +11,7 @@ pub mod llama;
 pub mod minigpt4;
 pub mod model_file;
 pub mod names;
+pub mod onnx;
 pub mod pipeline;
 pub mod projector;
 pub mod qformer;

