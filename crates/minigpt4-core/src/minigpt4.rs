@@ -8,6 +8,7 @@ use candle_nn::LayerNorm;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
+use crate::dinov2::Dinov2;
 use crate::error::{Error, Result};
 use crate::eva_vit::{EvaVit, EvaVitConfig};
 use crate::llama::Llama;
@@ -41,9 +42,46 @@ impl Blip2Config {
 /// config's `layer_norm_eps` instead.
 pub const LAVIS_LN_VISION_EPS: f64 = 1e-5;
 
+/// The frozen image encoders MiniGPT-4 variants use.
+pub enum VisionEncoder {
+    Eva(EvaVit),
+    Dinov2(Dinov2),
+}
+
+impl VisionEncoder {
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            VisionEncoder::Eva(e) => e.config().hidden_size,
+            VisionEncoder::Dinov2(d) => d.hidden_size(),
+        }
+    }
+
+    pub fn image_size(&self) -> usize {
+        match self {
+            VisionEncoder::Eva(e) => e.image_size(),
+            VisionEncoder::Dinov2(d) => d.image_size(),
+        }
+    }
+
+    /// Output tokens per image, CLS included.
+    pub fn num_tokens(&self) -> usize {
+        match self {
+            VisionEncoder::Eva(e) => e.num_tokens(),
+            VisionEncoder::Dinov2(d) => d.num_tokens(),
+        }
+    }
+
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        match self {
+            VisionEncoder::Eva(e) => e.forward(pixels),
+            VisionEncoder::Dinov2(d) => d.forward(pixels),
+        }
+    }
+}
+
 /// Vision encoder followed by `ln_vision`.
 pub struct VisionTower {
-    encoder: EvaVit,
+    encoder: VisionEncoder,
     ln_vision: LayerNorm,
 }
 
@@ -52,29 +90,40 @@ impl VisionTower {
     /// when `load_ln_vision`; otherwise it is a LayerNorm with weight 1 and bias 0, as in
     /// MiniGPT-4's Llama-2 variant, which builds `ln_vision` but never loads it.
     pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &Weights, load_ln_vision: bool, ln_eps: f64) -> Result<Self> {
-        let encoder = EvaVit::load(cfg, image_size, &w.pp("vision_model"))?;
+        let encoder = VisionEncoder::Eva(EvaVit::load(cfg, image_size, &w.pp("vision_model"))?);
         let d = cfg.hidden_size;
         let ln_vision = if load_ln_vision {
             w.pp("vision_model.post_layernorm").layer_norm(d, ln_eps)?
         } else {
-            let ones = Tensor::ones(d, w.dtype(), w.device())?;
-            LayerNorm::new(ones.clone(), ones.zeros_like()?, ln_eps)
+            unit_layer_norm(d, ln_eps, w.device(), w.dtype())?
         };
         Ok(Self { encoder, ln_vision })
     }
 
-    pub fn encoder(&self) -> &EvaVit {
+    /// Any encoder with an explicit `ln_vision`.
+    pub fn new(encoder: VisionEncoder, ln_vision: LayerNorm) -> Self {
+        Self { encoder, ln_vision }
+    }
+
+    pub fn encoder(&self) -> &VisionEncoder {
         &self.encoder
     }
 
     pub fn hidden_size(&self) -> usize {
-        self.encoder.config().hidden_size
+        self.encoder.hidden_size()
     }
 
     /// [B, 3, S, S] → [B, N, D] normalised tokens.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         Ok(self.ln_vision.forward(&self.encoder.forward(pixels)?)?)
     }
+}
+
+/// A LayerNorm with weight 1 and bias 0: it still normalises (an `ln_vision` that is built but
+/// never loaded).
+pub fn unit_layer_norm(dim: usize, eps: f64, device: &Device, dtype: DType) -> Result<LayerNorm> {
+    let ones = Tensor::ones(dim, dtype, device)?;
+    Ok(LayerNorm::new(ones.clone(), ones.zeros_like()?, eps))
 }
 
 pub struct MiniGpt4 {

@@ -14,7 +14,9 @@ use crate::error::{Error, Result};
 use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
 use crate::llama::{Llama, LlamaConfig};
-use crate::minigpt4::{Blip2Config, MiniGpt4, VisionTower, LAVIS_LN_VISION_EPS};
+use crate::dinov2::{Dinov2, Dinov2Config};
+use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
+use crate::onnx;
 use crate::model_file::{AdapterKind, LnVision, ModelSpec, VisionKind};
 use crate::names;
 use crate::projector::Projector;
@@ -95,7 +97,20 @@ impl Pipeline {
                 (tower, cfg.hidden_size)
             }
             VisionKind::Dinov2 => {
-                return Err(Error::Config("the dinov2 vision encoder is not available in this build yet".into()))
+                // Our own ONNX conversion records its config in the file; an HF Dinov2Model
+                // checkpoint comes with a config.json.
+                let cfg = match &spec.vision.config {
+                    Some(p) => Dinov2Config::from_file(p)?,
+                    None => onnx::converted_config(&spec.vision.weights)?,
+                };
+                let size = spec.vision.image_size.unwrap_or(224);
+                let w = Weights::open(&spec.vision.weights, device, dtype)?;
+                let encoder = VisionEncoder::Dinov2(Dinov2::load(&cfg, size, &w.pp(""))?);
+                if spec.vision.ln_vision == Some(LnVision::Checkpoint) {
+                    return Err(Error::Config("a dinov2 vision encoder has no ln_vision to load; use ln_vision = \"unit\"".into()));
+                }
+                let ln = unit_layer_norm(cfg.hidden_size, LAVIS_LN_VISION_EPS, device, dtype)?;
+                (VisionTower::new(encoder, ln), cfg.hidden_size)
             }
         };
         let image_cfg = spec.image.unwrap_or(match spec.vision.kind {
