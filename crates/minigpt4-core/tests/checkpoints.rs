@@ -1,0 +1,65 @@
+//! Broken checkpoints give errors that name the file (and the tensor and shapes where that is
+//! the problem); nothing panics.
+
+mod common;
+
+use candle_core::{DType, Device};
+use common::*;
+use minigpt4_core::llama::{Llama, LlamaConfig};
+use minigpt4_core::weights::Weights;
+
+fn truncated(src: &str, keep: usize, name: &str) -> std::path::PathBuf {
+    let bytes = std::fs::read(fixture(src)).unwrap();
+    let dir = std::env::temp_dir().join(format!("mg4-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, &bytes[..keep.min(bytes.len())]).unwrap();
+    p
+}
+
+#[test]
+fn truncated_files_are_errors_naming_the_file() {
+    for (src, name) in [
+        ("llama/model.safetensors", "cut.safetensors"),
+        ("blip2/blip2_pretrained.pth", "cut.pth"),
+    ] {
+        let len = std::fs::metadata(fixture(src)).unwrap().len() as usize;
+        for keep in [0, 7, len / 2, len - 1] {
+            let p = truncated(src, keep, name);
+            let err = Weights::open(&p, &Device::Cpu, DType::F32).err().map(|e| e.to_string());
+            let err = err.unwrap_or_else(|| panic!("{src} cut at {keep} opened"));
+            assert!(err.contains(name), "{err}");
+        }
+    }
+    let len = std::fs::metadata(fixture("llama/model-q8_0.gguf")).unwrap().len() as usize;
+    for keep in [0, 100, 3000, len / 2, len - 1] {
+        let p = truncated("llama/model-q8_0.gguf", keep, "cut.gguf");
+        let err = Llama::load_gguf(&p, &Device::Cpu).err().unwrap_or_else(|| panic!("gguf cut at {keep} loaded"));
+        assert!(err.to_string().contains("cut.gguf"), "{err}");
+    }
+}
+
+#[test]
+fn wrong_config_is_a_shape_error_naming_tensor_file_and_shapes() {
+    let mut cfg = LlamaConfig::from_file(&fixture("llama/config.json")).unwrap();
+    cfg.intermediate_size = 96;
+    let w = Weights::open(&fixture("llama/model.safetensors"), &Device::Cpu, DType::F32).unwrap();
+    let err = Llama::load(&cfg, &w.pp("")).err().unwrap().to_string();
+    assert!(err.contains("model.layers.0.mlp.gate_proj.weight"), "{err}");
+    assert!(err.contains("[128, 64]") && err.contains("[96, 64]") && err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn missing_tensor_names_tensor_and_file() {
+    let w = Weights::open(&fixture("llama/model.safetensors"), &Device::Cpu, DType::F32).unwrap();
+    let err = w.get("model.layers.9.mlp.up_proj.weight", &[1]).unwrap_err().to_string();
+    assert!(err.contains("model.layers.9.mlp.up_proj.weight") && err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn out_of_vocabulary_ids_are_errors() {
+    let cfg = LlamaConfig::from_file(&fixture("llama/config.json")).unwrap();
+    let w = Weights::open(&fixture("llama/model.safetensors"), &Device::Cpu, DType::F32).unwrap();
+    let llm = Llama::load(&cfg, &w.pp("")).unwrap();
+    assert!(llm.embed(&[1, 512]).is_err());
+}
