@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eva_vit::interpolate_pos_embed;
+use crate::vit_layers::{multi_head_attention, PatchEmbed};
 use crate::weights::Scope;
 
 /// Mirrors Hugging Face's `Dinov2Config`. The defaults are DINOv2-S/14 as published
@@ -112,7 +113,6 @@ struct Attention {
     value: Linear,
     dense: Linear,
     heads: usize,
-    scale: f64,
 }
 
 impl Attention {
@@ -125,20 +125,12 @@ impl Attention {
             value: a.pp("value").linear(d, d, cfg.qkv_bias)?,
             dense: w.pp("output.dense").linear(d, d, true)?,
             heads: cfg.num_attention_heads,
-            scale: (cfg.head_dim() as f64).powf(-0.5),
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let hd = d / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?) };
-        let q = (split(self.query.forward(x)?)? * self.scale)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
-        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        Ok(self.dense.forward(&out)?)
+        let (q, k, v) = (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
+        Ok(self.dense.forward(&multi_head_attention(&q, &k, &v, self.heads)?)?)
     }
 }
 
@@ -175,10 +167,7 @@ impl Block {
 }
 
 pub struct Dinov2 {
-    /// Patch projection as a matrix [3·p·p, hidden] (a stride-p convolution over
-    /// non-overlapping patches is a matmul, and the matmul is much faster on CPU).
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    patch_embed: PatchEmbed,
     cls_token: Tensor,
     /// [1, 1 + (image_size/p)², hidden], already resized for `image_size`.
     position_embeddings: Tensor,
@@ -212,8 +201,7 @@ impl Dinov2 {
             .map(|i| Block::load(cfg, &w.pp("encoder.layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            patch_weight: conv.reshape((d, 3 * p * p))?.t()?.contiguous()?,
-            patch_bias: emb.get("patch_embeddings.projection.bias", &[d])?,
+            patch_embed: PatchEmbed::from_conv(&conv, emb.get("patch_embeddings.projection.bias", &[d])?)?,
             cls_token: emb.get("cls_token", &[1, 1, d])?,
             position_embeddings: pos,
             blocks,
@@ -236,7 +224,7 @@ impl Dinov2 {
     }
 
     pub fn dtype(&self) -> DType {
-        self.patch_weight.dtype()
+        self.patch_embed.dtype()
     }
 
     /// Number of output tokens (CLS + patches): 257 at 224 px.
@@ -256,14 +244,7 @@ impl Dinov2 {
                 s = self.image_size
             )));
         }
-        let p = self.cfg.patch_size;
-        let g = self.image_size / p;
-        let patches = pixels
-            .to_dtype(self.dtype())?
-            .reshape((b, 3, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b, g * g, 3 * p * p))?;
-        let x = patches.broadcast_matmul(&self.patch_weight)?.broadcast_add(&self.patch_bias)?;
+        let x = self.patch_embed.forward(pixels)?;
         let cls = self.cls_token.broadcast_as((b, 1, self.cfg.hidden_size))?;
         let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embeddings)?;
         for block in &self.blocks {

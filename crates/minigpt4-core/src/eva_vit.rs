@@ -10,6 +10,7 @@ use candle_nn::{LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::vit_layers::{multi_head_attention, PatchEmbed};
 use crate::weights::Scope;
 
 /// Mirrors Hugging Face's `Blip2VisionConfig` (defaults: EVA ViT-g/14 at 224 px, 39 blocks).
@@ -72,7 +73,6 @@ struct Attention {
     qkv: Linear,
     proj: Linear,
     heads: usize,
-    scale: f64,
 }
 
 impl Attention {
@@ -94,20 +94,14 @@ impl Attention {
             qkv: Linear::new(weight, bias),
             proj: w.pp("projection").linear(d, d, true)?,
             heads: cfg.num_attention_heads,
-            scale: (cfg.head_dim() as f64).powf(-0.5),
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let hd = d / self.heads;
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        Ok(self.proj.forward(&out)?)
+        let d = x.dim(2)?;
+        let qkv = self.qkv.forward(x)?;
+        let (q, k, v) = (qkv.narrow(2, 0, d)?, qkv.narrow(2, d, d)?, qkv.narrow(2, 2 * d, d)?);
+        Ok(self.proj.forward(&multi_head_attention(&q, &k, &v, self.heads)?)?)
     }
 }
 
@@ -139,10 +133,7 @@ impl Block {
 }
 
 pub struct EvaVit {
-    /// Patch projection as a matrix [hidden, 3·p·p]: a stride-p convolution is exactly a matmul
-    /// over non-overlapping patches, and the matmul is much faster on CPU.
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    patch_embed: PatchEmbed,
     class_embedding: Tensor,
     position_embedding: Tensor,
     blocks: Vec<Block>,
@@ -172,8 +163,7 @@ impl EvaVit {
             .map(|i| Block::load(cfg, &w.pp("encoder.layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            patch_weight: conv.reshape((d, 3 * p * p))?.t()?.contiguous()?,
-            patch_bias: emb.get("patch_embedding.bias", &[d])?,
+            patch_embed: PatchEmbed::from_conv(&conv, emb.get("patch_embedding.bias", &[d])?)?,
             class_embedding: emb.get("class_embedding", &[1, 1, d])?,
             position_embedding: pos,
             blocks,
@@ -206,13 +196,7 @@ impl EvaVit {
                 s = self.image_size
             )));
         }
-        let p = self.cfg.patch_size;
-        let g = self.image_size / p;
-        let patches = pixels
-            .reshape((b, 3, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b, g * g, 3 * p * p))?;
-        let x = patches.broadcast_matmul(&self.patch_weight)?.broadcast_add(&self.patch_bias)?;
+        let x = self.patch_embed.forward(pixels)?;
         let cls = self.class_embedding.broadcast_as((b, 1, self.cfg.hidden_size))?;
         let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
         for block in &self.blocks {

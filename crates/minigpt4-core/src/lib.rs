@@ -17,6 +17,7 @@ pub mod projector;
 pub mod qformer;
 pub mod template;
 pub mod tokenizer;
+pub mod vit_layers;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ use candle_nn::{LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::vit_layers::multi_head_attention;
 use crate::weights::Scope;
 
 /// Mirrors Hugging Face's `Blip2QFormerConfig` (defaults: the BLIP-2 Q-Former of MiniGPT-4).
@@ -63,17 +64,9 @@ impl MultiHeadAttention {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let m = context.dim(1)?;
-        let hd = d / self.heads;
-        let split = |t: Tensor, len: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, len, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = split(self.query.forward(x)?, n)?;
-        let k = split(self.key.forward(context)?, m)?;
-        let v = split(self.value.forward(context)?, m)?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let q = self.query.forward(x)?;
+        let (k, v) = (self.key.forward(context)?, self.value.forward(context)?);
+        let ctx = multi_head_attention(&q, &k, &v, self.heads)?;
         Ok(self.norm.forward(&(self.dense.forward(&ctx)? + x)?)?)
     }
 }

@@ -1,0 +1,53 @@
+//! Pieces the vision transformers (EVA ViT, DINOv2) and the Q-Former share.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// A stride-p convolution over non-overlapping patches, run as a matmul (much faster on CPU
+/// than candle's im2col convolution, and the same arithmetic).
+pub struct PatchEmbed {
+    /// [3·p·p, hidden]
+    weight: Tensor,
+    bias: Tensor,
+    patch: usize,
+}
+
+impl PatchEmbed {
+    /// From a `Conv2d(3 → hidden, kernel p, stride p)`'s weight [hidden, 3, p, p] and bias.
+    pub fn from_conv(weight: &Tensor, bias: Tensor) -> Result<Self> {
+        let (d, c, p, _) = weight.dims4()?;
+        Ok(Self { weight: weight.reshape((d, c * p * p))?.t()?.contiguous()?, bias, patch: p })
+    }
+
+    pub fn dtype(&self) -> candle_core::DType {
+        self.weight.dtype()
+    }
+
+    /// [B, 3, S, S] → [B, (S/p)², hidden], patches in raster order.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, s, _) = pixels.dims4()?;
+        let (p, g) = (self.patch, s / self.patch);
+        let patches = pixels
+            .to_dtype(self.weight.dtype())?
+            .reshape((b, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, g * g, c * p * p))?;
+        Ok(patches.broadcast_matmul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Scaled dot-product attention with heads split from and merged back into the last dim:
+/// q [B, N, D], k and v [B, M, D] → [B, N, D]; scores are `q·kᵀ / √(D/heads)`.
+pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, d) = q.dims3()?;
+    let m = k.dim(1)?;
+    let hd = d / heads;
+    let split = |t: &Tensor, len: usize| -> Result<Tensor> {
+        Ok(t.reshape((b, len, heads, hd))?.transpose(1, 2)?.contiguous()?)
+    };
+    let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
+    let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+    let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+    Ok(ctx.transpose(1, 2)?.reshape((b, n, d))?)
+}
