@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod error;
 pub mod eva_vit;
+pub mod fetch;
 pub mod generate;
 pub mod image;
 pub mod llama;
