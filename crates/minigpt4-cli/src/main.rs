@@ -3,6 +3,7 @@
 
 mod chat;
 mod describe;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,8 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Chat about images interactively (or through a pipe).
     Chat(chat::ChatArgs),
+    /// Serve the OpenAI-compatible chat API and the web chat page.
+    Serve(serve::ServeArgs),
     /// List the tensors of a checkpoint (safetensors, .pth, GGUF) with their shapes.
     Inspect {
         file: PathBuf,
@@ -106,6 +109,7 @@ fn main() {
     let result = match cli.command {
         Command::Describe(args) => describe::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Inspect { file } => inspect(&file).map(|_| true),
     };
     match result {
