@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,8 +47,13 @@ fn chat_page_in_headless_chromium() {
     }
     let missing = missing();
     if !missing.is_empty() {
+        // Straight to stderr: libtest captures eprintln! of passing tests, and this must be seen.
         let line = "!".repeat(78);
-        eprintln!("\n{line}\n!! SKIPPED chat_page_in_headless_chromium: cannot install {}\n!! run scripts/install-browser-test-deps.sh (apt-get + npm ci) to enable it\n{line}\n", missing.join(", "));
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n{line}\n!! SKIPPED chat_page_in_headless_chromium: cannot install {}\n!! run scripts/install-browser-test-deps.sh (apt-get + npm ci) to enable it\n{line}\n",
+            missing.join(", ")
+        );
         return;
     }
 
