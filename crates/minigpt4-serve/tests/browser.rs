@@ -1,0 +1,108 @@
+//! The chat page in headless Chromium (Debian's /usr/bin/chromium driven by playwright-core):
+//! upload an image, ask, watch the answer stream in, screenshot, reset. The screenshot is left at
+//! `<target>/tmp/minigpt4-serve-browser/chat.png`.
+//!
+//! Needs chromium, node and `npm ci` in tests/browser; when they are missing the test runs
+//! `scripts/install-browser-test-deps.sh` (set MINIGPT4_NO_BROWSER_INSTALL=1 to not), and is
+//! skipped with a loud message only if that cannot install them.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn missing() -> Vec<String> {
+    let mut m = vec![];
+    if !chromium().exists() {
+        m.push(format!("chromium ({})", chromium().display()));
+    }
+    if !Command::new("node").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        m.push("node".into());
+    }
+    if !browser_dir().join("node_modules/playwright-core/package.json").exists() {
+        m.push("playwright-core (npm ci in tests/browser)".into());
+    }
+    m
+}
+
+#[test]
+fn chat_page_in_headless_chromium() {
+    if !missing().is_empty() && std::env::var_os("MINIGPT4_NO_BROWSER_INSTALL").is_none() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-browser-test-deps.sh");
+        eprintln!("browser test: missing {:?}; running {}", missing(), script.display());
+        let status = Command::new("bash").arg(&script).status();
+        eprintln!("browser test: install script ended with {status:?}");
+    }
+    let missing = missing();
+    if !missing.is_empty() {
+        // Straight to stderr: libtest captures eprintln! of passing tests, and this must be seen.
+        let line = "!".repeat(78);
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n{line}\n!! SKIPPED chat_page_in_headless_chromium: cannot install {}\n!! run scripts/install-browser-test-deps.sh (apt-get + npm ci) to enable it\n{line}\n",
+            missing.join(", ")
+        );
+        return;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server = rt.block_on(async {
+        let mut cfg = config();
+        // Slow enough that the page visibly receives the answer piece by piece.
+        cfg.throttle = Some(Duration::from_millis(30));
+        start(cfg).await
+    });
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("minigpt4-serve-browser");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let shot = out_dir.join("chat.png");
+    let _ = std::fs::remove_file(&shot);
+    let image = core_fixture("images/cat.jpg");
+
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .arg(browser_dir().join("chat.mjs"))
+        .arg(format!("http://{}/", server.addr))
+        .arg(&image)
+        .arg(&shot)
+        .env("CHROMIUM", chromium())
+        .current_dir(browser_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting node");
+    let limit = Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the browser script ran over {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("browser script ({:.1?}): {stdout}{stderr}", started.elapsed());
+    assert!(status.success(), "the browser script failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["ok"], true);
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "screenshot {} has {size} bytes", shot.display());
+    eprintln!("screenshot: {}", shot.display());
+    rt.block_on(server.stop());
+}
