@@ -3,6 +3,7 @@
 
 mod chat;
 mod describe;
+mod train;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,8 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Chat about images interactively (or through a pipe).
     Chat(chat::ChatArgs),
+    /// Train the projection (stage 1: captions, stage 2: instructions).
+    Train(train::TrainArgs),
     /// List the tensors of a checkpoint (safetensors, .pth, GGUF) with their shapes.
     Inspect {
         file: PathBuf,
@@ -106,6 +109,7 @@ fn main() {
     let result = match cli.command {
         Command::Describe(args) => describe::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Train(args) => train::run(args),
         Command::Inspect { file } => inspect(&file).map(|_| true),
     };
     match result {
