@@ -4,6 +4,7 @@
 mod chat;
 mod describe;
 mod serve;
+mod train;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,8 @@ enum Command {
     Fetch,
     /// Serve the OpenAI-compatible chat API and the web chat page.
     Serve(serve::ServeArgs),
+    /// Train the projection (stage 1: captions, stage 2: instructions).
+    Train(train::TrainArgs),
     /// List the tensors of a checkpoint (safetensors, .pth, GGUF) with their shapes.
     Inspect {
         file: PathBuf,
@@ -120,6 +123,7 @@ fn main() {
         Command::Chat(args) => chat::run(args),
         Command::Fetch => fetch().map(|_| true),
         Command::Serve(args) => serve::run(args),
+        Command::Train(args) => train::run(args),
         Command::Inspect { file } => inspect(&file).map(|_| true),
     };
     match result {

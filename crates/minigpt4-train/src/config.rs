@@ -1,0 +1,252 @@
+//! Training settings: the flags a user gives, the stage defaults that fill the rest (DESIGN §4),
+//! and the check that a resumed run keeps every setting that changes its result.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Stage;
+use crate::optim::AdamWConfig;
+use crate::progress::Progress;
+use crate::schedule::LrSchedule;
+
+/// Everything that determines a run's result, saved in every checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub stage: Stage,
+    /// JSONL manifests (absolute paths).
+    pub data: Vec<PathBuf>,
+    /// Optimizer steps in the whole run.
+    pub steps: usize,
+    /// Samples per micro-batch (one LLM forward).
+    pub batch: usize,
+    /// Micro-batches per optimizer step; a step sees `batch × grad_accum` samples.
+    pub grad_accum: usize,
+    pub schedule: LrSchedule,
+    pub adamw: AdamWConfig,
+    pub seed: u64,
+    /// Target tokens kept per sample (32 in stage 1, 160 in stage 2).
+    pub max_txt_len: usize,
+    /// Caption words kept in stage 1 (LAVIS `max_words`).
+    pub max_words: usize,
+    /// Starting projection (a stage-1 result, a MiniGPT-4 `.pth`); random when absent.
+    pub init: Option<PathBuf>,
+    /// Checkpoint every this many steps (does not change the result).
+    pub save_every: usize,
+    /// Checkpoints kept (the newest); 0 keeps all (does not change the result).
+    pub keep_checkpoints: usize,
+}
+
+/// What the caller asks for; `None` means "the stage default", or on `resume` "what the
+/// checkpoint says".
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub stage: Option<Stage>,
+    pub data: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub steps: Option<usize>,
+    pub batch: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub lr: Option<f64>,
+    pub min_lr: Option<f64>,
+    pub warmup_lr: Option<f64>,
+    pub warmup_steps: Option<usize>,
+    pub weight_decay: Option<f64>,
+    pub seed: Option<u64>,
+    pub max_txt_len: Option<usize>,
+    pub init: Option<PathBuf>,
+    pub save_every: Option<usize>,
+    pub keep_checkpoints: Option<usize>,
+    /// Continue from the newest checkpoint in `out` (starts fresh when there is none).
+    pub resume: bool,
+    /// Root of the feature cache; `$MINIGPT4_HOME/cache` when absent.
+    pub cache_dir: Option<PathBuf>,
+    /// Images per vision-encoder forward while filling the cache.
+    pub feature_batch: usize,
+    /// Features kept in memory up to this many bytes, else read from the cache per batch.
+    pub feature_memory: usize,
+    pub progress: Progress,
+    pub device: Device,
+    /// Stops after this many steps in total without finishing the run, as a crash would (for
+    /// testing resume).
+    pub stop_after: Option<usize>,
+}
+
+impl TrainOptions {
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            stage: None,
+            data: Vec::new(),
+            out: out.into(),
+            steps: None,
+            batch: None,
+            grad_accum: None,
+            lr: None,
+            min_lr: None,
+            warmup_lr: None,
+            warmup_steps: None,
+            weight_decay: None,
+            seed: None,
+            max_txt_len: None,
+            init: None,
+            save_every: None,
+            keep_checkpoints: None,
+            resume: false,
+            cache_dir: None,
+            feature_batch: 8,
+            feature_memory: 1 << 30,
+            progress: Progress::Auto,
+            device: Device::Cpu,
+            stop_after: None,
+        }
+    }
+}
+
+fn absolute(p: &PathBuf) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+}
+
+/// Stage defaults (DESIGN §4 and the MiniGPT-4 configs):
+///
+/// | | stage 1 | stage 2 |
+/// |---|---|---|
+/// | steps | 20,000 | 1,000 |
+/// | batch × grad-accum | 32 × 8 (= 256) | 12 × 1 |
+/// | lr: warm-up start → peak → floor | 1e-6 → 1e-4 → 8e-5 | 1e-6 → 3e-5 → 1e-5 |
+/// | warm-up steps | steps / 4 (5,000 of 20,000) | min(200, steps / 5) |
+/// | target tokens | 32 | 160 |
+///
+/// AdamW β = (0.9, 0.999), ε = 1e-8, weight decay 0.05 (weight only), seed 42, a checkpoint
+/// every steps / 10 (at most 1,000), the newest 3 kept.
+pub fn resolve(o: &TrainOptions, previous: Option<&TrainConfig>) -> Result<TrainConfig> {
+    let stage = o.stage.or(previous.map(|p| p.stage)).ok_or_else(|| anyhow::anyhow!("--stage is required (1 or 2)"))?;
+    let data: Vec<PathBuf> = if o.data.is_empty() {
+        previous.map(|p| p.data.clone()).unwrap_or_default()
+    } else {
+        o.data.iter().map(absolute).collect()
+    };
+    if data.is_empty() {
+        bail!("no training data: pass --data MANIFEST.jsonl");
+    }
+    let (steps_d, batch_d, accum_d, lr_d, min_d, txt_d) = match stage {
+        Stage::One => (20_000, 32, 8, 1e-4, 8e-5, 32),
+        Stage::Two => (1_000, 12, 1, 3e-5, 1e-5, 160),
+    };
+    let pick = |given: Option<usize>, prev: Option<usize>, default: usize| given.or(prev).unwrap_or(default);
+    let pickf = |given: Option<f64>, prev: Option<f64>, default: f64| given.or(prev).unwrap_or(default);
+    let steps = pick(o.steps, previous.map(|p| p.steps), steps_d);
+    let warmup_d = match stage {
+        Stage::One => steps / 4,
+        Stage::Two => 200.min(steps / 5),
+    };
+    let ps = previous.map(|p| p.schedule);
+    let cfg = TrainConfig {
+        stage,
+        data,
+        steps,
+        batch: pick(o.batch, previous.map(|p| p.batch), batch_d),
+        grad_accum: pick(o.grad_accum, previous.map(|p| p.grad_accum), accum_d),
+        schedule: LrSchedule {
+            warmup_lr: pickf(o.warmup_lr, ps.map(|s| s.warmup_lr), 1e-6),
+            lr: pickf(o.lr, ps.map(|s| s.lr), lr_d),
+            min_lr: pickf(o.min_lr, ps.map(|s| s.min_lr), min_d),
+            warmup_steps: pick(o.warmup_steps, ps.map(|s| s.warmup_steps), warmup_d),
+            total_steps: steps,
+        },
+        adamw: AdamWConfig {
+            weight_decay: pickf(o.weight_decay, previous.map(|p| p.adamw.weight_decay), 0.05),
+            ..previous.map(|p| p.adamw).unwrap_or_default()
+        },
+        seed: o.seed.or(previous.map(|p| p.seed)).unwrap_or(42),
+        max_txt_len: pick(o.max_txt_len, previous.map(|p| p.max_txt_len), txt_d),
+        max_words: previous.map(|p| p.max_words).unwrap_or(crate::caption::MAX_WORDS),
+        init: o.init.as_ref().map(absolute).or(previous.and_then(|p| p.init.clone())),
+        save_every: pick(o.save_every, previous.map(|p| p.save_every), (steps / 10).clamp(1, 1000)),
+        keep_checkpoints: pick(o.keep_checkpoints, previous.map(|p| p.keep_checkpoints), 3),
+    };
+    if cfg.steps == 0 || cfg.batch == 0 || cfg.grad_accum == 0 || cfg.save_every == 0 {
+        bail!("--steps, --batch, --grad-accum and --save-every must be at least 1");
+    }
+    let s = cfg.schedule;
+    if !(s.lr > 0.0 && s.lr.is_finite() && s.min_lr >= 0.0 && s.warmup_lr >= 0.0) {
+        bail!("learning rates must be finite, the peak positive and the others non-negative");
+    }
+    if !(0.0..1.0).contains(&cfg.adamw.weight_decay) {
+        bail!("--weight-decay must be in [0, 1)");
+    }
+    if let Some(p) = previous {
+        let diffs = differences(p, &cfg);
+        if !diffs.is_empty() {
+            bail!(
+                "--resume with settings that differ from the checkpoint's ({}); a resumed run must keep them to continue exactly. \
+                 Drop those flags, or start a new run in another --out",
+                diffs.join("; ")
+            );
+        }
+    }
+    Ok(cfg)
+}
+
+/// The result-changing settings where `b` differs from `a` (checkpointing settings may change).
+pub fn differences(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+    let mut d = Vec::new();
+    let mut cmp = |name: &str, x: String, y: String| {
+        if x != y {
+            d.push(format!("{name}: {x} → {y}"));
+        }
+    };
+    cmp("stage", format!("{:?}", a.stage), format!("{:?}", b.stage));
+    cmp("data", format!("{:?}", a.data), format!("{:?}", b.data));
+    cmp("steps", a.steps.to_string(), b.steps.to_string());
+    cmp("batch", a.batch.to_string(), b.batch.to_string());
+    cmp("grad-accum", a.grad_accum.to_string(), b.grad_accum.to_string());
+    cmp("lr schedule", format!("{:?}", a.schedule), format!("{:?}", b.schedule));
+    cmp("adamw", format!("{:?}", a.adamw), format!("{:?}", b.adamw));
+    cmp("seed", a.seed.to_string(), b.seed.to_string());
+    cmp("max-txt-len", a.max_txt_len.to_string(), b.max_txt_len.to_string());
+    cmp("max-words", a.max_words.to_string(), b.max_words.to_string());
+    cmp("init", format!("{:?}", a.init), format!("{:?}", b.init));
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_defaults() {
+        let mut o = TrainOptions::new("/tmp/x");
+        o.data = vec!["/nonexistent/m.jsonl".into()];
+        o.stage = Some(Stage::One);
+        let c = resolve(&o, None).unwrap();
+        assert_eq!((c.steps, c.batch, c.grad_accum, c.max_txt_len), (20_000, 32, 8, 32));
+        assert_eq!(c.schedule, LrSchedule { warmup_lr: 1e-6, lr: 1e-4, min_lr: 8e-5, warmup_steps: 5000, total_steps: 20_000 });
+        o.stage = Some(Stage::Two);
+        let c = resolve(&o, None).unwrap();
+        assert_eq!((c.steps, c.batch, c.grad_accum, c.max_txt_len), (1000, 12, 1, 160));
+        assert_eq!(c.schedule, LrSchedule { warmup_lr: 1e-6, lr: 3e-5, min_lr: 1e-5, warmup_steps: 200, total_steps: 1000 });
+        assert_eq!(c.adamw, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 });
+        o.steps = Some(100);
+        assert_eq!(resolve(&o, None).unwrap().schedule.warmup_steps, 20);
+    }
+
+    #[test]
+    fn resume_keeps_settings_and_refuses_changes() {
+        let mut o = TrainOptions::new("/tmp/x");
+        o.data = vec!["/nonexistent/m.jsonl".into()];
+        o.stage = Some(Stage::Two);
+        o.steps = Some(50);
+        o.lr = Some(1e-3);
+        let first = resolve(&o, None).unwrap();
+        let mut again = TrainOptions::new("/tmp/x");
+        again.resume = true;
+        assert_eq!(resolve(&again, Some(&first)).unwrap(), first);
+        again.save_every = Some(7);
+        assert_eq!(resolve(&again, Some(&first)).unwrap().save_every, 7);
+        again.lr = Some(2e-3);
+        let err = resolve(&again, Some(&first)).unwrap_err().to_string();
+        assert!(err.contains("lr schedule"), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+//! The on-disk cache of frozen image features (vision encoder + `ln_vision` + adapter output,
+//! `[1, N, d_a]` f32), computed once per image and read by every epoch and both stages.
+//!
+//! Layout: `<cache>/features/<encoder fingerprint>/<image key>.safetensors`, one file per image
+//! holding the tensor `features` and the metadata `format`, `fingerprint`, `source`.
+//!
+//! * The **image key** is `<FNV-1a-64 of the encoded bytes, 16 hex>-<byte length, hex>`: the same
+//!   content hash the pipeline's in-memory cache uses, so a renamed or copied image is found
+//!   again and an edited one is not.
+//! * The **encoder fingerprint** is a 128-bit digest of everything the features depend on: the
+//!   vision and adapter kinds and options, the image preprocessing (size, mean, std), the bytes of
+//!   their config files, and of each weight file its size plus a sample of its bytes (the first
+//!   and last MiB and 16 blocks of 4 KiB spread over the rest). A safetensors file starts with its
+//!   header (names, shapes, offsets) and ends in weight data; a `.pth` zip ends with its central
+//!   directory, which holds every entry's CRC-32. Paths and modification times are *not* part of
+//!   it, so copying or moving a model keeps its cache, while swapping in different weights (even
+//!   of the same shapes) gives a new fingerprint. A changed encoder therefore never reads stale
+//!   features; old fingerprints' folders are simply left behind (delete them freely).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use minigpt4_core::image::{self, ImageConfig, Limits};
+use minigpt4_core::model_file::ModelSpec;
+
+use crate::io::{self, Digest};
+use crate::progress::Progress;
+
+pub const FEATURES_FORMAT: &str = "minigpt4-features/1";
+const SAMPLE_EDGE: u64 = 1 << 20;
+const SAMPLE_BLOCKS: u64 = 16;
+const SAMPLE_BLOCK: u64 = 4096;
+
+/// Adds a file (or every file of a directory, sorted) to the digest: size plus sampled bytes.
+pub fn digest_file(d: &mut Digest, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        entries.sort();
+        for e in entries {
+            d.update_str(&e.file_name().unwrap_or_default().to_string_lossy());
+            digest_file(d, &e)?;
+        }
+        return Ok(());
+    }
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata().with_context(|| path.display().to_string())?.len();
+    d.update(&len.to_le_bytes());
+    let mut read_at = |offset: u64, n: u64, d: &mut Digest| -> Result<()> {
+        let n = n.min(len.saturating_sub(offset));
+        let mut buf = vec![0u8; n as usize];
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        d.update(&buf);
+        Ok(())
+    };
+    if len <= 2 * SAMPLE_EDGE + SAMPLE_BLOCKS * SAMPLE_BLOCK {
+        read_at(0, len, d)?;
+    } else {
+        read_at(0, SAMPLE_EDGE, d)?;
+        let inner = len - 2 * SAMPLE_EDGE;
+        for i in 0..SAMPLE_BLOCKS {
+            read_at(SAMPLE_EDGE + inner * i / SAMPLE_BLOCKS, SAMPLE_BLOCK, d)?;
+        }
+        read_at(len - SAMPLE_EDGE, SAMPLE_EDGE, d)?;
+    }
+    Ok(())
+}
+
+/// The fingerprint of the frozen part of `spec` with preprocessing `image` (see the module docs).
+pub fn encoder_fingerprint(spec: &ModelSpec, image: &ImageConfig) -> Result<String> {
+    let mut d = Digest::default();
+    d.update_str(FEATURES_FORMAT);
+    d.update_str(&format!("vision {:?} size {:?} ln {:?}", spec.vision.kind, spec.vision.image_size, spec.vision.ln_vision));
+    digest_file(&mut d, &spec.vision.weights)?;
+    if let Some(c) = &spec.vision.config {
+        d.update(&std::fs::read(c).with_context(|| c.display().to_string())?);
+    }
+    d.update_str(&format!("adapter {:?} merge {}", spec.adapter.kind, spec.adapter.merge));
+    if let Some(w) = &spec.adapter.weights {
+        digest_file(&mut d, w)?;
+    }
+    if let Some(c) = &spec.adapter.config {
+        d.update(&std::fs::read(c).with_context(|| c.display().to_string())?);
+    }
+    d.update_str(&format!("image {}", image.size));
+    for x in image.mean.iter().chain(&image.std) {
+        d.update(&x.to_bits().to_le_bytes());
+    }
+    Ok(d.hex())
+}
+
+/// The cache key of an encoded image.
+pub fn image_key(bytes: &[u8]) -> String {
+    format!("{:016x}-{:x}", image::content_hash(bytes), bytes.len())
+}
+
+pub struct FeatureCache {
+    pub dir: PathBuf,
+    pub fingerprint: String,
+}
+
+impl FeatureCache {
+    pub fn new(cache_root: &Path, fingerprint: &str) -> Self {
+        Self { dir: cache_root.join("features").join(fingerprint), fingerprint: fingerprint.to_string() }
+    }
+
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.safetensors"))
+    }
+
+    /// Shape of a cached entry if the file is complete and well formed (header and length only;
+    /// the data is not read).
+    pub fn probe(&self, key: &str) -> Option<Vec<usize>> {
+        let path = self.path(key);
+        let mut f = std::fs::File::open(&path).ok()?;
+        let file_len = f.metadata().ok()?.len();
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n).ok()?;
+        let n = u64::from_le_bytes(n);
+        if n > 1 << 20 || 8 + n > file_len {
+            return None;
+        }
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header).ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        let meta = json.get("__metadata__")?;
+        if meta.get("format")?.as_str()? != FEATURES_FORMAT || meta.get("fingerprint")?.as_str()? != self.fingerprint {
+            return None;
+        }
+        let t = json.get("features")?;
+        if t.get("dtype")?.as_str()? != "F32" {
+            return None;
+        }
+        let shape: Vec<usize> = serde_json::from_value(t.get("shape")?.clone()).ok()?;
+        let offs: Vec<u64> = serde_json::from_value(t.get("data_offsets")?.clone()).ok()?;
+        let numel: usize = shape.iter().product();
+        (shape.len() == 3 && offs.len() == 2 && offs[1] - offs[0] == 4 * numel as u64 && file_len == 8 + n + offs[1])
+            .then_some(shape)
+    }
+
+    pub fn load(&self, key: &str, device: &Device) -> Result<Tensor> {
+        let l = io::load_safetensors(&self.path(key), device)?;
+        Ok(l.tensor("features")?.clone())
+    }
+
+    pub fn store(&self, key: &str, features: &Tensor, source: &Path) -> Result<()> {
+        let meta = HashMap::from([
+            ("format".to_string(), FEATURES_FORMAT.to_string()),
+            ("fingerprint".to_string(), self.fingerprint.clone()),
+            ("source".to_string(), source.display().to_string()),
+        ]);
+        io::save_safetensors(&self.path(key), &[("features", features)], meta)
+    }
+}
+
+/// What feature extraction did.
+#[derive(Debug, Default)]
+pub struct Extraction {
+    /// Per input path, its cache key, or `None` when the image was skipped.
+    pub keys: Vec<Option<String>>,
+    /// Images that could not be used, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+    pub computed: usize,
+    pub reused: usize,
+    /// `[1, tokens, dim]` of every entry.
+    pub shape: Option<Vec<usize>>,
+}
+
+/// Makes sure every image in `paths` has cached features, computing missing ones with
+/// `encode` (pixels `[B, 3, S, S]` → `[B, N, d_a]`) in batches of `batch`. An unreadable or
+/// undecodable image is reported in `skipped`, never fatal.
+#[allow(clippy::too_many_arguments)]
+pub fn extract(
+    encode: &dyn Fn(&Tensor) -> minigpt4_core::Result<Tensor>,
+    paths: &[PathBuf],
+    cache: &FeatureCache,
+    image_cfg: &ImageConfig,
+    limits: &Limits,
+    device: &Device,
+    batch: usize,
+    progress: &Progress,
+) -> Result<Extraction> {
+    let mut out = Extraction { keys: vec![None; paths.len()], ..Default::default() };
+    let bar = progress.bar(paths.len() as u64, "features");
+    let mut pending: Vec<(String, PathBuf, Tensor)> = Vec::new();
+    let mut done: HashSet<String> = HashSet::new();
+
+    let check_shape = |shape: &[usize], out: &mut Extraction| -> Result<()> {
+        match &out.shape {
+            None => out.shape = Some(shape.to_vec()),
+            Some(s) if s.as_slice() == shape => {}
+            Some(s) => bail!("image features of shape {shape:?} differ from earlier ones {s:?}"),
+        }
+        Ok(())
+    };
+    let flush = |pending: &mut Vec<(String, PathBuf, Tensor)>, out: &mut Extraction| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let pixels = Tensor::stack(&pending.iter().map(|(_, _, t)| t.clone()).collect::<Vec<_>>(), 0)?;
+        let feats = encode(&pixels).context("running the vision encoder and adapter")?;
+        for (i, (key, path, _)) in pending.drain(..).enumerate() {
+            let f = feats.narrow(0, i, 1)?;
+            cache.store(&key, &f, &path)?;
+            out.computed += 1;
+        }
+        Ok(())
+    };
+
+    for (i, path) in paths.iter().enumerate() {
+        bar.inc(1);
+        let what = path.display().to_string();
+        let bytes = match read_limited(path, limits) {
+            Ok(b) => b,
+            Err(e) => {
+                out.skipped.push((path.clone(), format!("{e:#}")));
+                continue;
+            }
+        };
+        let key = image_key(&bytes);
+        if done.contains(&key) {
+            out.keys[i] = Some(key);
+            continue;
+        }
+        if let Some(shape) = cache.probe(&key) {
+            check_shape(&shape, &mut out)?;
+            out.reused += 1;
+            done.insert(key.clone());
+            out.keys[i] = Some(key);
+            continue;
+        }
+        match image::preprocess(&bytes, &what, image_cfg, limits, device) {
+            Ok(px) => {
+                done.insert(key.clone());
+                out.keys[i] = Some(key.clone());
+                pending.push((key, path.clone(), px));
+                if pending.len() >= batch.max(1) {
+                    flush(&mut pending, &mut out)?;
+                }
+            }
+            Err(e) => out.skipped.push((path.clone(), e.to_string())),
+        }
+    }
+    flush(&mut pending, &mut out)?;
+    bar.finish_and_clear();
+    // Shapes of what was computed in this run.
+    if let Some(key) = out.keys.iter().flatten().next().cloned() {
+        if let Some(shape) = cache.probe(&key) {
+            check_shape(&shape, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn read_limited(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+    if len > limits.max_bytes {
+        bail!("{}: {len} bytes exceeds the limit of {} bytes", path.display(), limits.max_bytes);
+    }
+    std::fs::read(path).with_context(|| format!("{}", path.display()))
+}
+
+/// Features of the training images, in memory when they fit `budget_bytes`, else read from the
+/// cache per batch (the OS page cache does the rest).
+pub struct FeatureStore {
+    cache: FeatureCache,
+    keys: Vec<String>,
+    memory: Option<Vec<Tensor>>,
+    device: Device,
+}
+
+impl FeatureStore {
+    pub fn new(cache: FeatureCache, keys: Vec<String>, shape: &[usize], device: &Device, budget_bytes: usize) -> Result<Self> {
+        let per: usize = shape.iter().product::<usize>() * 4;
+        let mut s = Self { cache, keys, memory: None, device: device.clone() };
+        if per * s.keys.len() <= budget_bytes {
+            let all = s.keys.iter().map(|k| s.cache.load(k, device)).collect::<Result<Vec<_>>>()?;
+            s.memory = Some(all);
+        }
+        Ok(s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// `[1, N, d_a]` of image `i`.
+    pub fn get(&self, i: usize) -> Result<Tensor> {
+        match &self.memory {
+            Some(m) => Ok(m[i].clone()),
+            None => self.cache.load(&self.keys[i], &self.device),
+        }
+    }
+}

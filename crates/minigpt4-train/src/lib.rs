@@ -1,0 +1,26 @@
+//! Training of MiniGPT-4's projection (`llama_proj`, DESIGN §4): the vision encoder, adapter
+//! and LLM stay frozen; their image features are computed once and cached on disk; stage 1
+//! aligns on image–caption pairs, stage 2 tunes on instructions in the model's template.
+//!
+//! Outputs in the run directory: `projection.safetensors` (the trained projection),
+//! `checkpoints/step-N.safetensors` (projection + AdamW state + settings, resumable),
+//! `log.csv`, `loss.png`, `config.json`.
+
+pub mod caption;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod features;
+pub mod io;
+pub mod log;
+pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod progress;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{TrainConfig, TrainOptions};
+pub use data::Stage;
+pub use progress::Progress;
+pub use trainer::{train, TrainReport, Trainer};

@@ -1,0 +1,496 @@
+//! The training loop: only `llama_proj` is a `Var`; the LLM runs in `Mode::Differentiable` so
+//! gradients reach its input embeddings (and through them the projection) while its own
+//! weights, plain tensors, get none.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Tensor, Var, D};
+use minigpt4_core::llama::{Llama, Mode};
+use minigpt4_core::model_file::{minigpt4_home, ModelSpec};
+
+use crate::checkpoint::{self, Checkpoint, BIAS, WEIGHT};
+use crate::config::{self, TrainConfig, TrainOptions};
+use crate::data::{self, DataOrder, Sample, Sequence, Texts};
+use crate::features::{self, FeatureCache, FeatureStore};
+use crate::io::Digest;
+use crate::log::{CsvLog, Row};
+use crate::model::{self, Frozen};
+use crate::optim::AdamW;
+use crate::plot;
+use crate::progress::Progress;
+
+/// Mean cross-entropy over the target tokens of a right-padded batch, and how many tokens
+/// that is. `features` `[B, N, d_a]` are the cached adapter outputs of `seqs`' images (same
+/// order), `weight`/`bias` the projection.
+///
+/// Each row is `embed(before) · proj(image) · embed(after) · embed(target[..-1])`, padded on
+/// the right with zero vectors to the longest row. With right padding the causal mask already
+/// keeps padding from influencing real positions, and padded positions carry no label.
+pub fn batch_loss(llm: &Llama, seqs: &[Sequence], features: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<(Tensor, usize)> {
+    let device = llm.device();
+    let img = features.broadcast_matmul(&weight.t()?)?.broadcast_add(bias)?.to_dtype(llm.dtype())?;
+    let (b, n_img, d) = img.dims3()?;
+    if b != seqs.len() {
+        bail!("{} feature rows for {} sequences", b, seqs.len());
+    }
+    let t_max = seqs.iter().map(|s| s.input_len(n_img)).max().unwrap_or(0);
+    let mut rows = Vec::with_capacity(b);
+    let (mut positions, mut labels) = (Vec::new(), Vec::new());
+    for (i, s) in seqs.iter().enumerate() {
+        let mut parts = Vec::with_capacity(5);
+        if !s.before.is_empty() {
+            parts.push(llm.embed(&s.before)?);
+        }
+        parts.push(img.narrow(0, i, 1)?);
+        if !s.after.is_empty() {
+            parts.push(llm.embed(&s.after)?);
+        }
+        let target_in = &s.target[..s.target.len().saturating_sub(1)];
+        if !target_in.is_empty() {
+            parts.push(llm.embed(target_in)?);
+        }
+        let len = s.input_len(n_img);
+        if len < t_max {
+            parts.push(Tensor::zeros((1, t_max - len, d), llm.dtype(), device)?);
+        }
+        rows.push(Tensor::cat(&parts, 1)?);
+        for (p, l) in s.labels(n_img).into_iter().enumerate() {
+            if let Some(id) = l {
+                positions.push((i * t_max + p) as u32);
+                labels.push(id);
+            }
+        }
+    }
+    if labels.is_empty() {
+        bail!("a batch without target tokens");
+    }
+    let x = Tensor::cat(&rows, 0)?;
+    let logits = llm.forward_all(&x, Mode::Differentiable)?;
+    let v = logits.dim(D::Minus1)?;
+    let flat = logits.reshape((b * t_max, v))?;
+    let picked = flat.index_select(&Tensor::new(positions.as_slice(), device)?, 0)?.to_dtype(candle_core::DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+    let ids = Tensor::new(labels.as_slice(), device)?.unsqueeze(1)?;
+    let loss = logp.gather(&ids, 1)?.neg()?.mean_all()?;
+    Ok((loss, labels.len()))
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct TrainReport {
+    pub out: PathBuf,
+    /// `DIR/projection.safetensors` once the run finished.
+    pub projection: Option<PathBuf>,
+    pub steps_done: usize,
+    pub resumed_from: Option<usize>,
+    /// Stopped by `stop_after` before the end.
+    pub interrupted: bool,
+    /// (step, loss) of every step in the log, including earlier sessions of a resumed run.
+    pub losses: Vec<(usize, f64)>,
+    pub records: usize,
+    pub heldout_records: usize,
+    pub images: usize,
+    pub samples: usize,
+    pub features_computed: usize,
+    pub features_reused: usize,
+    pub skipped_lines: Vec<String>,
+    pub skipped_images: Vec<(PathBuf, String)>,
+    pub skipped_samples: Vec<String>,
+    /// Wall time of the steps run in this session and their throughput.
+    pub train_seconds: f64,
+    pub steps_this_session: usize,
+    pub samples_per_second: f64,
+    pub feature_seconds: f64,
+}
+
+pub struct StepStats {
+    pub loss: f64,
+    pub lr: f64,
+    pub seconds: f64,
+    pub target_tokens: usize,
+}
+
+pub struct Trainer {
+    pub frozen: Frozen,
+    pub config: TrainConfig,
+    pub out: PathBuf,
+    pub texts: Texts,
+    pub samples: Vec<Sample>,
+    pub features: FeatureStore,
+    pub image_keys: Vec<String>,
+    pub opt: AdamW,
+    /// Optimizer steps done.
+    pub step: usize,
+    pub samples_seen: u64,
+    order: DataOrder,
+    progress: Progress,
+    stop_after: Option<usize>,
+    elapsed_before: f64,
+    data_digest: String,
+    encoder_fingerprint: String,
+    llm_digest: String,
+    log: CsvLog,
+    pub report: TrainReport,
+}
+
+fn llm_digest(spec: &ModelSpec) -> Result<String> {
+    let mut d = Digest::default();
+    features::digest_file(&mut d, &spec.llm.weights)?;
+    for p in spec.llm.config.iter().chain(&spec.llm.tokenizer) {
+        features::digest_file(&mut d, p)?;
+    }
+    d.update_str(spec.template.name());
+    Ok(d.hex())
+}
+
+impl Trainer {
+    /// Everything before the first step: settings, model, data, feature cache, optimizer (and
+    /// the checkpoint to resume from).
+    pub fn prepare(spec: &ModelSpec, opts: &TrainOptions) -> Result<Self> {
+        let progress = opts.progress;
+        let out = opts.out.clone();
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let device = &opts.device;
+
+        checkpoint::remove_stale_temporaries(&out);
+        let resume_from = if opts.resume {
+            let mut warn = |m: String| progress.warn(None, &m);
+            let c = checkpoint::latest(&out, device, &mut warn);
+            if c.is_none() {
+                progress.warn(None, &format!("--resume: no checkpoint in {}, starting from the beginning", out.display()));
+            }
+            c
+        } else {
+            if !checkpoint::list(&out).is_empty() || out.join("projection.safetensors").exists() {
+                bail!(
+                    "{} already holds a training run; pass --resume to continue it, or choose another --out",
+                    out.display()
+                );
+            }
+            None
+        };
+        let config = config::resolve(opts, resume_from.as_ref().map(|c| &c.config))?;
+
+        // The projection to start from, as a file `Pipeline::load` can read.
+        let (in_dim, out_dim) = model::projection_dims(spec)?;
+        let start_file = match (&resume_from, &config.init) {
+            (Some(c), _) => c.path.clone(),
+            (None, Some(init)) => init.clone(),
+            (None, None) => {
+                let p = out.join("projection-init.safetensors");
+                let (w, b) = model::random_projection(in_dim, out_dim, config.seed, device)?;
+                let meta = HashMap::from([("init".to_string(), "random".to_string()), ("seed".to_string(), config.seed.to_string())]);
+                checkpoint::save_projection(&p, &w, &b, meta)?;
+                p
+            }
+        };
+        let mut spec = spec.clone();
+        spec.projection.weights = start_file.clone();
+        let (frozen, weight0, bias0) = model::load(&spec, device).with_context(|| format!("starting projection {}", start_file.display()))?;
+
+        // Data: the training split only.
+        let train = data::read_train_records(&config.data)?;
+        let mut report = TrainReport { out: out.clone(), heldout_records: train.heldout, records: train.records.len(), ..Default::default() };
+        for l in &train.skipped_lines {
+            progress.warn(None, &format!("skipped manifest line {l}"));
+        }
+        report.skipped_lines = train.skipped_lines.clone();
+
+        // Features of every distinct image, cached on disk.
+        let mut paths: Vec<PathBuf> = Vec::new();
+        let mut index_of: HashMap<PathBuf, usize> = HashMap::new();
+        for r in &train.records {
+            if !index_of.contains_key(&r.image) {
+                index_of.insert(r.image.clone(), paths.len());
+                paths.push(r.image.clone());
+            }
+        }
+        let fingerprint = features::encoder_fingerprint(&spec, &frozen.image)?;
+        let cache_root = opts.cache_dir.clone().unwrap_or_else(|| minigpt4_home().join("cache"));
+        let cache = FeatureCache::new(&cache_root, &fingerprint);
+        let t0 = Instant::now();
+        let extraction = features::extract(
+            &|px| frozen.image_features(px),
+            &paths,
+            &cache,
+            &frozen.image,
+            &frozen.limits,
+            device,
+            opts.feature_batch,
+            &progress,
+        )?;
+        report.feature_seconds = t0.elapsed().as_secs_f64();
+        for (p, why) in &extraction.skipped {
+            progress.warn(None, &format!("skipped image {}: {why}", p.display()));
+        }
+        report.skipped_images = extraction.skipped.clone();
+        report.features_computed = extraction.computed;
+        report.features_reused = extraction.reused;
+
+        // Distinct usable images (by content) and each record's image.
+        let mut image_keys: Vec<String> = Vec::new();
+        let mut key_index: HashMap<String, usize> = HashMap::new();
+        let path_image: Vec<Option<usize>> = extraction
+            .keys
+            .iter()
+            .map(|k| {
+                k.as_ref().map(|k| {
+                    *key_index.entry(k.clone()).or_insert_with(|| {
+                        image_keys.push(k.clone());
+                        image_keys.len() - 1
+                    })
+                })
+            })
+            .collect();
+        let image_of: Vec<Option<usize>> = train.records.iter().map(|r| path_image[index_of[&r.image]]).collect();
+
+        let texts = Texts::new(config.stage, frozen.tokenizer.clone(), frozen.template, frozen.bos(), config.max_txt_len, config.max_words)?;
+        let (samples, skipped_samples) = texts.build(&train.records, &image_of)?;
+        for s in &skipped_samples {
+            progress.warn(None, &format!("skipped sample {s}"));
+        }
+        report.skipped_samples = skipped_samples;
+        if samples.is_empty() {
+            bail!(
+                "no usable training samples in {} ({} train records, {} images skipped, {} samples skipped)",
+                config.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                train.records.len(),
+                report.skipped_images.len(),
+                report.skipped_samples.len()
+            );
+        }
+        let used: HashSet<usize> = samples.iter().map(|s| s.image).collect();
+        report.images = used.len();
+        report.samples = samples.len();
+        let shape = extraction.shape.clone().context("no image features")?;
+        let features = FeatureStore::new(FeatureCache::new(&cache_root, &fingerprint), image_keys.clone(), &shape, device, opts.feature_memory)?;
+
+        let data_digest = data::samples_digest(&samples, &image_keys);
+        let llm_digest = llm_digest(&spec)?;
+        if let Some(c) = &resume_from {
+            let mut why = Vec::new();
+            if c.data_digest != data_digest {
+                why.push("the training samples (manifests, images or tokenizer) changed");
+            }
+            if c.encoder_fingerprint != fingerprint {
+                why.push("the vision encoder / adapter changed");
+            }
+            if c.llm_digest != llm_digest {
+                why.push("the LLM or template changed");
+            }
+            if !why.is_empty() {
+                bail!("cannot resume from {}: {}", c.path.display(), why.join("; "));
+            }
+        }
+
+        let weight = Var::from_tensor(&weight0)?;
+        let bias = Var::from_tensor(&bias0)?;
+        let mut opt = AdamW::new(config.adamw, vec![(WEIGHT.into(), weight, true), (BIAS.into(), bias, false)])?;
+        let (mut step, mut samples_seen, mut elapsed_before) = (0, 0, 0.0);
+        if let Some(c) = &resume_from {
+            opt.step = c.step;
+            opt.params[0].exp_avg = c.weight_moments.0.clone();
+            opt.params[0].exp_avg_sq = c.weight_moments.1.clone();
+            opt.params[1].exp_avg = c.bias_moments.0.clone();
+            opt.params[1].exp_avg_sq = c.bias_moments.1.clone();
+            step = c.step;
+            samples_seen = c.samples_seen;
+            elapsed_before = c.elapsed_s;
+            report.resumed_from = Some(c.step);
+            if samples_seen != (step * config.batch * config.grad_accum) as u64 {
+                bail!("{}: {samples_seen} samples seen does not match {step} steps", c.path.display());
+            }
+        }
+        let log = CsvLog::open(&out.join("log.csv"), step)?;
+
+        let summary = serde_json::json!({
+            "config": config,
+            "model": spec,
+            "projection_dims": [in_dim, out_dim],
+            "encoder_fingerprint": fingerprint,
+            "feature_cache": cache.dir,
+            "data_digest": data_digest,
+            "records": report.records,
+            "heldout_records_ignored": report.heldout_records,
+            "images": report.images,
+            "samples": report.samples,
+        });
+        crate::io::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+
+        Ok(Self {
+            order: DataOrder::new(config.seed, samples.len()),
+            frozen,
+            out,
+            texts,
+            samples,
+            features,
+            image_keys,
+            opt,
+            step,
+            samples_seen,
+            progress,
+            stop_after: opts.stop_after,
+            elapsed_before,
+            data_digest,
+            encoder_fingerprint: fingerprint,
+            llm_digest,
+            log,
+            report,
+            config,
+        })
+    }
+
+    pub fn weight(&self) -> &Var {
+        &self.opt.params[0].var
+    }
+
+    pub fn bias(&self) -> &Var {
+        &self.opt.params[1].var
+    }
+
+    /// The sequences of the `b` samples drawn from stream position `start`.
+    pub fn draw(&mut self, start: u64, b: usize) -> Vec<Sequence> {
+        (0..b as u64)
+            .map(|i| {
+                let (epoch, pos, idx) = self.order.at(start + i);
+                self.texts.sequence(&self.samples[idx], self.config.seed, epoch, pos)
+            })
+            .collect()
+    }
+
+    /// One optimizer step: `grad_accum` micro-batches, gradients summed (each micro-batch loss
+    /// divided by `grad_accum`), then AdamW.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let t0 = Instant::now();
+        let lr = self.config.schedule.at(self.step);
+        let (b, k) = (self.config.batch, self.config.grad_accum);
+        let (w, bias) = (self.weight().as_tensor().clone(), self.bias().as_tensor().clone());
+        let mut acc: Option<(Tensor, Tensor)> = None;
+        let (mut loss_sum, mut tokens) = (0f64, 0usize);
+        for micro in 0..k {
+            let seqs = self.draw(self.samples_seen + (micro * b) as u64, b);
+            let feats = seqs.iter().map(|s| self.features.get(s.image)).collect::<Result<Vec<_>>>()?;
+            let feats = Tensor::cat(&feats, 0)?;
+            let (loss, n) = batch_loss(&self.frozen.llm, &seqs, &feats, &w, &bias)?;
+            let scaled = (loss / k as f64)?;
+            let grads = scaled.backward()?;
+            let gw = grads.get(&w).context("no gradient reached llama_proj.weight")?.clone();
+            let gb = grads.get(&bias).context("no gradient reached llama_proj.bias")?.clone();
+            acc = Some(match acc {
+                None => (gw, gb),
+                Some((aw, ab)) => ((aw + gw)?, (ab + gb)?),
+            });
+            loss_sum += f64::from(scaled.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+            tokens += n;
+        }
+        if !loss_sum.is_finite() {
+            bail!("the loss became {loss_sum} at step {} (lr {lr:e}); the last checkpoint is intact", self.step + 1);
+        }
+        let (gw, gb) = acc.expect("grad_accum ≥ 1");
+        self.opt.update(&[gw, gb], lr)?;
+        self.step += 1;
+        self.samples_seen += (b * k) as u64;
+        Ok(StepStats { loss: loss_sum, lr, seconds: t0.elapsed().as_secs_f64(), target_tokens: tokens })
+    }
+
+    pub fn checkpoint(&self, elapsed_s: f64) -> Result<PathBuf> {
+        let path = checkpoint::checkpoint_path(&self.out, self.step);
+        let p = &self.opt.params;
+        Checkpoint {
+            path: path.clone(),
+            step: self.step,
+            samples_seen: self.samples_seen,
+            elapsed_s,
+            config: self.config.clone(),
+            data_digest: self.data_digest.clone(),
+            encoder_fingerprint: self.encoder_fingerprint.clone(),
+            llm_digest: self.llm_digest.clone(),
+            weight: p[0].var.as_tensor().clone(),
+            bias: p[1].var.as_tensor().clone(),
+            weight_moments: (p[0].exp_avg.clone(), p[0].exp_avg_sq.clone()),
+            bias_moments: (p[1].exp_avg.clone(), p[1].exp_avg_sq.clone()),
+        }
+        .save()?;
+        checkpoint::prune(&self.out, self.config.keep_checkpoints);
+        self.plot()?;
+        Ok(path)
+    }
+
+    fn plot(&self) -> Result<()> {
+        let pts: Vec<(usize, f64)> = self.log.rows.iter().map(|r| (r.step, r.loss)).collect();
+        plot::loss_png(&self.out.join("loss.png"), &pts, &format!("stage {} training loss", self.config.stage.number()))
+    }
+
+    /// Runs the remaining steps, checkpointing every `save_every`, and writes the final
+    /// projection, log and plot.
+    pub fn run(mut self) -> Result<TrainReport> {
+        // The encoder's work is in the cache now; free its memory for the LLM.
+        self.frozen.vision = None;
+        let total = self.config.steps;
+        let bar = self.progress.bar(total as u64, "train");
+        bar.set_position(self.step as u64);
+        let session = Instant::now();
+        let start_step = self.step;
+        let print_every = (total / 20).max(1);
+        let mut last_saved = self.step;
+        while self.step < total {
+            if self.stop_after == Some(self.step) {
+                self.report.interrupted = true;
+                break;
+            }
+            let s = self.step()?;
+            let sps = (self.config.batch * self.config.grad_accum) as f64 / s.seconds.max(1e-9);
+            let elapsed = self.elapsed_before + session.elapsed().as_secs_f64();
+            self.log.push(Row { step: self.step, loss: s.loss, lr: s.lr, samples_per_s: sps, elapsed_s: elapsed })?;
+            let avg = ((self.step - start_step) * self.config.batch * self.config.grad_accum) as f64 / session.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {:.4} lr {:.2e} {avg:.1} samples/s", s.loss, s.lr));
+            bar.set_position(self.step as u64);
+            if !self.progress.is_terminal() && (self.step.is_multiple_of(print_every) || self.step == total) {
+                self.progress.line(&bar, &format!("step {}/{total} loss {:.4} lr {:.2e} {:.1} samples/s", self.step, s.loss, s.lr, sps));
+            }
+            if self.step.is_multiple_of(self.config.save_every) || self.step == total {
+                let p = self.checkpoint(elapsed)?;
+                last_saved = self.step;
+                if self.step < total {
+                    self.progress.line(&bar, &format!("checkpoint {}", p.display()));
+                }
+            }
+        }
+        bar.finish_and_clear();
+        let secs = session.elapsed().as_secs_f64();
+        self.report.steps_this_session = self.step - start_step;
+        self.report.train_seconds = secs;
+        self.report.samples_per_second =
+            (self.report.steps_this_session * self.config.batch * self.config.grad_accum) as f64 / secs.max(1e-9);
+        self.report.steps_done = self.step;
+        self.report.losses = self.log.rows.iter().map(|r| (r.step, r.loss)).collect();
+        if !self.report.interrupted {
+            if last_saved != self.step {
+                self.checkpoint(self.elapsed_before + secs)?;
+            }
+            let path = self.out.join("projection.safetensors");
+            let meta = HashMap::from([
+                ("stage".to_string(), self.config.stage.number().to_string()),
+                ("steps".to_string(), self.step.to_string()),
+                ("seed".to_string(), self.config.seed.to_string()),
+            ]);
+            checkpoint::save_projection(&path, self.weight().as_tensor(), self.bias().as_tensor(), meta)?;
+            self.plot()?;
+            self.report.projection = Some(path);
+        }
+        Ok(self.report)
+    }
+}
+
+/// Prepares and runs a training run.
+pub fn train(spec: &ModelSpec, opts: &TrainOptions) -> Result<TrainReport> {
+    Trainer::prepare(spec, opts)?.run()
+}
+
+/// Where a run's outputs are.
+pub fn outputs(out: &Path) -> Vec<PathBuf> {
+    ["projection.safetensors", "log.csv", "loss.png", "config.json", "checkpoints"].iter().map(|n| out.join(n)).collect()
+}
