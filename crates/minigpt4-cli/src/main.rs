@@ -2,6 +2,7 @@
 //! core library.
 
 mod chat;
+mod data;
 mod describe;
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ enum Command {
     Inspect {
         file: PathBuf,
     },
+    /// Training data: fetch sources, import them (or your own) into a manifest, show stats.
+    Data(data::DataArgs),
 }
 
 /// `--model` as every command takes it.
@@ -107,6 +110,7 @@ fn main() {
         Command::Describe(args) => describe::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Inspect { file } => inspect(&file).map(|_| true),
+        Command::Data(args) => data::run(args),
     };
     match result {
         Ok(true) => {}
