@@ -120,8 +120,8 @@ pub fn name_without_author(stem: &str, creator: Option<&str>, authors: &[String]
 const SUITS: &[(&str, &str)] = &[("c", "clubs"), ("d", "diamonds"), ("h", "hearts"), ("s", "spades")];
 const RANKS: &[(&str, &str)] = &[("a", "ace"), ("j", "jack"), ("q", "queen"), ("k", "king")];
 
-/// Names that follow a pattern of their own: playing cards, gramastar stars, flowchart shapes,
-/// flags. `None` for the rest.
+/// Names that follow a pattern of their own: playing cards, gramastar stars, jigsaw pieces,
+/// flowchart shapes. `None` for the rest.
 fn family_name(dir: &str, stem: &str) -> Option<String> {
     let s = stem.to_lowercase();
     if dir.starts_with("recreation/games/cards") {
@@ -145,6 +145,11 @@ fn family_name(dir: &str, stem: &str) -> Option<String> {
                     return Some(format!("a {n}-pointed star"));
                 }
             }
+        }
+    }
+    if dir == "shapes/jigsaw" {
+        if let [_, color, ..] = s.split('_').collect::<Vec<_>>().as_slice() {
+            return Some(format!("a {color} jigsaw puzzle piece"));
         }
     }
     if dir == "shapes/flowchart" && s.starts_with("fc") {
@@ -309,6 +314,10 @@ mod tests {
             "a clip-art drawing of the king of clubs playing card, filed under recreation, games, cards, bordered"
         );
         assert_eq!(caption_for("shapes/stars/star_67pt11step.png", None, None, &a), "a clip-art drawing of a 67-pointed star, filed under shapes, stars");
+        assert_eq!(
+            caption_for("shapes/jigsaw/jigsaw_red_03.png", Some("Clipart by Nicu Buculei - jigsaw_red_10"), None, &a),
+            "a clip-art drawing of a red jigsaw puzzle piece, filed under shapes, jigsaw"
+        );
         assert_eq!(
             caption_for("signs_and_symbols/flags/africa/algeria.png", Some("algeria"), None, &a),
             "a clip-art drawing of the flag of algeria, filed under signs and symbols, flags, africa"
