@@ -2,6 +2,7 @@
 //! core library.
 
 mod chat;
+mod data;
 mod describe;
 mod serve;
 mod train;
@@ -39,6 +40,8 @@ enum Command {
     Inspect {
         file: PathBuf,
     },
+    /// Training data: fetch sources, import them (or your own) into a manifest, show stats.
+    Data(data::DataArgs),
 }
 
 /// `--model` as every command takes it.
@@ -125,6 +128,7 @@ fn main() {
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),
         Command::Inspect { file } => inspect(&file).map(|_| true),
+        Command::Data(args) => data::run(args),
     };
     match result {
         Ok(true) => {}
