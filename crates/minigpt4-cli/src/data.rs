@@ -49,7 +49,7 @@ pub struct ImportArgs {
 }
 
 pub fn run(args: DataArgs) -> Result<bool> {
-    let home = minigpt4_data::minigpt4_home();
+    let home = minigpt4_core::model_file::minigpt4_home();
     match args.command {
         DataCommand::Sources => {
             for s in fetch::SPECS {

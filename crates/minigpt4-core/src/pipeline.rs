@@ -206,9 +206,18 @@ impl Pipeline {
         cfg: &GenerationConfig,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
-        let embeds = self.prompt_embeds(conv, images)?;
+        self.respond_to_embeds(&self.prompt_embeds(conv, images)?, cfg, on_text)
+    }
+
+    /// [`Pipeline::respond`] from prompt embeddings already built (and checked) by the caller.
+    pub fn respond_to_embeds(
+        &self,
+        embeds: &Tensor,
+        cfg: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
         let tok = &self.tokenizer;
-        let mut out = generate(&self.model.llm, &embeds, cfg, &|ids| tok.decode(ids, true), on_text)?;
+        let mut out = generate(&self.model.llm, embeds, cfg, &|ids| tok.decode(ids, true), on_text)?;
         out.text = template::answer_from_output(self.template, &out.text);
         Ok(out)
     }

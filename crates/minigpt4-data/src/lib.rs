@@ -94,9 +94,11 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 /// A progress callback that does nothing (tests, library callers).
 pub fn no_progress(_: u64, _: u64) {}
 
-/// `$MINIGPT4_HOME`, else `$XDG_CACHE_HOME/minigpt4`, else `~/.cache/minigpt4` (the same rule as
-/// `minigpt4_core::model_file::minigpt4_home`, repeated so this crate stays independent of core).
-pub fn minigpt4_home() -> PathBuf {
+/// `$MINIGPT4_HOME`, else `$XDG_CACHE_HOME/minigpt4`, else `~/.cache/minigpt4`: the rule of
+/// `minigpt4_core::model_file::minigpt4_home`, which the CLI uses; tests here only need it to find
+/// already fetched sources, and this crate stays independent of core.
+#[cfg(test)]
+fn minigpt4_home() -> PathBuf {
     if let Some(h) = std::env::var_os("MINIGPT4_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }

@@ -22,8 +22,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::Stream;
-use minigpt4_core::generate::{generate, FinishReason};
-use minigpt4_core::template::answer_from_output;
+use minigpt4_core::generate::FinishReason;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -157,7 +156,6 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
     let stream = p.stream;
     let mut started_text = false;
     let throttle = state.config.throttle;
-    let tok = &pipeline.tokenizer;
     let mut on_text = |piece: &str| -> ControlFlow<()> {
         if let Some(d) = throttle {
             std::thread::sleep(d);
@@ -179,7 +177,7 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
             Err(_) => ControlFlow::Break(()),
         }
     };
-    let result = generate(&pipeline.model.llm, &prompt, &cfg, &|ids| tok.decode(ids, true), &mut on_text);
+    let result = pipeline.respond_to_embeds(&prompt, &cfg, &mut on_text);
     match result {
         Ok(g) if g.finish_reason == FinishReason::Cancelled => {
             if tx.is_closed() {
@@ -190,7 +188,7 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
             }
         }
         Ok(g) => {
-            let text = answer_from_output(pipeline.template, &g.text);
+            let text = g.text;
             tracing::info!(
                 prompt_tokens,
                 completion_tokens = g.token_ids.len(),
