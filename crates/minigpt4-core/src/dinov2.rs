@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eva_vit::interpolate_pos_embed;
-use crate::vit_layers::{multi_head_attention, PatchEmbed};
+use crate::vit_layers::{multi_head_attention, PatchEmbed, VitEmbeddings};
 use crate::weights::Scope;
 
 /// Mirrors Hugging Face's `Dinov2Config`. The defaults are DINOv2-S/14 as published
@@ -167,10 +167,7 @@ impl Block {
 }
 
 pub struct Dinov2 {
-    patch_embed: PatchEmbed,
-    cls_token: Tensor,
-    /// [1, 1 + (image_size/p)², hidden], already resized for `image_size`.
-    position_embeddings: Tensor,
+    embeddings: VitEmbeddings,
     blocks: Vec<Block>,
     layernorm: LayerNorm,
     cfg: Dinov2Config,
@@ -201,9 +198,12 @@ impl Dinov2 {
             .map(|i| Block::load(cfg, &w.pp("encoder.layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            patch_embed: PatchEmbed::from_conv(&conv, emb.get("patch_embeddings.projection.bias", &[d])?)?,
-            cls_token: emb.get("cls_token", &[1, 1, d])?,
-            position_embeddings: pos,
+            embeddings: VitEmbeddings::new(
+                PatchEmbed::from_conv(&conv, emb.get("patch_embeddings.projection.bias", &[d])?)?,
+                emb.get("cls_token", &[1, 1, d])?,
+                pos,
+                image_size,
+            ),
             blocks,
             layernorm: w.pp("layernorm").layer_norm(d, cfg.layer_norm_eps)?,
             cfg: cfg.clone(),
@@ -224,29 +224,18 @@ impl Dinov2 {
     }
 
     pub fn dtype(&self) -> DType {
-        self.patch_embed.dtype()
+        self.embeddings.dtype()
     }
 
     /// Number of output tokens (CLS + patches): 257 at 224 px.
     pub fn num_tokens(&self) -> usize {
-        let g = self.image_size / self.cfg.patch_size;
-        g * g + 1
+        self.embeddings.num_tokens()
     }
 
     /// `pixels` [B, 3, S, S] (normalised with the ImageNet mean/std) → tokens
     /// [B, 1 + (S/p)², hidden] after the final LayerNorm. Pixels are cast to the weights' dtype.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = pixels.dims4()?;
-        if c != 3 || h != self.image_size || w != self.image_size {
-            return Err(Error::Config(format!(
-                "DINOv2 expects [B, 3, {s}, {s}] pixels, got {:?}",
-                pixels.dims(),
-                s = self.image_size
-            )));
-        }
-        let x = self.patch_embed.forward(pixels)?;
-        let cls = self.cls_token.broadcast_as((b, 1, self.cfg.hidden_size))?;
-        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embeddings)?;
+        let mut x = self.embeddings.forward(pixels, "DINOv2")?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }

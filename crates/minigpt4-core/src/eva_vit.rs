@@ -10,7 +10,7 @@ use candle_nn::{LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::vit_layers::{multi_head_attention, PatchEmbed};
+use crate::vit_layers::{multi_head_attention, PatchEmbed, VitEmbeddings};
 use crate::weights::Scope;
 
 /// Mirrors Hugging Face's `Blip2VisionConfig` (defaults: EVA ViT-g/14 at 224 px, 39 blocks).
@@ -133,9 +133,7 @@ impl Block {
 }
 
 pub struct EvaVit {
-    patch_embed: PatchEmbed,
-    class_embedding: Tensor,
-    position_embedding: Tensor,
+    embeddings: VitEmbeddings,
     blocks: Vec<Block>,
     cfg: EvaVitConfig,
     image_size: usize,
@@ -163,9 +161,12 @@ impl EvaVit {
             .map(|i| Block::load(cfg, &w.pp("encoder.layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            patch_embed: PatchEmbed::from_conv(&conv, emb.get("patch_embedding.bias", &[d])?)?,
-            class_embedding: emb.get("class_embedding", &[1, 1, d])?,
-            position_embedding: pos,
+            embeddings: VitEmbeddings::new(
+                PatchEmbed::from_conv(&conv, emb.get("patch_embedding.bias", &[d])?)?,
+                emb.get("class_embedding", &[1, 1, d])?,
+                pos,
+                image_size,
+            ),
             blocks,
             cfg: cfg.clone(),
             image_size,
@@ -182,23 +183,12 @@ impl EvaVit {
 
     /// Number of output tokens (patches + CLS).
     pub fn num_tokens(&self) -> usize {
-        let g = self.image_size / self.cfg.patch_size;
-        g * g + 1
+        self.embeddings.num_tokens()
     }
 
     /// `pixels` [B, 3, S, S] → tokens [B, 1 + (S/p)², hidden], no final norm.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = pixels.dims4()?;
-        if c != 3 || h != self.image_size || w != self.image_size {
-            return Err(Error::Config(format!(
-                "vision encoder expects [B, 3, {s}, {s}] pixels, got {:?}",
-                pixels.dims(),
-                s = self.image_size
-            )));
-        }
-        let x = self.patch_embed.forward(pixels)?;
-        let cls = self.class_embedding.broadcast_as((b, 1, self.cfg.hidden_size))?;
-        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
+        let mut x = self.embeddings.forward(pixels, "the EVA vision encoder")?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }

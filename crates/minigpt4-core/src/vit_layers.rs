@@ -37,6 +37,47 @@ impl PatchEmbed {
     }
 }
 
+/// A ViT's input tokens: patch embeddings with the CLS token in front and position embeddings
+/// (already sized for `image_size`) added.
+pub struct VitEmbeddings {
+    patch: PatchEmbed,
+    /// [1, 1, hidden]
+    cls: Tensor,
+    /// [1, 1 + (image_size/p)², hidden]
+    pos: Tensor,
+    image_size: usize,
+}
+
+impl VitEmbeddings {
+    pub fn new(patch: PatchEmbed, cls: Tensor, pos: Tensor, image_size: usize) -> Self {
+        Self { patch, cls, pos, image_size }
+    }
+
+    pub fn dtype(&self) -> candle_core::DType {
+        self.patch.dtype()
+    }
+
+    /// Tokens per image, CLS included.
+    pub fn num_tokens(&self) -> usize {
+        self.pos.dim(1).unwrap_or(0)
+    }
+
+    /// [B, 3, S, S] → [B, 1 + (S/p)², hidden]; `model` names the encoder in the shape error.
+    pub fn forward(&self, pixels: &Tensor, model: &str) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        if c != 3 || h != self.image_size || w != self.image_size {
+            return Err(crate::Error::Config(format!(
+                "{model} expects [B, 3, {s}, {s}] pixels, got {:?}",
+                pixels.dims(),
+                s = self.image_size
+            )));
+        }
+        let x = self.patch.forward(pixels)?;
+        let cls = self.cls.broadcast_as((b, 1, self.cls.dim(2)?))?.to_dtype(x.dtype())?;
+        Ok(Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos)?)
+    }
+}
+
 /// Scaled dot-product attention with heads split from and merged back into the last dim:
 /// q [B, N, D], k and v [B, M, D] → [B, N, D]; scores are `q·kᵀ / √(D/heads)`.
 pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
