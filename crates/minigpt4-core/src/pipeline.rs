@@ -15,6 +15,7 @@ use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
 use crate::llama::{Llama, LlamaConfig};
 use crate::dinov2::{Dinov2, Dinov2Config};
+use crate::eva_vit::EvaVit;
 use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
 use crate::onnx;
 use crate::model_file::{AdapterKind, LnVision, ModelSpec, VisionKind};
@@ -64,37 +65,34 @@ impl Pipeline {
             return Err(Error::Config(format!("the model's {what} file {} does not exist{hint}", path.display())));
         }
 
+        // Opened once: it may hold ln_vision as well as the Q-Former (LAVIS keeps them together).
+        let adapter_w = match &spec.adapter.weights {
+            Some(p) => Some((p, open_checkpoint(p, device, dtype)?)),
+            None => None,
+        };
         let (vision, vision_dim) = match spec.vision.kind {
             VisionKind::EvaVitG => {
                 let cfg = blip2_config(spec.vision.config.as_ref())?.vision_config;
                 let size = spec.vision.image_size.unwrap_or(cfg.image_size);
                 let vision_w = open_checkpoint(&spec.vision.weights, device, dtype)?;
+                let encoder = EvaVit::load(&cfg, size, &vision_w.pp("vision_model"))?;
                 let ln = spec.vision.ln_vision.unwrap_or(match spec.adapter.kind {
                     AdapterKind::Qformer => LnVision::Checkpoint,
                     AdapterKind::Merge => LnVision::Unit,
                 });
-                let tower = match ln {
-                    LnVision::Unit => VisionTower::load(&cfg, size, &vision_w, false, LAVIS_LN_VISION_EPS)?,
+                let ln_vision = match ln {
+                    LnVision::Unit => unit_layer_norm(cfg.hidden_size, LAVIS_LN_VISION_EPS, device, dtype)?,
                     LnVision::Checkpoint => {
-                        // ln_vision lives with the Q-Former in LAVIS checkpoints; merge the two
-                        // views so one scope answers both.
-                        let ln_file = spec
-                            .adapter
-                            .weights
-                            .as_ref()
-                            .filter(|p| {
-                                open_checkpoint(p, device, dtype)
-                                    .map(|w| w.contains("vision_model.post_layernorm.weight"))
-                                    .unwrap_or(false)
-                            })
-                            .unwrap_or(&spec.vision.weights);
-                        let eps = if is_pickle(ln_file) { LAVIS_LN_VISION_EPS } else { cfg.layer_norm_eps };
-                        let ln_w = open_checkpoint(ln_file, device, dtype)?;
-                        let combined = overlay(&vision_w, &ln_w, "vision_model.post_layernorm.")?;
-                        VisionTower::load(&cfg, size, &combined, true, eps)?
+                        const LN: &str = "vision_model.post_layernorm";
+                        let (path, w) = match &adapter_w {
+                            Some((p, w)) if w.contains(&format!("{LN}.weight")) => (p.as_path(), w),
+                            _ => (spec.vision.weights.as_path(), &vision_w),
+                        };
+                        let eps = if is_pickle(path) { LAVIS_LN_VISION_EPS } else { cfg.layer_norm_eps };
+                        w.pp(LN).layer_norm(cfg.hidden_size, eps)?
                     }
                 };
-                (tower, cfg.hidden_size)
+                (VisionTower::new(VisionEncoder::Eva(encoder), ln_vision), cfg.hidden_size)
             }
             VisionKind::Dinov2 => {
                 // Our own ONNX conversion records its config in the file; an HF Dinov2Model
@@ -121,11 +119,10 @@ impl Pipeline {
         let adapter = match spec.adapter.kind {
             AdapterKind::Merge => Adapter::Merge(spec.adapter.merge),
             AdapterKind::Qformer => {
-                let path = spec.adapter.weights.as_ref().ok_or_else(|| {
+                let (_, w) = adapter_w.as_ref().ok_or_else(|| {
                     Error::Config("a qformer adapter needs `weights` (e.g. blip2_pretrained_flant5xxl.pth)".into())
                 })?;
                 let cfg = blip2_config(spec.adapter.config.as_ref())?;
-                let w = open_checkpoint(path, device, dtype)?;
                 Adapter::QFormer(Box::new(QFormer::load(&cfg.qformer_config, cfg.num_query_tokens, &w.pp(""))?))
             }
         };
@@ -221,18 +218,6 @@ impl Pipeline {
         out.text = template::answer_from_output(self.template, &out.text);
         Ok(out)
     }
-}
-
-/// A view of `base` where the names under `prefix` come from `over` instead.
-fn overlay(base: &Weights, over: &Weights, prefix: &str) -> Result<Weights> {
-    let mut all = HashMap::new();
-    for n in base.names() {
-        all.insert(n.clone(), base.get_any(&n)?);
-    }
-    for n in over.names().into_iter().filter(|n| n.starts_with(prefix)) {
-        all.insert(n.clone(), over.get_any(&n)?);
-    }
-    Ok(Weights::from_tensors(all, &format!("{} + {}", base.origin(), over.origin()), base.device(), base.dtype()))
 }
 
 fn load_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, Tokenizer)> {
