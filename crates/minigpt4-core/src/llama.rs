@@ -550,6 +550,17 @@ impl Llama {
         self.lm_head.forward(&h, mode)
     }
 
+    /// Logits [P, V] at the flat positions `rows` (indices into B·T) only, with no cache. Training
+    /// needs logits where there is a label; the LM head over a 49k vocabulary costs as much as
+    /// several layers, so skipping the unlabelled positions (image tokens, prompt) saves that much.
+    pub fn forward_at(&self, embeds: &Tensor, rows: &[u32], mode: Mode) -> Result<Tensor> {
+        let h = self.hidden(embeds, None, mode)?;
+        let (b, t, d) = h.dims3()?;
+        let idx = Tensor::new(rows, h.device())?;
+        let picked = h.reshape((b * t, d))?.index_select(&idx, 0)?;
+        self.lm_head.forward(&picked, mode)
+    }
+
     fn hidden(&self, embeds: &Tensor, mut cache: Option<&mut LlamaCache>, mode: Mode) -> Result<Tensor> {
         let (_, t, d) = embeds.dims3()?;
         if d != self.cfg.hidden_size {

@@ -68,10 +68,7 @@ pub fn batch_loss(llm: &Llama, seqs: &[Sequence], features: &Tensor, weight: &Te
         bail!("a batch without target tokens");
     }
     let x = Tensor::cat(&rows, 0)?;
-    let logits = llm.forward_all(&x, Mode::Differentiable)?;
-    let v = logits.dim(D::Minus1)?;
-    let flat = logits.reshape((b * t_max, v))?;
-    let picked = flat.index_select(&Tensor::new(positions.as_slice(), device)?, 0)?.to_dtype(candle_core::DType::F32)?;
+    let picked = llm.forward_at(&x, &positions, Mode::Differentiable)?.to_dtype(candle_core::DType::F32)?;
     let logp = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
     let ids = Tensor::new(labels.as_slice(), device)?.unsqueeze(1)?;
     let loss = logp.gather(&ids, 1)?.neg()?.mean_all()?;
