@@ -8,9 +8,11 @@
 //! it, gradients reach the input embeddings while the weights (plain tensors, never `Var`s)
 //! get none.
 
+use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use serde::{Deserialize, Serialize};
 
@@ -177,6 +179,18 @@ pub enum Mode {
 }
 
 /// A weight matrix [out, in], dense or in GGUF quantized blocks.
+/// From this many input rows on (a prompt, not one decoded token), a quantized matrix is
+/// dequantized for the call and multiplied in f32. candle's quantized CPU matmul computes one
+/// block dot product per row and output, about 25 tokens/s on SmolLM2 whatever the batch; the f32
+/// GEMM reuses each weight across rows (≈4× faster at 128 rows), and dequantizing one matrix
+/// (≤ 1M weights) costs less than a few rows of the quantized product. Nothing is kept, so memory
+/// stays at the quantized size.
+const DENSE_PREFILL_ROWS: usize = 16;
+
+fn rows(x: &Tensor) -> usize {
+    x.dims().split_last().map_or(0, |(_, r)| r.iter().product())
+}
+
 #[derive(Clone)]
 enum Weight {
     Dense(candle_nn::Linear),
@@ -193,6 +207,9 @@ impl Weight {
             Weight::Quantized(_) if mode == Mode::Differentiable => Err(Error::Config(
                 "quantized weights have no backward pass; load the model with `into_dense()` for training".into(),
             )),
+            Weight::Quantized(QMatMul::QTensor(q)) if x.device().is_cpu() && rows(x) >= DENSE_PREFILL_ROWS => {
+                Ok(x.broadcast_matmul(&q.dequantize(x.device())?.t()?)?)
+            }
             Weight::Quantized(q) => Ok(q.forward(x)?),
         }
     }
@@ -308,6 +325,26 @@ impl Source<'_> {
         }
     }
 
+    /// `model.embed_tokens.weight`: kept quantized when a GGUF on CPU stores it in blocks (block
+    /// types that `weight` requantizes for speed are requantized here too, since a tied head
+    /// shares the table).
+    fn embedding(&mut self, shape: &[usize], dtype: DType) -> Result<Embedding> {
+        const NAME: &str = "model.embed_tokens.weight";
+        let Source::Gguf { device, .. } = self else {
+            return Ok(Embedding::Dense(self.dense(NAME, shape, dtype)?));
+        };
+        if !device.is_cpu() {
+            return Ok(Embedding::Dense(self.dense(NAME, shape, dtype)?));
+        }
+        match self.weight(NAME, shape[0], shape[1], dtype)? {
+            Weight::Quantized(QMatMul::QTensor(q)) => Ok(Embedding::Quantized(q)),
+            Weight::Dense(l) => Ok(Embedding::Dense(l.weight().clone())),
+            Weight::Quantized(QMatMul::Tensor(t)) | Weight::Quantized(QMatMul::TensorF16(t)) => {
+                Ok(Embedding::Dense(t.to_dtype(dtype)?))
+            }
+        }
+    }
+
     fn weight(&mut self, name: &str, out_dim: usize, in_dim: usize, dtype: DType) -> Result<Weight> {
         match self {
             Source::Hf(w) => Ok(Weight::Dense(candle_nn::Linear::new(w.get(name, &[out_dim, in_dim])?, None))),
@@ -359,6 +396,36 @@ struct Block {
     mlp: Mlp,
 }
 
+/// Token embeddings: a dense table, or (GGUF on CPU) the quantized table itself, which a tied LM
+/// head shares. Looking up dequantizes only the requested rows, which keeps a vocabulary × width
+/// f32 copy out of memory (113 MB for SmolLM2, more than half its quantized weights).
+#[derive(Clone)]
+enum Embedding {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Embedding {
+    /// Rows `ids` (already checked against the vocabulary) as [T, D].
+    fn rows(&self, ids: &[u32], device: &Device, dtype: DType) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(&Tensor::new(ids, device)?, 0)?),
+            Embedding::Quantized(q) => {
+                let (_, d) = q.shape().dims2()?;
+                let row_bytes = d / q.dtype().block_size() * q.dtype().type_size();
+                let table = q.data()?;
+                let mut bytes = Vec::with_capacity(ids.len() * row_bytes);
+                for &i in ids {
+                    let start = i as usize * row_bytes;
+                    bytes.extend_from_slice(&table[start..start + row_bytes]);
+                }
+                let storage = QStorage::from_data(Cow::Owned(bytes), device, q.dtype())?;
+                Ok(QTensor::new(storage, (ids.len(), d))?.dequantize(device)?.to_dtype(dtype)?)
+            }
+        }
+    }
+}
+
 /// Per-layer keys and values of the positions seen so far. Cloning is cheap (tensors are
 /// reference-counted), which is what beam search needs.
 #[derive(Clone, Debug)]
@@ -375,7 +442,7 @@ impl LlamaCache {
 
 #[derive(Clone)]
 pub struct Llama {
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Weight,
@@ -425,7 +492,7 @@ impl Llama {
         cfg.validate()?;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_kv_heads());
-        let embed_tokens = src.dense("model.embed_tokens.weight", &[cfg.vocab_size, d], dtype)?;
+        let embed_tokens = src.embedding(&[cfg.vocab_size, d], dtype)?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
@@ -453,7 +520,10 @@ impl Llama {
             src.weight("lm_head.weight", cfg.vocab_size, d, dtype)?
         } else if cfg.tie_word_embeddings || matches!(src, Source::Gguf { .. }) {
             // Tied head: reuse the embedding table (still quantized when it came quantized).
-            src.weight("model.embed_tokens.weight", cfg.vocab_size, d, dtype)?
+            match &embed_tokens {
+                Embedding::Quantized(q) => Weight::Quantized(QMatMul::QTensor(q.clone())),
+                Embedding::Dense(_) => src.weight("model.embed_tokens.weight", cfg.vocab_size, d, dtype)?,
+            }
         } else {
             return Err(Error::MissingTensor {
                 name: "lm_head.weight".into(),
@@ -532,8 +602,7 @@ impl Llama {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
             return Err(Error::Generation(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
         }
-        let ids = Tensor::new(ids, &self.device)?;
-        Ok(self.embed_tokens.index_select(&ids, 0)?.unsqueeze(0)?)
+        Ok(self.embed_tokens.rows(ids, &self.device, self.dtype)?.unsqueeze(0)?)
     }
 
     /// Runs `embeds` [1, T, D] after what `cache` holds; returns the last position's logits [V] (f32).
