@@ -13,6 +13,7 @@ pub mod data;
 pub mod features;
 pub mod io;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
