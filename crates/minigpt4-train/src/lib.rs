@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod features;
 pub mod io;
+pub mod keyword;
 pub mod log;
 pub mod metrics;
 pub mod model;
