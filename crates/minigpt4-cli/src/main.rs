@@ -4,6 +4,7 @@
 mod chat;
 mod data;
 mod describe;
+mod eval;
 mod serve;
 mod train;
 
@@ -36,6 +37,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Train the projection (stage 1: captions, stage 2: instructions).
     Train(train::TrainArgs),
+    /// Score a projection on held-out captions: BLEU-4, CIDEr-D, keyword hit rate.
+    Eval(eval::EvalArgs),
     /// List the tensors of a checkpoint (safetensors, .pth, GGUF) with their shapes.
     Inspect {
         file: PathBuf,
@@ -56,7 +59,9 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<Pipeline> {
+    /// The model's spec with `--projection` applied; fetches the default model's parts first
+    /// when they are missing.
+    pub fn spec(&self) -> Result<ModelSpec> {
         let home = minigpt4_home();
         if self.model == "tiny" && DefaultParts::present(&home).is_none() {
             eprintln!("the default model's parts are not in {} yet; fetching them", home.display());
@@ -66,6 +71,11 @@ impl ModelArgs {
         if let Some(p) = &self.projection {
             spec.projection.weights = p.clone();
         }
+        Ok(spec)
+    }
+
+    pub fn load(&self) -> Result<Pipeline> {
+        let spec = self.spec()?;
         let started = std::time::Instant::now();
         eprintln!("loading model {}…", spec.name.as_deref().unwrap_or(&self.model));
         let device = candle_core::Device::Cpu;
@@ -130,6 +140,7 @@ fn main() {
         Command::Fetch => fetch().map(|_| true),
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Inspect { file } => inspect(&file).map(|_| true),
         Command::Data(args) => data::run(args),
     };

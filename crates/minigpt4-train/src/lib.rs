@@ -5,14 +5,19 @@
 //! Outputs in the run directory: `projection.safetensors` (the trained projection),
 //! `checkpoints/step-N.safetensors` (projection + AdamW state + settings, resumable),
 //! `log.csv`, `loss.png`, `config.json`.
+//!
+//! [`eval`] scores a projection on held-out captions (BLEU-4, CIDEr-D, keyword hit rate).
 
 pub mod caption;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod features;
 pub mod io;
+pub mod keyword;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
