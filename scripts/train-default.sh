@@ -56,4 +56,11 @@ say "stage 2: instruction tuning"
   --steps "$STAGE2_STEPS" --batch "$BATCH" --grad-accum 1 \
   --lr 3e-4 --min-lr 3e-5 --warmup 10 --seed "$SEED" --save-every 20 --resume
 
-say "done: $WORK/stage2/projection.safetensors"
+say "trained: $WORK/stage2/projection.safetensors"
+
+say "evaluating on the held-out stamps: untrained, stage 1, stage 1 + 2"
+EVAL=("$WORK/data/tuxpaint/manifest.jsonl")
+"$BIN" eval --data "${EVAL[@]}" --out "$WORK/eval" --label random --random-projection "$SEED"
+"$BIN" eval --data "${EVAL[@]}" --out "$WORK/eval" --label "stage 1" --projection "$WORK/stage1/projection.safetensors"
+"$BIN" eval --data "${EVAL[@]}" --out "$WORK/eval" --label "stage 1+2" --projection "$WORK/stage2/projection.safetensors"
+say "done: $WORK/eval/eval.md"
