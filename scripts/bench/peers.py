@@ -347,6 +347,8 @@ def bench_train(ours, a):
     import transformers
     from transformers import AutoModelForCausalLM
 
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(a.threads)
     t = ours["train"]
     gguf = Path(ours["llm"]["weights"] if "llm" in ours else t["llm_weights"])

@@ -415,6 +415,7 @@ fn bench_e2e(ctx: &mut Ctx) -> Result<Value> {
     let had_pipeline = ctx.pipeline.is_some();
     let rss_reset = if had_pipeline { reset_peak_rss() } else { false };
     ctx.load()?;
+    let rss_after_load = proc_status_kb("VmRSS:").map(|kb| kb * 1024);
     let p = ctx.pipeline.as_ref().expect("loaded");
     // Greedy and no stop rule (not even EOS): every run generates exactly `new_tokens`.
     let cfg = GenerationConfig {
@@ -471,6 +472,7 @@ fn bench_e2e(ctx: &mut Ctx) -> Result<Value> {
         "image_encode_s": stats(&col(|r| r.2)),
         "decode_tokens_per_s": stats(&decode_tps),
         "peak_rss_bytes": rss,
+        "rss_after_load_bytes": rss_after_load,
         "peak_rss_scope": if had_pipeline && !rss_reset { "process (includes earlier parts)" } else { "load + describe" },
         "model_bytes": size,
         "rss_over_model_size": rss.map(|r| r as f64 / size.max(1) as f64),
@@ -513,6 +515,10 @@ fn bench_train(ctx: &mut Ctx) -> Result<Value> {
         }
         seqs.push(Sequence { image: 0, before: segs[0].clone(), after: segs[1].clone(), target: target_all[..want].to_vec() });
     }
+    // The load's own peak (the vision encoder ran once), then the training steps' own.
+    let load_peak = peak_rss();
+    let rss_after_load = proc_status_kb("VmRSS:").map(|kb| kb * 1024);
+    let steps_reset = rss_reset && reset_peak_rss();
     let weight = Var::from_tensor(&w0)?;
     let bias = Var::from_tensor(&b0)?;
     let mut opt = AdamW::new(AdamWConfig::default(), vec![("weight".into(), weight.clone(), true), ("bias".into(), bias.clone(), false)])?;
@@ -531,7 +537,8 @@ fn bench_train(ctx: &mut Ctx) -> Result<Value> {
         Ok(s)
     })?;
     let sps: Vec<f64> = secs.iter().map(|s| batch as f64 / s).collect();
-    let rss = peak_rss();
+    let steps_peak = peak_rss();
+    let rss = if steps_reset { load_peak.max(steps_peak) } else { steps_peak };
     let seq_json: Vec<Value> =
         seqs.iter().map(|s| json!({"before": s.before, "after": s.after, "target": s.target})).collect();
     Ok(json!({
@@ -549,6 +556,9 @@ fn bench_train(ctx: &mut Ctx) -> Result<Value> {
         "losses": losses,
         "peak_rss_bytes": rss,
         "peak_rss_scope": if rss_reset { "load + training" } else { "process" },
+        "peak_rss_load_bytes": load_peak,
+        "rss_after_load_bytes": rss_after_load,
+        "peak_rss_steps_bytes": if steps_reset { steps_peak } else { None },
         "sequences": seq_json,
     }))
 }
