@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws progress bars
+
 
 def stats(values):
     v = sorted(values)
@@ -387,7 +389,7 @@ def bench_train(ours, a):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return time.perf_counter() - tt
 
     secs = repeat("PyTorch train step", a.warmup, a.reps, step)

@@ -27,7 +27,7 @@ def fmt(v, unit):
         return f"{v / 1e6:.0f}"
     if unit == "ms":
         return f"{v * 1e3:.0f}"
-    if unit == "s":
+    if unit in ("s", "s/step", "samples/s"):
         return f"{v:.2f}"
     if unit == "x":
         return f"{v:.2f}"
@@ -69,7 +69,7 @@ def rows(run_dir: Path):
     o, p = load(run_dir / "ours-train.json"), load(run_dir / "peer-train.json")
     if o and p:
         t = o["train"]
-        what = f"stage-2 step, batch {t['batch']} × {t['positions']} positions"
+        what = f"stage-2 step, batch {t['batch']} × {t['positions']} positions ({t['labelled_positions']} labelled)"
         out.append(("train", what, "s/step", t["step_s"], "PyTorch", p["step_s"], False))
         out.append(("train", "throughput", "samples/s", t["samples_per_s"], "PyTorch", p["samples_per_s"], True))
         out.append(("train", "peak RSS", "MB", t["peak_rss_bytes"], "PyTorch", p["peak_rss_bytes"], False))
@@ -92,7 +92,9 @@ def chart(rs, path: Path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
+    rs = [r for r in rs if r[2] != "samples/s"]  # the same ratio as s/step
     labels = [f"{r[0]}: {r[1]} ({r[4]})" for r in rs]
     vals = [ratio(r) for r in rs]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rs) + 1.4))
@@ -106,7 +108,13 @@ def chart(rs, path: Path):
     for yi, v in zip(y, vals):
         ax.text(v, yi, f" {v:.2f}×", va="center", fontsize=8)
     ax.set_xlabel("minigpt4-rs vs peer (>1: minigpt4-rs is faster / smaller), medians, log scale")
-    ax.set_xlim(min(vals + [1]) / 1.6, max(vals + [1]) * 1.8)
+    lo, hi = min(vals + [1]) / 1.6, max(vals + [1]) * 1.8
+    ax.set_xlim(lo, hi)
+    ticks = [t for t in [0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 4, 5, 10, 20] if lo <= t <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}×" for t in ticks])
+    ax.set_title("minigpt4-rs vs the peers (tiny model, same threads)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -156,6 +164,10 @@ def main():
     L.append(f"- CPU: {m['cpu']} ({m['logical_cpus']} logical CPUs), RAM {m['ram_gb']:.1f} GB, {m['os']}")
     L.append(f"- minigpt4 {v['minigpt4']} (commit {v['commit']}), {v['rustc']}, candle 0.11, `--release`, "
              "no `target-cpu` flags (SIMD kernels are picked at run time)")
+    # What the peers report at run time (torch's local version tells CPU or CUDA build).
+    peer_train = load(run_dir / "peer-train.json")
+    if peer_train:
+        v["torch"] = peer_train["version"] + (" (PyPI's CUDA build, run on the CPU)" if "+cu" in peer_train["version"] else "")
     for k in ["llama_cpp_python", "onnxruntime", "torch", "transformers", "python"]:
         if k in v:
             L.append(f"- {k.replace('_', '-')}: {v[k]}")
@@ -179,6 +191,13 @@ def main():
         txt = ours_e2e["e2e"].get("text", "").strip().replace("\n", " ")
         if txt:
             L.append(f"Our greedy answer (first 200 characters): “{txt[:200]}”")
+    ours_train = load(run_dir / "ours-train.json")
+    if ours_train and ours_train["train"].get("peak_rss_steps_bytes"):
+        t = ours_train["train"]
+        L.append("")
+        L.append(f"minigpt4-rs training memory: {t['rss_after_load_bytes'] / 1e6:.0f} MB resident after loading "
+                 f"(peak {t['peak_rss_load_bytes'] / 1e6:.0f} MB), {t['peak_rss_steps_bytes'] / 1e6:.0f} MB peak "
+                 "during the steps.")
     peer_llm = load(run_dir / "peer-llm.json")
     if peer_llm:
         d = peer_llm["decode"]
@@ -229,7 +248,8 @@ NOTES = [
     "`ln_vision`. `intra_op_num_threads` = the thread count, sequential execution.",
     "- **describe**: one image, the default question, greedy, exactly 64 new tokens (no stop rule), the "
     "image cache cleared every time; time from reading the image file to the first streamed text and to "
-    "the end. The peer is the same model assembled by hand from the tools above: Pillow preprocessing, "
+    "the end (`describe`'s streaming may hold a piece of text back for a token, e.g. a trailing space; "
+    "the peer stops its clock at the first token id). The peer is the same model assembled by hand from the tools above: Pillow preprocessing, "
     "onnxruntime backbone, numpy LayerNorm + merge-4 + projection (the same projection file), the image "
     "embeddings fed to llama.cpp through a `llama_batch` with `embd`, the same prompt token segments, "
     "greedy argmax. Peak RSS is each process's high-water mark (`VmHWM` / `ru_maxrss`) after loading and "
@@ -237,7 +257,7 @@ NOTES = [
     "converted DINOv2 safetensors + GGUF + projection; the peer's the ONNX file + GGUF + projection.",
     "- **train**: one stage-2 optimizer step with the LLM frozen and only the projection trained: a batch "
     "of 4 samples (the four MiniGPT-4 instructions in the ChatML template, 64 image tokens, a description "
-    "as target, every row 130 positions), forward, cross-entropy on the target tokens, backward to the "
+    "as target, every row 130 positions; the same token ids on both sides), forward, cross-entropy on the target tokens, backward to the "
     "projection, AdamW. minigpt4-rs: `batch_loss` + backward + its AdamW (the LLM dequantized to f32, "
     "LM head only at labelled positions, frozen weights skip their weight gradient). PyTorch: SmolLM2 "
     "loaded from the same GGUF by transformers (`gguf_file=`, f32), `requires_grad_(False)`, "
