@@ -135,7 +135,8 @@ ARGS_LINE="scripts/bench.sh"
 [[ $QUICK == 1 ]] && ARGS_LINE+=" --quick"
 MG_VERSION="$("$BIN" --version | awk '{print $2}')"
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git -C "$ROOT" diff --quiet HEAD 2>/dev/null || COMMIT+="+changes"
+# (The files this script writes do not count as changes.)
+git -C "$ROOT" diff --quiet HEAD -- . ':!BENCHMARKS.md' ':!benchmarks.*' ':!README.md' 2>/dev/null || COMMIT+="+changes"
 RUSTC="$(rustc --version 2>/dev/null || echo 'rustc ?')"
 export RUN THREADS REPS WARMUP TRAIN_REPS MG_VERSION COMMIT RUSTC LOAD_START LOAD_END ARGS_LINE
 export BENCH_NOTE="${MINIGPT4_BENCH_NOTE:-}"
