@@ -1,6 +1,7 @@
 //! `minigpt4`: the command line. Thin by design: every command parses its flags and calls the
 //! core library.
 
+mod bench;
 mod chat;
 mod data;
 mod describe;
@@ -45,6 +46,9 @@ enum Command {
     },
     /// Training data: fetch sources, import them (or your own) into a manifest, show stats.
     Data(data::DataArgs),
+    /// Measure speed and memory: LLM prefill/decode, image encoding, `describe`, a training step
+    /// (scripts/bench.sh runs it next to llama.cpp, onnxruntime and PyTorch).
+    Bench(bench::BenchArgs),
 }
 
 /// `--model` as every command takes it.
@@ -143,6 +147,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Inspect { file } => inspect(&file).map(|_| true),
         Command::Data(args) => data::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(true) => {}
@@ -165,7 +170,7 @@ fn exit_quietly_on_closed_pipe() {
     }
 }
 
-fn fetch() -> Result<()> {
+pub(crate) fn fetch() -> Result<()> {
     let home = minigpt4_home();
     let started = std::time::Instant::now();
     let parts = fetch_default(&home, &mut |msg| eprintln!("{msg}"))

@@ -155,3 +155,33 @@ fn printing_into_a_closed_pipe_stops_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(out.status.code(), Some(101), "{err}");
 }
+
+#[test]
+fn bench_json_runs_every_part_on_the_fixture_model() {
+    // Smoke test only: one repetition, tiny sizes, no timing is checked.
+    let img = fixtures().join("images/cat.jpg").display().to_string();
+    let m = model("merge4");
+    let args = [
+        "bench", "--json", "--model", &m, "--image", &img, "--reps", "1", "--warmup", "0", "--prefill", "8,16",
+        "--decode-prompt", "8", "--decode-tokens", "4", "--new-tokens", "4", "--train-batch", "2",
+        "--train-positions", "200", "--threads", "1",
+    ];
+    let out = minigpt4(&args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).expect("one JSON object on stdout");
+    assert_eq!(v["threads"], 1);
+    let median = |x: &serde_json::Value| x["median"].as_f64().unwrap_or(-1.0);
+    let prefill = v["llm"]["prefill"].as_array().unwrap();
+    assert_eq!(prefill.len(), 2);
+    assert_eq!(prefill[1]["prompt_ids"].as_array().unwrap().len(), 16);
+    assert!(median(&prefill[0]["tokens_per_s"]) > 0.0);
+    assert_eq!(v["llm"]["decode"]["generated_ids"].as_array().unwrap().len(), 5, "first token + 4 decoded");
+    assert!(median(&v["vision"]["encoder_s"]) > 0.0);
+    let e = &v["e2e"];
+    assert!(median(&e["first_token_s"]) > 0.0 && median(&e["total_s"]) >= median(&e["first_token_s"]));
+    assert!(e["peak_rss_bytes"].as_u64().unwrap() > 0 && e["model_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(e["prompt_segments"].as_array().unwrap().len(), 2);
+    let t = &v["train"];
+    assert!(median(&t["step_s"]) > 0.0 && t["losses"][0].as_f64().unwrap().is_finite());
+    assert_eq!(t["sequences"].as_array().unwrap().len(), 2);
+}

@@ -161,6 +161,14 @@ impl Pipeline {
         Ok(embeds)
     }
 
+    /// Forgets every cached image embedding, so the next [`Pipeline::image_embeds`] encodes again
+    /// (`minigpt4 bench` times the encoder on every repetition).
+    pub fn clear_image_cache(&self) {
+        if let Ok(mut cache) = self.image_cache.lock() {
+            cache.clear();
+        }
+    }
+
     /// Generation settings of the reference demo plus this template's stop rules.
     pub fn default_generation(&self) -> GenerationConfig {
         self.with_stops(GenerationConfig::default())
