@@ -691,8 +691,19 @@ impl Llama {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let k = repeat_kv(k, a.heads / a.kv_heads)?;
-        let v = repeat_kv(v, a.heads / a.kv_heads)?;
+        let n_rep = a.heads / a.kv_heads;
+        if t == 1 && n_rep > 1 && mode == Mode::Inference {
+            // Decoding one token: the query heads that share a key/value head are stacked as rows
+            // of one matmul against that head's cache, instead of copying the whole cache n_rep
+            // times per layer per token (what `repeat_kv` does).
+            let qg = q.reshape((b, a.kv_heads, n_rep, hd))?;
+            let scores = (qg.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let out = probs.matmul(&v)?.reshape((b, 1, a.heads * hd))?;
+            return a.o.forward(&out, mode);
+        }
+        let k = repeat_kv(k, n_rep)?;
+        let v = repeat_kv(v, n_rep)?;
         let mut scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
