@@ -27,7 +27,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use clap::{Args, ValueEnum};
-use minigpt4_core::fetch::DefaultParts;
 use minigpt4_core::generate::GenerationConfig;
 use minigpt4_core::model_file::{minigpt4_home, ModelSpec};
 use minigpt4_core::pipeline::Pipeline;
@@ -191,25 +190,17 @@ fn prompt_ids(p: &Pipeline, n: usize) -> Result<Vec<u32>> {
 
 /// The spec to benchmark and where its projection comes from.
 fn resolve(args: &BenchArgs, device: &Device) -> Result<(ModelSpec, String)> {
-    let home = minigpt4_home();
-    if args.model == "tiny" && DefaultParts::present(&home).is_none() {
-        eprintln!("the default model's parts are not in {} yet; fetching them", home.display());
-        crate::fetch()?;
-    }
-    let mut spec = ModelSpec::resolve(&args.model, &home)?;
+    let mut spec = crate::ModelArgs { model: args.model.clone(), projection: args.projection.clone() }.spec()?;
     let source = if let Some(p) = &args.projection {
-        spec.projection.weights = p.clone();
         p.display().to_string()
     } else if spec.projection.weights.exists() {
         spec.projection.weights.display().to_string()
     } else {
         let (i, o) = minigpt4_train::model::projection_dims(&spec)?;
-        let path = home.join("cache").join("bench").join(format!("projection-random-{i}x{o}.safetensors"));
+        let path = minigpt4_home().join("cache").join("bench").join(format!("projection-random-{i}x{o}.safetensors"));
         if !path.exists() {
             std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-            let (w, b) = minigpt4_train::model::random_projection(i, o, 0, device)?;
-            let meta = [("init".to_string(), "random (minigpt4 bench)".to_string())].into();
-            minigpt4_train::checkpoint::save_projection(&path, &w, &b, meta)?;
+            minigpt4_train::model::write_random_projection(&path, i, o, 0, device)?;
         }
         eprintln!("{} does not exist; using a random projection ({i} → {o})", spec.projection.weights.display());
         spec.projection.weights = path;

@@ -178,7 +178,6 @@ pub enum Mode {
     Differentiable,
 }
 
-/// A weight matrix [out, in], dense or in GGUF quantized blocks.
 /// From this many input rows on (a prompt, not one decoded token), a quantized matrix is
 /// dequantized for the call and multiplied in f32. candle's quantized CPU matmul computes one
 /// block dot product per row and output, about 25 tokens/s on SmolLM2 whatever the batch; the f32
@@ -191,6 +190,7 @@ fn rows(x: &Tensor) -> usize {
     x.dims().split_last().map_or(0, |(_, r)| r.iter().product())
 }
 
+/// A weight matrix [out, in], dense or in GGUF quantized blocks.
 #[derive(Clone)]
 enum Weight {
     Dense(candle_nn::Linear),
@@ -330,10 +330,7 @@ impl Source<'_> {
     /// shares the table).
     fn embedding(&mut self, shape: &[usize], dtype: DType) -> Result<Embedding> {
         const NAME: &str = "model.embed_tokens.weight";
-        let Source::Gguf { device, .. } = self else {
-            return Ok(Embedding::Dense(self.dense(NAME, shape, dtype)?));
-        };
-        if !device.is_cpu() {
+        if !matches!(self, Source::Gguf { device, .. } if device.is_cpu()) {
             return Ok(Embedding::Dense(self.dense(NAME, shape, dtype)?));
         }
         match self.weight(NAME, shape[0], shape[1], dtype)? {

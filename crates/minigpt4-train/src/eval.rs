@@ -15,7 +15,6 @@
 //! record: its caption. An image that cannot be read or decoded is reported, listed with its
 //! error and left out of the scores.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +29,6 @@ use minigpt4_core::template::Conversation;
 use minigpt4_data::{Manifest, Record, Split};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint;
 use crate::io::write_atomic;
 use crate::keyword;
 use crate::metrics;
@@ -236,10 +234,8 @@ pub fn load_pipeline(spec: &ModelSpec, opts: &EvalOptions) -> Result<(Pipeline, 
         }
         ProjectionSource::Random { seed } => {
             let (in_dim, out_dim) = model::projection_dims(&spec)?;
-            let (w, b) = model::random_projection(in_dim, out_dim, *seed, &Device::Cpu)?;
             let tmp = std::env::temp_dir().join(format!("minigpt4-eval-random-{}-{seed}.safetensors", std::process::id()));
-            let meta = HashMap::from([("init".to_string(), "random".to_string()), ("seed".to_string(), seed.to_string())]);
-            checkpoint::save_projection(&tmp, &w, &b, meta)?;
+            model::write_random_projection(&tmp, in_dim, out_dim, *seed, &Device::Cpu)?;
             spec.projection.weights = tmp.clone();
             let p = load(&spec);
             let _ = std::fs::remove_file(&tmp);

@@ -64,6 +64,14 @@ pub fn random_projection(in_dim: usize, out_dim: usize, seed: u64, device: &Devi
     Ok((w, b))
 }
 
+/// Writes [`random_projection`] for `seed` to `path` as a projection file (what `train` starts
+/// from, `eval --random-projection` scores and `bench` falls back to).
+pub fn write_random_projection(path: &Path, in_dim: usize, out_dim: usize, seed: u64, device: &Device) -> Result<()> {
+    let (w, b) = random_projection(in_dim, out_dim, seed, device)?;
+    let meta = [("init".to_string(), "random".to_string()), ("seed".to_string(), seed.to_string())].into();
+    crate::checkpoint::save_projection(path, &w, &b, meta)
+}
+
 pub struct Frozen {
     /// Vision tower and adapter; `None` once the features are cached.
     pub vision: Option<(VisionTower, Adapter)>,

@@ -178,9 +178,7 @@ impl Trainer {
             (None, Some(init)) => init.clone(),
             (None, None) => {
                 let p = out.join("projection-init.safetensors");
-                let (w, b) = model::random_projection(in_dim, out_dim, config.seed, device)?;
-                let meta = HashMap::from([("init".to_string(), "random".to_string()), ("seed".to_string(), config.seed.to_string())]);
-                checkpoint::save_projection(&p, &w, &b, meta)?;
+                model::write_random_projection(&p, in_dim, out_dim, config.seed, device)?;
                 p
             }
         };
