@@ -63,6 +63,10 @@ pub struct TrainArgs {
     /// Starting projection: a stage-1 projection/checkpoint or a MiniGPT-4 .pth [random].
     #[arg(long, value_name = "PROJECTION")]
     pub init: Option<PathBuf>,
+    /// Starting projection when there is no --init: `random` (MiniGPT-4's) or `nouns`, a closed-form
+    /// ridge fit of each image's mean feature onto its caption noun's embedding [random].
+    #[arg(long, value_name = "HOW", value_parser = ["random", "nouns"])]
+    pub warm_start: Option<String>,
     /// Feature cache root [$MINIGPT4_HOME/cache].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -94,6 +98,7 @@ pub fn run(args: TrainArgs) -> Result<bool> {
     o.keep_checkpoints = args.keep_checkpoints;
     o.resume = args.resume;
     o.init = args.init;
+    o.warm_start = args.warm_start.as_deref().map(str::parse).transpose()?;
     o.cache_dir = args.cache_dir;
     o.feature_batch = args.feature_batch;
     o.progress = if args.quiet { Progress::Quiet } else { Progress::Auto };

@@ -11,6 +11,7 @@ use crate::data::Stage;
 use crate::optim::AdamWConfig;
 use crate::progress::Progress;
 use crate::schedule::LrSchedule;
+use crate::warm_start::WarmStart;
 
 /// Everything that determines a run's result, saved in every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,9 @@ pub struct TrainConfig {
     pub max_words: usize,
     /// Starting projection (a stage-1 result, a MiniGPT-4 `.pth`); random when absent.
     pub init: Option<PathBuf>,
+    /// How the projection starts without `init` (older checkpoints: random).
+    #[serde(default)]
+    pub warm_start: WarmStart,
     /// Checkpoint every this many steps (does not change the result).
     pub save_every: usize,
     /// Checkpoints kept (the newest); 0 keeps all (does not change the result).
@@ -57,6 +61,7 @@ pub struct TrainOptions {
     pub seed: Option<u64>,
     pub max_txt_len: Option<usize>,
     pub init: Option<PathBuf>,
+    pub warm_start: Option<WarmStart>,
     pub save_every: Option<usize>,
     pub keep_checkpoints: Option<usize>,
     /// Continue from the newest checkpoint in `out` (starts fresh when there is none).
@@ -91,6 +96,7 @@ impl TrainOptions {
             seed: None,
             max_txt_len: None,
             init: None,
+            warm_start: None,
             save_every: None,
             keep_checkpoints: None,
             resume: false,
@@ -163,9 +169,13 @@ pub fn resolve(o: &TrainOptions, previous: Option<&TrainConfig>) -> Result<Train
         max_txt_len: pick(o.max_txt_len, previous.map(|p| p.max_txt_len), txt_d),
         max_words: previous.map(|p| p.max_words).unwrap_or(crate::caption::MAX_WORDS),
         init: o.init.as_ref().map(absolute).or(previous.and_then(|p| p.init.clone())),
+        warm_start: o.warm_start.or(previous.map(|p| p.warm_start)).unwrap_or_default(),
         save_every: pick(o.save_every, previous.map(|p| p.save_every), (steps / 10).clamp(1, 1000)),
         keep_checkpoints: pick(o.keep_checkpoints, previous.map(|p| p.keep_checkpoints), 3),
     };
+    if cfg.init.is_some() && cfg.warm_start != WarmStart::Random {
+        bail!("--init and --warm-start both choose the starting projection; pass one");
+    }
     if cfg.steps == 0 || cfg.batch == 0 || cfg.grad_accum == 0 || cfg.save_every == 0 {
         bail!("--steps, --batch, --grad-accum and --save-every must be at least 1");
     }
@@ -208,6 +218,7 @@ pub fn differences(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
     cmp("max-txt-len", a.max_txt_len.to_string(), b.max_txt_len.to_string());
     cmp("max-words", a.max_words.to_string(), b.max_words.to_string());
     cmp("init", format!("{:?}", a.init), format!("{:?}", b.init));
+    cmp("warm-start", format!("{:?}", a.warm_start), format!("{:?}", b.warm_start));
     d
 }
 

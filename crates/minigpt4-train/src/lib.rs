@@ -24,6 +24,7 @@ pub mod plot;
 pub mod progress;
 pub mod schedule;
 pub mod trainer;
+pub mod warm_start;
 
 pub use config::{TrainConfig, TrainOptions};
 pub use data::Stage;

@@ -37,6 +37,13 @@ impl Progress {
         }
     }
 
+    /// A one-off status line, shown unless quiet.
+    pub fn status(self, msg: &str) {
+        if self != Progress::Quiet {
+            eprintln!("{msg}");
+        }
+    }
+
     /// A warning, always shown except when quiet; above the bar on a terminal.
     pub fn warn(self, bar: Option<&ProgressBar>, msg: &str) {
         match (self, bar) {

@@ -21,6 +21,7 @@ use crate::model::{self, Frozen};
 use crate::optim::AdamW;
 use crate::plot;
 use crate::progress::Progress;
+use crate::warm_start::{self, WarmStart};
 
 /// Mean cross-entropy over the target tokens of a right-padded batch, and how many tokens
 /// that is. `features` `[B, N, d_a]` are the cached adapter outputs of `seqs`' images (same
@@ -281,6 +282,21 @@ impl Trainer {
             }
         }
 
+        let (weight0, bias0) = if resume_from.is_none() && config.init.is_none() && config.warm_start == WarmStart::Nouns {
+            let t = Instant::now();
+            let f = warm_start::fit_nouns(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
+            let meta = [("init".to_string(), "nouns".to_string()), ("records".to_string(), f.records.to_string())].into();
+            checkpoint::save_projection(&start_file, &f.weight, &f.bias, meta)?;
+            progress.status(&format!(
+                "warm start: ridge fit of {} images onto {} caption nouns in {:.1}s",
+                f.records,
+                f.distinct_nouns,
+                t.elapsed().as_secs_f64()
+            ));
+            (f.weight.to_dtype(weight0.dtype())?, f.bias.to_dtype(bias0.dtype())?)
+        } else {
+            (weight0, bias0)
+        };
         let weight = Var::from_tensor(&weight0)?;
         let bias = Var::from_tensor(&bias0)?;
         let mut opt = AdamW::new(config.adamw, vec![(WEIGHT.into(), weight, true), (BIAS.into(), bias, false)])?;

@@ -13,7 +13,8 @@ use minigpt4_data::manifest::{self, Record, Split, Turn};
 use minigpt4_train::data::{Prompt, Sequence, Texts, INSTRUCTIONS};
 use minigpt4_train::features::{self, FeatureCache};
 use minigpt4_train::trainer::batch_loss;
-use minigpt4_train::{io, Progress, Stage, TrainOptions, Trainer};
+use minigpt4_train::warm_start::WarmStart;
+use minigpt4_train::{io, keyword, Progress, Stage, TrainOptions, Trainer};
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../minigpt4-core/tests/fixtures").join(rel)
@@ -415,4 +416,46 @@ fn init_from_pth_and_stage1_result_and_output_loads_in_pipeline() {
         assert_eq!(pipe.model.projector.weight().dims(), &[64, 128]);
         assert_eq!(bits(pipe.model.projector.weight()), bits(load_st(&p).tensor("llama_proj.weight").unwrap()));
     }
+}
+
+#[test]
+fn nouns_warm_start_points_each_training_image_at_its_caption_noun() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = train_records(6);
+    let data = write_manifest(dir.path(), "m.jsonl", &records);
+    let mut o = options(dir.path(), Stage::One, data, "run");
+    o.warm_start = Some(WarmStart::Nouns);
+    let t = Trainer::prepare(&spec(), &o).unwrap();
+    let init = load_st(&dir.path().join("run/projection-init.safetensors"));
+    assert_eq!(init.meta("init").unwrap(), "nouns");
+    let (w, b) = (t.weight().as_tensor(), t.bias().as_tensor());
+    assert_eq!(bits(w), bits(init.tensor("llama_proj.weight").unwrap()));
+
+    // Six images with six different nouns: the fit is nearly exact, and each image's mean
+    // projected token is nearest (cosine) to its own noun's embedding.
+    let nouns: Vec<String> = records.iter().map(|r| keyword::main_noun(&r.caption).unwrap()).collect();
+    assert_eq!(nouns.iter().collect::<std::collections::HashSet<_>>().len(), 6, "{nouns:?}");
+    let unit = |v: Tensor| -> Tensor { v.broadcast_div(&v.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap()).unwrap() };
+    let embeds: Vec<Tensor> = nouns
+        .iter()
+        .map(|n| {
+            let ids = t.frozen.tokenizer.encode(&format!(" {n}"), false).unwrap();
+            t.frozen.llm.embed(&ids).unwrap().squeeze(0).unwrap().mean(0).unwrap()
+        })
+        .collect();
+    let embeds = unit(Tensor::stack(&embeds, 0).unwrap());
+    for (i, s) in t.samples.iter().enumerate() {
+        let pooled = t.features.get(s.image).unwrap().mean(1).unwrap();
+        let pred = unit(pooled.matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap());
+        let sims = pred.matmul(&embeds.t().unwrap()).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let best = sims.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(best, i, "image {i} ({}) points at `{}`: {sims:?}", nouns[i], nouns[best]);
+    }
+
+    // The start is chosen once: --init and --warm-start together are refused.
+    let mut both = options(dir.path(), Stage::One, dir.path().join("m.jsonl"), "run2");
+    both.warm_start = Some(WarmStart::Nouns);
+    both.init = Some(dir.path().join("run/projection-init.safetensors"));
+    let err = Trainer::prepare(&spec(), &both).err().unwrap().to_string();
+    assert!(err.contains("--warm-start"), "{err}");
 }

@@ -1,0 +1,239 @@
+//! `--warm-start nouns`: a closed-form starting projection for stage 1.
+//!
+//! Every training image's adapter tokens, averaged, are regressed (ridge, closed form) onto the
+//! LLM's input embedding of its caption's main noun ([`crate::keyword::main_noun`]: "A spiny
+//! lobster, from …" → " lobster"). The projection is linear, so the mean of an image's projected
+//! tokens becomes a guess at the word for what it shows.
+//!
+//! Why: on a CPU the language-model steps are the expensive part of training (about a second
+//! per sample on the tiny model), and from a random projection the first hundreds of them go to
+//! finding where words live in the LLM's embedding space. This fit takes seconds and starts
+//! stage 1 there. It does not replace stage 1: on its own, the blurred mix of tokens does not
+//! make the LLM name the object; the language-model loss sharpens it.
+
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, D};
+use minigpt4_core::llama::Llama;
+use minigpt4_core::tokenizer::Tokenizer;
+use minigpt4_data::manifest::Record;
+use serde::{Deserialize, Serialize};
+
+use crate::features::FeatureStore;
+use crate::keyword::main_noun;
+
+/// How the projection starts when there is no `--init` and no checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WarmStart {
+    /// Random, as MiniGPT-4 starts.
+    #[default]
+    Random,
+    /// Ridge regression of pooled image features onto caption-noun embeddings.
+    Nouns,
+}
+
+impl FromStr for WarmStart {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "random" => Ok(Self::Random),
+            "nouns" => Ok(Self::Nouns),
+            _ => bail!("unknown warm start `{s}` (expected random or nouns)"),
+        }
+    }
+}
+
+/// Ridge strength relative to the mean variance of a feature dimension. Of 1, 0.1 and 0.01,
+/// 0.01 predicted the held-out nouns best (nearest noun embedding, 15% of 2,682 images held
+/// out: 31% vs 25% at 1).
+pub const RIDGE: f64 = 0.01;
+
+/// `W [d_out, d_in]`, `b [d_out]` (f32) minimising `Σ‖W xᵢ + b − yᵢ‖² + λ‖W‖²` for rows `x`
+/// `[N, d_in]` and `y` `[N, d_out]`, with `λ = ridge · tr(XcᵀXc) / d_in` (`Xc`: centred x; the
+/// bias is not penalised). Solved in f64 through a Cholesky factorisation.
+pub fn fit(x: &Tensor, y: &Tensor, ridge: f64) -> Result<(Tensor, Tensor)> {
+    let (n, d_in) = x.dims2()?;
+    let (ny, d_out) = y.dims2()?;
+    if n != ny || n < 2 {
+        bail!("ridge fit needs at least 2 rows and as many targets ({n} rows, {ny} targets)");
+    }
+    let x = x.to_dtype(DType::F64)?;
+    let y = y.to_dtype(DType::F64)?;
+    let (mx, my) = (x.mean_keepdim(0)?, y.mean_keepdim(0)?);
+    let xc = x.broadcast_sub(&mx)?;
+    let yc = y.broadcast_sub(&my)?;
+    let mut g = xc.t()?.matmul(&xc)?.flatten_all()?.to_vec1::<f64>()?;
+    let mut r = xc.t()?.matmul(&yc)?.flatten_all()?.to_vec1::<f64>()?;
+    let trace: f64 = (0..d_in).map(|i| g[i * d_in + i]).sum();
+    let lambda = (ridge * trace / d_in as f64).max(f64::MIN_POSITIVE);
+    for i in 0..d_in {
+        g[i * d_in + i] += lambda;
+    }
+    cholesky_solve(&mut g, &mut r, d_in, d_out)?;
+    let device = x.device();
+    let wt = Tensor::from_vec(r, (d_in, d_out), device)?;
+    let b = my.squeeze(0)?.sub(&mx.matmul(&wt)?.squeeze(0)?)?;
+    Ok((
+        wt.t()?.contiguous()?.to_dtype(DType::F32)?,
+        b.to_dtype(DType::F32)?,
+    ))
+}
+
+/// Solves `A X = B` in place for a symmetric positive definite `a` `[n, n]` (overwritten by its
+/// Cholesky factor) and `b` `[n, m]` (overwritten by `X`), both row-major.
+fn cholesky_solve(a: &mut [f64], b: &mut [f64], n: usize, m: usize) -> Result<()> {
+    // A = L Lᵀ, L in the lower triangle of `a`, row by row.
+    for i in 0..n {
+        for j in 0..=i {
+            let (ri, rj) = (&a[i * n..i * n + j], &a[j * n..j * n + j]);
+            let s = a[i * n + j] - ri.iter().zip(rj).map(|(p, q)| p * q).sum::<f64>();
+            if i == j {
+                if s <= 0.0 || !s.is_finite() {
+                    bail!("ridge fit: the feature covariance is not positive definite (row {i})");
+                }
+                a[i * n + i] = s.sqrt();
+            } else {
+                a[i * n + j] = s / a[j * n + j];
+            }
+        }
+    }
+    // L Z = B, then Lᵀ X = Z; rows of B are updated as whole vectors.
+    for i in 0..n {
+        for k in 0..i {
+            let l = a[i * n + k];
+            let (head, tail) = b.split_at_mut(i * m);
+            for (t, s) in tail[..m].iter_mut().zip(&head[k * m..k * m + m]) {
+                *t -= l * s;
+            }
+        }
+        let d = a[i * n + i];
+        b[i * m..i * m + m].iter_mut().for_each(|t| *t /= d);
+    }
+    for i in (0..n).rev() {
+        for k in i + 1..n {
+            let l = a[k * n + i];
+            let (head, tail) = b.split_at_mut(k * m);
+            for (t, s) in head[i * m..i * m + m].iter_mut().zip(&tail[..m]) {
+                *t -= l * s;
+            }
+        }
+        let d = a[i * n + i];
+        b[i * m..i * m + m].iter_mut().for_each(|t| *t /= d);
+    }
+    Ok(())
+}
+
+/// The fitted starting projection and what it was fitted on.
+pub struct NounFit {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    /// Records with a usable image and a caption with a main noun.
+    pub records: usize,
+    pub distinct_nouns: usize,
+}
+
+/// Fits the `nouns` warm start on `records` (`image_of[i]`: record `i`'s row in `features`).
+pub fn fit_nouns(
+    records: &[Record],
+    image_of: &[Option<usize>],
+    features: &FeatureStore,
+    llm: &Llama,
+    tokenizer: &Tokenizer,
+) -> Result<NounFit> {
+    let mut pooled = Vec::new();
+    let mut targets = Vec::new();
+    let mut nouns = std::collections::HashSet::new();
+    for (r, img) in records.iter().zip(image_of) {
+        let (Some(img), Some(noun)) = (img, main_noun(&r.caption)) else {
+            continue;
+        };
+        // With the leading space: the token the noun is inside a sentence.
+        let ids = tokenizer.encode(&format!(" {noun}"), false)?;
+        if ids.is_empty() {
+            continue;
+        }
+        pooled.push(
+            features
+                .get(*img)?
+                .mean(D::Minus2)?
+                .squeeze(0)?
+                .to_dtype(DType::F32)?,
+        );
+        targets.push(llm.embed(&ids)?.squeeze(0)?.mean(0)?.to_dtype(DType::F32)?);
+        nouns.insert(noun);
+    }
+    if pooled.len() < 2 {
+        bail!(
+            "--warm-start nouns: only {} training captions have a main noun; it needs at least 2",
+            pooled.len()
+        );
+    }
+    let (weight, bias) = fit(
+        &Tensor::stack(&pooled, 0)?,
+        &Tensor::stack(&targets, 0)?,
+        RIDGE,
+    )?;
+    Ok(NounFit {
+        weight,
+        bias,
+        records: pooled.len(),
+        distinct_nouns: nouns.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn recovers_a_linear_map_and_matches_the_normal_equations() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, d_in, d_out) = (200, 12, 5);
+        let x = Tensor::randn(0f32, 1.0, (n, d_in), &dev)?;
+        let w_true = Tensor::randn(0f32, 1.0, (d_out, d_in), &dev)?;
+        let b_true = Tensor::randn(0f32, 1.0, d_out, &dev)?;
+        let y = x.matmul(&w_true.t()?)?.broadcast_add(&b_true)?;
+        // No noise and a tiny ridge: the exact map comes back.
+        let (w, b) = fit(&x, &y, 1e-9)?;
+        let dw = (w - &w_true)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let db = (b - &b_true)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(dw < 1e-4 && db < 1e-4, "weight off by {dw}, bias by {db}");
+
+        // With a real ridge the gradient of the objective vanishes at the solution:
+        // Xcᵀ(Xc Wᵀ − Yc) + λ Wᵀ = 0.
+        let noisy = (y + Tensor::randn(0f32, 0.5, (n, d_out), &dev)?)?;
+        let (w, _) = fit(&x, &noisy, 0.3)?;
+        let x64 = x.to_dtype(DType::F64)?;
+        let xc = x64.broadcast_sub(&x64.mean_keepdim(0)?)?;
+        let y64 = noisy.to_dtype(DType::F64)?;
+        let yc = y64.broadcast_sub(&y64.mean_keepdim(0)?)?;
+        let g = xc.t()?.matmul(&xc)?;
+        let lambda = 0.3
+            * g.to_vec2::<f64>()?
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r[i])
+                .sum::<f64>()
+            / d_in as f64;
+        let wt = w.to_dtype(DType::F64)?.t()?;
+        let residual = (xc.matmul(&wt)? - yc)?;
+        let grad = (xc.t()?.matmul(&residual)? + (wt * lambda)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        assert!(grad < 1e-3, "normal equations off by {grad}");
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_degenerate_input() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3), DType::F32, &dev).unwrap();
+        assert!(fit(&x, &x, 0.01).is_err());
+        assert!("ridge".parse::<WarmStart>().is_err());
+        assert_eq!("nouns".parse::<WarmStart>().unwrap(), WarmStart::Nouns);
+    }
+}
