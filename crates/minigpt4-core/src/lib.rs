@@ -18,6 +18,7 @@ pub mod projector;
 pub mod qformer;
 pub mod template;
 pub mod tokenizer;
+mod train_ops;
 pub mod vit_layers;
 pub mod weights;
 

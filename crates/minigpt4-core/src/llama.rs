@@ -3,21 +3,22 @@
 //! blocks stay quantized for inference).
 //!
 //! Two forward modes share one code path. Inference uses candle's fused kernels. Training
-//! (`Mode::Differentiable`) swaps in ops that have a backward pass, because candle's fused
-//! `rms_norm`, `softmax_last_dim`, `rope*` and quantized matmul silently drop gradients; with
-//! it, gradients reach the input embeddings while the weights (plain tensors, never `Var`s)
-//! get none.
+//! (`Mode::Differentiable`) swaps in ops that have a backward pass (`train_ops`, `FrozenMatmul`),
+//! because candle's fused `rms_norm`, `softmax_last_dim`, `rope*` and quantized matmul silently
+//! drop gradients; with it, gradients reach the input embeddings while the weights (plain
+//! tensors, never `Var`s) get none.
 
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::names;
+use crate::train_ops;
 use crate::weights::Scope;
 
 /// Mirrors the fields of a Hugging Face `LlamaConfig` (`config.json`) that inference needs.
@@ -642,7 +643,12 @@ impl Llama {
         }
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
-        let mask = if t > 1 { Some(causal_mask(t, pos, &self.device, self.dtype)?) } else { None };
+        // Training's softmax (`train_ops::causal_softmax`) masks by itself.
+        let mask = if t > 1 && mode == Mode::Inference {
+            Some(causal_mask(t, pos, &self.device, self.dtype)?)
+        } else {
+            None
+        };
         let eps = self.cfg.rms_norm_eps as f32;
         let mut x = embeds.to_dtype(self.dtype)?;
         for (i, block) in self.blocks.iter().enumerate() {
@@ -652,8 +658,11 @@ impl Llama {
             x = (x + h)?;
             let h = rms_norm(&x, &block.post_attn_norm, eps, mode)?;
             let mlp = &block.mlp;
-            let gate = mlp.gate.forward(&h, mode)?;
-            let act = (candle_nn::ops::silu(&gate)? * mlp.up.forward(&h, mode)?)?;
+            let (gate, up) = (mlp.gate.forward(&h, mode)?, mlp.up.forward(&h, mode)?);
+            let act = match mode {
+                Mode::Inference => (candle_nn::ops::silu(&gate)? * up)?,
+                Mode::Differentiable => train_ops::swiglu(&gate, &up)?,
+            };
             x = (x + mlp.down.forward(&act, mode)?)?;
         }
         if let Some(c) = cache {
@@ -701,13 +710,16 @@ impl Llama {
         }
         let k = repeat_kv(k, n_rep)?;
         let v = repeat_kv(v, n_rep)?;
-        let mut scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
+        let qk = q.matmul(&k.t()?)?;
         let probs = match mode {
-            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-            Mode::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Mode::Inference => {
+                let mut scores = (qk / (hd as f64).sqrt())?;
+                if let Some(m) = mask {
+                    scores = scores.broadcast_add(m)?;
+                }
+                candle_nn::ops::softmax_last_dim(&scores)?
+            }
+            Mode::Differentiable => train_ops::causal_softmax(&qk, (hd as f64).sqrt())?,
         };
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, a.heads * hd))?;
         a.o.forward(&out, mode)
@@ -717,9 +729,8 @@ impl Llama {
         use candle_nn::rotary_emb as r;
         Ok(match (self.interleaved_rope, mode) {
             (false, Mode::Inference) => r::rope(x, cos, sin)?,
-            (false, Mode::Differentiable) => r::rope_slow(x, cos, sin)?,
             (true, Mode::Inference) => r::rope_i(x, cos, sin)?,
-            (true, Mode::Differentiable) => r::rope_i_slow(x, cos, sin)?,
+            (interleaved, Mode::Differentiable) => train_ops::rope(x, cos, sin, interleaved)?,
         })
     }
 }
@@ -727,7 +738,7 @@ impl Llama {
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, mode: Mode) -> Result<Tensor> {
     Ok(match mode {
         Mode::Inference => candle_nn::ops::rms_norm(x, w, eps)?,
-        Mode::Differentiable => candle_nn::ops::rms_norm_slow(x, w, eps)?,
+        Mode::Differentiable => train_ops::rms_norm(x, w, eps)?,
     })
 }
 
@@ -746,7 +757,7 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
 }
 
 /// Additive mask [t, pos + t]: query i (at absolute position pos + i) sees keys 0..=pos + i.
-fn causal_mask(t: usize, pos: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+pub(crate) fn causal_mask(t: usize, pos: usize, device: &Device, dtype: DType) -> Result<Tensor> {
     let total = pos + t;
     let mask: Vec<f32> =
         (0..t).flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })).collect();
