@@ -16,6 +16,7 @@ pub mod onnx;
 pub mod pipeline;
 pub mod projector;
 pub mod qformer;
+pub mod quant_matvec;
 pub mod template;
 pub mod tokenizer;
 mod train_ops;

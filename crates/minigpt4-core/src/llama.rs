@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::names;
+use crate::quant_matvec::QuantMatvec;
 use crate::train_ops;
 use crate::weights::Scope;
 
@@ -191,11 +192,14 @@ fn rows(x: &Tensor) -> usize {
     x.dims().split_last().map_or(0, |(_, r)| r.iter().product())
 }
 
-/// A weight matrix [out, in], dense or in GGUF quantized blocks.
+/// A weight matrix [out, in], dense or in GGUF quantized blocks: Q4_1 and Q8_0 on the CPU go
+/// through our own matrix × vector kernel (`Native`), other block types and devices through
+/// candle's `QMatMul`.
 #[derive(Clone)]
 enum Weight {
     Dense(candle_nn::Linear),
     Quantized(QMatMul),
+    Native(Arc<QuantMatvec>),
 }
 
 impl Weight {
@@ -205,13 +209,27 @@ impl Weight {
                 Ok(x.contiguous()?.apply_op1(FrozenMatmul { wt: l.weight().t()? })?)
             }
             Weight::Dense(l) => Ok(l.forward(x)?),
-            Weight::Quantized(_) if mode == Mode::Differentiable => Err(Error::Config(
+            Weight::Quantized(_) | Weight::Native(_) if mode == Mode::Differentiable => Err(Error::Config(
                 "quantized weights have no backward pass; load the model with `into_dense()` for training".into(),
             )),
             Weight::Quantized(QMatMul::QTensor(q)) if x.device().is_cpu() && rows(x) >= DENSE_PREFILL_ROWS => {
                 Ok(x.broadcast_matmul(&q.dequantize(x.device())?.t()?)?)
             }
             Weight::Quantized(q) => Ok(q.forward(x)?),
+            Weight::Native(mv) if rows(x) >= DENSE_PREFILL_ROWS || x.dtype() != DType::F32 => {
+                let w = mv.qtensor().dequantize(x.device())?.to_dtype(x.dtype())?;
+                Ok(x.broadcast_matmul(&w.t()?)?)
+            }
+            Weight::Native(mv) => Ok(x.contiguous()?.apply_op1_no_bwd(&**mv)?),
+        }
+    }
+
+    /// A quantized matrix: our kernel where it has one for the block type and device, candle's
+    /// otherwise.
+    fn quantized(q: Arc<QTensor>) -> Result<Weight> {
+        match QuantMatvec::new(q.clone()) {
+            Some(mv) => Ok(Weight::Native(Arc::new(mv))),
+            None => Ok(Weight::Quantized(QMatMul::from_arc(q)?)),
         }
     }
 
@@ -224,11 +242,14 @@ impl Weight {
             Weight::Quantized(QMatMul::Tensor(t)) | Weight::Quantized(QMatMul::TensorF16(t)) => {
                 Weight::Dense(candle_nn::Linear::new(t.to_dtype(dtype)?, None))
             }
+            Weight::Native(mv) => {
+                Weight::Dense(candle_nn::Linear::new(mv.qtensor().dequantize(&mv.qtensor().device())?.to_dtype(dtype)?, None))
+            }
         })
     }
 
     fn is_quantized(&self) -> bool {
-        matches!(self, Weight::Quantized(QMatMul::QTensor(_)))
+        matches!(self, Weight::Quantized(QMatMul::QTensor(_)) | Weight::Native(_))
     }
 }
 
@@ -336,6 +357,7 @@ impl Source<'_> {
         }
         match self.weight(NAME, shape[0], shape[1], dtype)? {
             Weight::Quantized(QMatMul::QTensor(q)) => Ok(Embedding::Quantized(q)),
+            Weight::Native(mv) => Ok(Embedding::Quantized(mv.qtensor().clone())),
             Weight::Dense(l) => Ok(Embedding::Dense(l.weight().clone())),
             Weight::Quantized(QMatMul::Tensor(t)) | Weight::Quantized(QMatMul::TensorF16(t)) => {
                 Ok(Embedding::Dense(t.to_dtype(dtype)?))
@@ -355,13 +377,13 @@ impl Source<'_> {
                         Ok(Weight::Dense(candle_nn::Linear::new(t, None)))
                     }
                     // candle's CPU dot products for these block types are scalar (Q4_0, Q8_0 and
-                    // the k-quants have SIMD ones): Q4_1 decodes ~5× slower than Q8_0. Q8_0 holds
+                    // the k-quants have SIMD ones) and ours covers Q4_1 and Q8_0 only. Q8_0 holds
                     // their values almost exactly (error ≤ 1/254 of a block's range).
-                    GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if requantize && device.is_cpu() => {
+                    GgmlDType::Q5_0 | GgmlDType::Q5_1 if requantize && device.is_cpu() => {
                         let requantized = QTensor::quantize(&q.dequantize(&device)?, GgmlDType::Q8_0)?;
-                        Ok(Weight::Quantized(QMatMul::from_qtensor(requantized)?))
+                        Weight::quantized(Arc::new(requantized))
                     }
-                    _ => Ok(Weight::Quantized(QMatMul::from_qtensor(q)?)),
+                    _ => Weight::quantized(Arc::new(q)),
                 }
             }
         }
@@ -519,7 +541,7 @@ impl Llama {
         } else if cfg.tie_word_embeddings || matches!(src, Source::Gguf { .. }) {
             // Tied head: reuse the embedding table (still quantized when it came quantized).
             match &embed_tokens {
-                Embedding::Quantized(q) => Weight::Quantized(QMatMul::QTensor(q.clone())),
+                Embedding::Quantized(q) => Weight::quantized(q.clone())?,
                 Embedding::Dense(_) => src.weight("model.embed_tokens.weight", cfg.vocab_size, d, dtype)?,
             }
         } else {

@@ -203,3 +203,34 @@ fn gguf_tokenizer_matches_transformers() {
     }
     println!("{} texts tokenize as transformers does", texts.len());
 }
+
+/// The decode kernel (`quant_matvec`) on the file's own blocks: a Q4_1 layer matrix and the
+/// Q8_0 embedding table (the tied LM head) against their dequantized f32 products. The
+/// activation is quantized to 8 bits per 32-value block, so the error is bounded by a fraction
+/// of the output's scale, not by float rounding.
+#[test]
+fn quant_matvec_matches_dequantized_gguf_rows() {
+    use candle_core::quantized::{gguf_file, GgmlDType};
+    use minigpt4_core::quant_matvec::QuantMatvec;
+    use std::sync::Arc;
+
+    let path = &parts().smollm2_gguf;
+    let mut file = std::fs::File::open(path).unwrap();
+    let ct = gguf_file::Content::read(&mut file).unwrap();
+    for (name, dtype) in [("blk.0.ffn_down.weight", GgmlDType::Q4_1), ("blk.7.attn_q.weight", GgmlDType::Q4_1), ("token_embd.weight", GgmlDType::Q8_0)] {
+        let q = ct.tensor(&mut file, name, &Device::Cpu).unwrap();
+        assert_eq!(q.dtype(), dtype, "{name}");
+        let w = q.dequantize(&Device::Cpu).unwrap();
+        let (_, cols) = w.dims2().unwrap();
+        let mv = QuantMatvec::new(Arc::new(q)).unwrap();
+        for m in [1usize, 4] {
+            let x = Tensor::randn(0f32, 1f32, (m, cols), &Device::Cpu).unwrap();
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let got = Tensor::from_vec(mv.matmul(&x.flatten_all().unwrap().to_vec1().unwrap()), want.shape(), &Device::Cpu).unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = common::max_abs_diff(&got, &want);
+            println!("{name} × {m} rows: max abs diff {d:.3e}, max |output| {scale:.3}");
+            assert!(d <= 1e-2 * scale, "{name}: max abs diff {d:e} > 1e-2 × {scale}");
+        }
+    }
+}

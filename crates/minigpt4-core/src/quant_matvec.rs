@@ -1,0 +1,365 @@
+//! `x · wᵀ` on the CPU for a few activation rows (decoding) against a GGUF matrix kept in its
+//! file's blocks: Q4_1 (SmolLM2's layers) or Q8_0 (its embeddings, which the tied LM head shares).
+//!
+//! candle's Q4_1 dot product is scalar, so the loader used to requantize Q4_1 to Q8_0 (1.7× the
+//! bytes each token reads) and run candle's Q8_0 kernel, which converts both f16 scales of every
+//! block pair in its inner loop. This is the scheme of llama.cpp's `ggml_vec_dot_q4_1_q8_1`: the
+//! activation row is quantized once per call to 8-bit blocks that carry their scale `d` and
+//! `s = d·Σq`, and one block of the dot product is
+//!   Σ (d_w·q_w + m_w)·(d_a·q_a) = d_w·d_a·Σ q_w·q_a + m_w·s_a,
+//! an integer dot product of 32 lanes (AVX2 where the CPU has it) plus two multiply-adds. The
+//! weight's f16 block scales are converted once at load into an f32 side table (8 bytes per 32
+//! weights for Q4_1, 4 for Q8_0) so the inner loop has no conversions.
+//!
+//! Output rows are split over candle's persistent barrier pool (the threads its own quantized
+//! matmul uses; the calling thread works too), so no extra threads compete for the cores.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, Layout, Shape};
+
+/// Weights per block (both formats).
+const QK: usize = 32;
+
+/// Below this many block dot products per call the work stays on the calling thread: waking the
+/// pool costs a few microseconds, about what 2k block products take.
+const MIN_BLOCKS_PER_THREAD: usize = 2048;
+
+/// The block formats this kernel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// `{ d: f16, m: f16, qs: [u8; 16] }`: weight j is `d·q + m`, q the low nibble of `qs[j]` for
+    /// j < 16 and the high nibble of `qs[j - 16]` otherwise.
+    Q4_1,
+    /// `{ d: f16, qs: [i8; 32] }`: weight j is `d·qs[j]`.
+    Q8_0,
+}
+
+impl Format {
+    fn block_bytes(self) -> usize {
+        match self {
+            Format::Q4_1 => 20,
+            Format::Q8_0 => 34,
+        }
+    }
+
+    /// Scales kept per block in the side table (`d`, and `m` for Q4_1).
+    fn scales(self) -> usize {
+        match self {
+            Format::Q4_1 => 2,
+            Format::Q8_0 => 1,
+        }
+    }
+}
+
+/// One block of a quantized activation row: `x[j] ≈ d·qs[j]`, and `s = d·Σ qs`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct ActBlock {
+    d: f32,
+    s: f32,
+    qs: [i8; QK],
+}
+
+/// A [rows, cols] Q4_1 or Q8_0 matrix ready for `forward`; shares the `QTensor`'s blocks.
+#[derive(Debug)]
+pub struct QuantMatvec {
+    q: Arc<QTensor>,
+    format: Format,
+    rows: usize,
+    cols: usize,
+    /// Per block, row-major: `d` (and `m` for Q4_1) as f32.
+    scales: Vec<f32>,
+}
+
+impl QuantMatvec {
+    /// Wraps a CPU matrix in one of the supported block types; `None` for others (or a width
+    /// that is not whole blocks), which keep candle's kernels.
+    pub fn new(q: Arc<QTensor>) -> Option<Self> {
+        let format = match q.dtype() {
+            GgmlDType::Q4_1 => Format::Q4_1,
+            GgmlDType::Q8_0 => Format::Q8_0,
+            _ => return None,
+        };
+        let (rows, cols) = q.shape().dims2().ok()?;
+        if cols % QK != 0 || !q.device().is_cpu() {
+            return None;
+        }
+        let data = q.data().ok()?;
+        if data.len() != rows * cols / QK * format.block_bytes() {
+            return None;
+        }
+        let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+        let mut scales = Vec::with_capacity(rows * cols / QK * format.scales());
+        for block in data.chunks_exact(format.block_bytes()) {
+            scales.push(f16_at(block, 0));
+            if format == Format::Q4_1 {
+                scales.push(f16_at(block, 2));
+            }
+        }
+        drop(data);
+        Some(Self { q, format, rows, cols, scales })
+    }
+
+    pub fn qtensor(&self) -> &Arc<QTensor> {
+        &self.q
+    }
+
+    /// `x · wᵀ` for `x` [.., cols] f32 in row-major order: returns [.., rows].
+    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        assert_eq!(x.len() % self.cols, 0, "activation length is not a multiple of the width");
+        let m = x.len() / self.cols;
+        let nb = self.cols / QK;
+        let act: Vec<ActBlock> = x.chunks_exact(QK).map(quantize_block).collect();
+        let data = self.q.data().expect("CPU QTensor data is a borrow");
+        let (data, bb, ns) = (&data[..], self.format.block_bytes(), self.format.scales());
+        // out_t[r·m + i] = row r · activation i: each thread then writes one contiguous range.
+        let mut out_t = vec![0f32; self.rows * m];
+        let dot = dot_fn(self.format);
+        let run = |first: usize, out: &mut [f32]| {
+            for (k, o) in out.chunks_exact_mut(m).enumerate() {
+                let r = first + k;
+                let w = &data[r * nb * bb..(r + 1) * nb * bb];
+                let sc = &self.scales[r * nb * ns..(r + 1) * nb * ns];
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = dot(w, sc, &act[i * nb..(i + 1) * nb]);
+                }
+            }
+        };
+        let pool = candle_core::utils::barrier_pool();
+        let threads = (pool.n_workers() + 1).min((self.rows * nb * m) / MIN_BLOCKS_PER_THREAD).max(1);
+        if threads == 1 {
+            run(0, &mut out_t);
+        } else {
+            let per = self.rows.div_ceil(threads);
+            // One uncontended lock per thread hands each its own disjoint output range.
+            let parts: Vec<Mutex<&mut [f32]>> = out_t.chunks_mut(per * m).map(Mutex::new).collect();
+            pool.execute(|tid| {
+                if let Some(part) = parts.get(tid) {
+                    let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+                    run(tid * per, &mut part);
+                }
+            });
+        }
+        if m == 1 {
+            return out_t;
+        }
+        let mut out = vec![0f32; self.rows * m];
+        for (r, row) in out_t.chunks_exact(m).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                out[i * self.rows + r] = v;
+            }
+        }
+        out
+    }
+}
+
+impl candle_core::CustomOp1 for QuantMatvec {
+    fn name(&self) -> &'static str {
+        "quant-matvec"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = layout.dims();
+        if dims.last() != Some(&self.cols) {
+            candle_core::bail!("quant-matvec: input {dims:?} does not end in the width {}", self.cols);
+        }
+        let (CpuStorage::F32(x), Some((start, end))) = (x, layout.contiguous_offsets()) else {
+            candle_core::bail!("quant-matvec: input must be contiguous f32");
+        };
+        let out = self.matmul(&x[start..end]);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank checked above") = self.rows;
+        Ok((CpuStorage::F32(out), shape.into()))
+    }
+}
+
+/// Quantizes 32 values to 8 bits with one scale, rounding as ggml's Q8_0/Q8_1 (and candle's)
+/// do, scale stored as f16 included: greedy decoding can hinge on near-tied logits, and this
+/// keeps them where llama.cpp and the previous candle kernel put them.
+fn quantize_block(x: &[f32]) -> ActBlock {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let d = half::f16::from_f32(d).to_f32();
+    let mut qs = [0i8; QK];
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(x) {
+        // |v·id| ≤ 127, so the cast never saturates.
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    ActBlock { d, s: d * sum as f32, qs }
+}
+
+/// One row's dot product: the row's block bytes, its side-table scales, the activation blocks.
+type DotFn = fn(&[u8], &[f32], &[ActBlock]) -> f32;
+
+/// Picks the SIMD kernel when the CPU has it (checked once per call: a cached flag read).
+fn dot_fn(format: Format) -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return match format {
+            Format::Q4_1 => avx2::dot_q4_1,
+            Format::Q8_0 => avx2::dot_q8_0,
+        };
+    }
+    match format {
+        Format::Q4_1 => dot_q4_1_scalar,
+        Format::Q8_0 => dot_q8_0_scalar,
+    }
+}
+
+fn dot_q4_1_scalar(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
+    let mut acc = 0f32;
+    for ((wb, s), ab) in w.chunks_exact(20).zip(sc.chunks_exact(2)).zip(a) {
+        let qs = &wb[4..20];
+        let mut isum = 0i32;
+        for j in 0..QK / 2 {
+            isum += (qs[j] & 0x0F) as i32 * ab.qs[j] as i32 + (qs[j] >> 4) as i32 * ab.qs[j + QK / 2] as i32;
+        }
+        acc += s[0] * ab.d * isum as f32 + s[1] * ab.s;
+    }
+    acc
+}
+
+fn dot_q8_0_scalar(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
+    let mut acc = 0f32;
+    for ((wb, &d), ab) in w.chunks_exact(34).zip(sc).zip(a) {
+        let isum: i32 = wb[2..34].iter().zip(&ab.qs).map(|(&q, &x)| q as i8 as i32 * x as i32).sum();
+        acc += d * ab.d * isum as f32;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{ActBlock, QK};
+    use std::arch::x86_64::*;
+
+    /// Safe entry: checks the slice lengths the unsafe loop relies on; `dot_fn` only hands this
+    /// out after detecting AVX2 and FMA.
+    pub(super) fn dot_q4_1(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
+        assert!(w.len() >= a.len() * 20 && sc.len() >= a.len() * 2);
+        // SAFETY: AVX2/FMA were detected by `dot_fn`; lengths are checked above.
+        unsafe { dot_q4_1_impl(w, sc, a) }
+    }
+
+    pub(super) fn dot_q8_0(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
+        assert!(w.len() >= a.len() * 34 && sc.len() >= a.len());
+        // SAFETY: as above.
+        unsafe { dot_q8_0_impl(w, sc, a) }
+    }
+
+    /// Per block: the 16 nibble bytes expand to 32 unsigned lanes (low nibbles, then high ones,
+    /// matching the activation's order); `maddubs` multiplies them by the signed activation and
+    /// adds pairs (≤ 2·15·127, no saturation); `madd` by ones widens to 8 i32 sums, scaled by
+    /// d_w·d_a into an f32 accumulator. The offset term m_w·s_a is a scalar per block.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_q4_1_impl(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0f32;
+        for (b, ab) in a.iter().enumerate() {
+            // SAFETY: block b's bytes 4..20 and the activation's 32 bytes are in bounds (caller).
+            let nib = _mm_loadu_si128(w.as_ptr().add(b * 20 + 4) as *const __m128i);
+            let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nib, 4), nib), low);
+            let aq = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[2 * b] * ab.d), _mm256_cvtepi32_ps(sums), acc);
+            offsets += sc[2 * b + 1] * ab.s;
+        }
+        hsum(acc) + offsets
+    }
+
+    /// Signed × signed: `maddubs` needs one unsigned side, so it multiplies |w| by the activation
+    /// with w's sign moved onto it (≤ 2·127·127 per pair, no saturation).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_q8_0_impl(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for (b, ab) in a.iter().enumerate() {
+            // SAFETY: block b's bytes 2..34 and the activation's 32 bytes are in bounds (caller).
+            let wq = _mm256_loadu_si256(w.as_ptr().add(b * 34 + 2) as *const __m256i);
+            let aq = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+            let sums = _mm256_madd_epi16(prod, ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[b] * ab.d), _mm256_cvtepi32_ps(sums), acc);
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    const _: () = assert!(QK == 32, "one block is one 256-bit register of i8");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// Max |kernel − f32 reference| over the outputs, relative to the largest reference output.
+    fn rel_err(mv: &QuantMatvec, x: &[f32]) -> f32 {
+        let dev = Device::Cpu;
+        let w = mv.qtensor().dequantize(&dev).unwrap();
+        let xt = Tensor::from_slice(x, (x.len() / mv.cols, mv.cols), &dev).unwrap();
+        let want: Vec<f32> = xt.matmul(&w.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got = mv.matmul(x);
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        got.iter().zip(&want).fold(0f32, |a, (g, w)| a.max((g - w).abs())) / scale
+    }
+
+    #[test]
+    fn matches_dequantized_reference_on_random_data() {
+        let dev = Device::Cpu;
+        for (dtype, rows, cols) in
+            [(GgmlDType::Q4_1, 1536, 576), (GgmlDType::Q8_0, 4099, 576), (GgmlDType::Q4_1, 7, 64), (GgmlDType::Q8_0, 5, 96)]
+        {
+            let w = Tensor::from_vec(random(rows * cols, 1), (rows, cols), &dev).unwrap();
+            let mv = QuantMatvec::new(Arc::new(QTensor::quantize(&w, dtype).unwrap())).unwrap();
+            for m in [1, 3] {
+                let err = rel_err(&mv, &random(m * cols, 2 + m as u64));
+                // Q8 activation rounding: ≤ 1/254 of each block's range per value.
+                assert!(err < 1e-2, "{dtype:?} {rows}×{cols}, {m} rows: relative error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_and_simd_kernels_agree() {
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = Tensor::from_vec(random(8 * 256, 3), (8, 256), &dev).unwrap();
+            let mv = QuantMatvec::new(Arc::new(QTensor::quantize(&w, dtype).unwrap())).unwrap();
+            let act: Vec<ActBlock> = random(256, 4).chunks_exact(QK).map(quantize_block).collect();
+            let data = mv.q.data().unwrap();
+            let scalar = match mv.format {
+                Format::Q4_1 => dot_q4_1_scalar as DotFn,
+                Format::Q8_0 => dot_q8_0_scalar as DotFn,
+            };
+            let (a, b) = (scalar(&data, &mv.scales, &act), dot_fn(mv.format)(&data, &mv.scales, &act));
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{dtype:?}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn rejects_other_block_types() {
+        let w = Tensor::zeros((4, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(QuantMatvec::new(Arc::new(QTensor::quantize(&w, GgmlDType::Q4_0).unwrap())).is_none());
+    }
+}
