@@ -216,8 +216,9 @@ fn dot_q4_1_scalar(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
     for ((wb, s), ab) in w.chunks_exact(20).zip(sc.chunks_exact(2)).zip(a) {
         let qs = &wb[4..20];
         let mut isum = 0i32;
-        for j in 0..QK / 2 {
-            isum += (qs[j] & 0x0F) as i32 * ab.qs[j] as i32 + (qs[j] >> 4) as i32 * ab.qs[j + QK / 2] as i32;
+        let (lo, hi) = ab.qs.split_at(QK / 2);
+        for ((&q, &l), &h) in qs.iter().zip(lo).zip(hi) {
+            isum += (q & 0x0F) as i32 * l as i32 + (q >> 4) as i32 * h as i32;
         }
         acc += s[0] * ab.d * isum as f32 + s[1] * ab.s;
     }

@@ -13,15 +13,15 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D};
-use num_traits::{Float, One, Zero};
+use num_traits::{Float, NumAssignOps, One, Zero};
 use rayon::prelude::*;
 
 use crate::llama::causal_mask;
 use crate::Result;
 
 /// The element types the kernels run on.
-trait Real: WithDType + Float {}
-impl<T: WithDType + Float> Real for T {}
+trait Real: WithDType + Float + NumAssignOps {}
+impl<T: WithDType + Float + NumAssignOps> Real for T {}
 
 /// RMSNorm over the last dimension, `x · rsqrt(mean(x²) + eps) · w`, for a frozen `w`.
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
@@ -229,10 +229,10 @@ impl CustomOp1 for CausalSoftmax {
                 let mut sum = T::zero();
                 for (y, &x) in y.iter_mut().zip(x) {
                     *y = (x / sqrt_d - max).exp();
-                    sum = sum + *y;
+                    sum += *y;
                 }
                 let inv = sum.recip();
-                y.iter_mut().for_each(|y| *y = *y * inv);
+                y.iter_mut().for_each(|y| *y *= inv);
             });
             Ok(storage(y, l))
         })
