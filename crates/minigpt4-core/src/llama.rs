@@ -192,6 +192,12 @@ fn rows(x: &Tensor) -> usize {
     x.dims().split_last().map_or(0, |(_, r)| r.iter().product())
 }
 
+/// `x · wᵀ` with `w` dequantized for this call only (see [`DENSE_PREFILL_ROWS`]).
+fn dequantized_matmul(x: &Tensor, q: &QTensor) -> Result<Tensor> {
+    let w = q.dequantize(x.device())?.to_dtype(x.dtype())?;
+    Ok(x.broadcast_matmul(&w.t()?)?)
+}
+
 /// A weight matrix [out, in], dense or in GGUF quantized blocks: Q4_1 and Q8_0 on the CPU go
 /// through our own matrix × vector kernel (`Native`), other block types and devices through
 /// candle's `QMatMul`.
@@ -213,14 +219,23 @@ impl Weight {
                 "quantized weights have no backward pass; load the model with `into_dense()` for training".into(),
             )),
             Weight::Quantized(QMatMul::QTensor(q)) if x.device().is_cpu() && rows(x) >= DENSE_PREFILL_ROWS => {
-                Ok(x.broadcast_matmul(&q.dequantize(x.device())?.t()?)?)
+                dequantized_matmul(x, q)
             }
             Weight::Quantized(q) => Ok(q.forward(x)?),
+            // Our kernel takes f32 rows only.
             Weight::Native(mv) if rows(x) >= DENSE_PREFILL_ROWS || x.dtype() != DType::F32 => {
-                let w = mv.qtensor().dequantize(x.device())?.to_dtype(x.dtype())?;
-                Ok(x.broadcast_matmul(&w.t()?)?)
+                dequantized_matmul(x, mv.qtensor())
             }
             Weight::Native(mv) => Ok(x.contiguous()?.apply_op1_no_bwd(&**mv)?),
+        }
+    }
+
+    /// The GGUF blocks behind this weight, when it is quantized.
+    fn qtensor(&self) -> Option<&Arc<QTensor>> {
+        match self {
+            Weight::Quantized(QMatMul::QTensor(q)) => Some(q),
+            Weight::Native(mv) => Some(mv.qtensor()),
+            Weight::Dense(_) | Weight::Quantized(_) => None,
         }
     }
 
@@ -234,22 +249,19 @@ impl Weight {
     }
 
     fn to_dense(&self, dtype: DType) -> Result<Weight> {
+        if let Some(q) = self.qtensor() {
+            return Ok(Weight::Dense(candle_nn::Linear::new(q.dequantize(&q.device())?.to_dtype(dtype)?, None)));
+        }
         Ok(match self {
-            Weight::Dense(_) => self.clone(),
-            Weight::Quantized(QMatMul::QTensor(q)) => {
-                Weight::Dense(candle_nn::Linear::new(q.dequantize(&q.device())?.to_dtype(dtype)?, None))
-            }
             Weight::Quantized(QMatMul::Tensor(t)) | Weight::Quantized(QMatMul::TensorF16(t)) => {
                 Weight::Dense(candle_nn::Linear::new(t.to_dtype(dtype)?, None))
             }
-            Weight::Native(mv) => {
-                Weight::Dense(candle_nn::Linear::new(mv.qtensor().dequantize(&mv.qtensor().device())?.to_dtype(dtype)?, None))
-            }
+            _ => self.clone(),
         })
     }
 
     fn is_quantized(&self) -> bool {
-        matches!(self, Weight::Quantized(QMatMul::QTensor(_)) | Weight::Native(_))
+        self.qtensor().is_some()
     }
 }
 
