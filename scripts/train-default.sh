@@ -18,8 +18,8 @@ SEED=${SEED:-42}
 # projection which word each picture is. The two stages then adapt it to the LLM at a low
 # learning rate (3e-5; with batch 4 every Adam step is noisy, and at 3e-4 sixty stage-2 steps
 # collapsed the answers onto a few frequent captions and halved the keyword hits).
-STAGE1_STEPS=${STAGE1_STEPS:-100}
-STAGE2_STEPS=${STAGE2_STEPS:-100}
+STAGE1_STEPS=${STAGE1_STEPS:-50}
+STAGE2_STEPS=${STAGE2_STEPS:-200}
 BATCH=${BATCH:-4}
 CACHE="$WORK/cache"
 
@@ -28,24 +28,25 @@ start=$(date +%s)
 say() { printf '[%4ds] %s\n' $(($(date +%s) - start)) "$*"; }
 
 say "fetching data packages"
-"$BIN" data fetch tuxpaint openclipart easy-vqa fluent-emoji-3d gcompris
-for s in tuxpaint openclipart easy-vqa fluent-emoji-3d gcompris; do
+"$BIN" data fetch tuxpaint easy-vqa fluent-emoji-3d gcompris
+for s in tuxpaint easy-vqa fluent-emoji-3d gcompris; do
   [ -s "$WORK/data/$s/manifest.jsonl" ] || "$BIN" data import "$s" --out "$WORK/data/$s"
 done
 
 # Deterministic subsets, written next to each manifest so relative image paths still resolve.
-# Skin-tone variants repeat an emoji five times; every 3rd openclipart drawing and every 40th
-# shape keep those large, repetitive sources from crowding out the rest.
+# Skin-tone variants repeat an emoji five times and every 40th shape is enough of easy-vqa's
+# 5,000. openclipart is left out: its captions are file names ("a clip-art drawing of a glace 06
+# bw"), and adding every 3rd of its drawings lowered the warm start's held-out keyword hit rate
+# from 21.0% to 18.5% while adding 2,063 images to encode.
 pick() { # SOURCE NAME AWK-CONDITION
   awk "$3" "$WORK/data/$1/manifest.jsonl" > "$WORK/data/$1/$2.jsonl"
 }
 pick tuxpaint recipe '1'
 pick gcompris recipe '1'
-pick openclipart recipe 'NR % 3 == 0'
 pick fluent-emoji-3d recipe '!/skin tone/'
 pick easy-vqa recipe 'NR % 40 == 0'
 STAGE1=()
-for s in tuxpaint gcompris openclipart fluent-emoji-3d easy-vqa; do STAGE1+=("$WORK/data/$s/recipe.jsonl"); done
+for s in tuxpaint gcompris fluent-emoji-3d easy-vqa; do STAGE1+=("$WORK/data/$s/recipe.jsonl"); done
 # Stage 2 answers "describe this image" the way the stamps' own descriptions do.
 STAGE2=("$WORK/data/tuxpaint/recipe.jsonl" "$WORK/data/gcompris/recipe.jsonl")
 for m in "${STAGE1[@]}"; do printf '  %-60s %5d records\n' "$m" "$(wc -l < "$m")"; done
@@ -61,7 +62,7 @@ say "stage 2: instruction tuning"
   --steps "$STAGE2_STEPS" --batch "$BATCH" --grad-accum 1 \
   --lr 3e-5 --min-lr 1e-5 --warmup 10 --seed "$SEED" --save-every 25 --resume
 
-say "trained: $WORK/stage2/projection.safetensors"
+say "trained in $(( ($(date +%s) - start) / 60 )) min: $WORK/stage2/projection.safetensors"
 
 say "evaluating on the held-out stamps: untrained, warm start only, stage 1, stage 1 + 2"
 EVAL=("$WORK/data/tuxpaint/manifest.jsonl")

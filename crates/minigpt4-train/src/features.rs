@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use minigpt4_core::image::{self, ImageConfig, Limits};
 use minigpt4_core::model_file::ModelSpec;
 
@@ -176,6 +177,9 @@ pub struct Extraction {
 /// Makes sure every image in `paths` has cached features, computing missing ones with
 /// `encode` (pixels `[B, 3, S, S]` → `[B, N, d_a]`) in batches of `batch`. An unreadable or
 /// undecodable image is reported in `skipped`, never fatal.
+///
+/// Decoding and resizing run on one thread per image of a batch: on 2 cores they took a third of
+/// the time per image when done one after another, with the other core idle.
 #[allow(clippy::too_many_arguments)]
 pub fn extract(
     encode: &dyn Fn(&Tensor) -> minigpt4_core::Result<Tensor>,
@@ -189,8 +193,13 @@ pub fn extract(
 ) -> Result<Extraction> {
     let mut out = Extraction { keys: vec![None; paths.len()], ..Default::default() };
     let bar = progress.bar(paths.len() as u64, "features");
-    let mut pending: Vec<(String, PathBuf, Tensor)> = Vec::new();
-    let mut done: HashSet<String> = HashSet::new();
+    // Read and hashed, waiting to be decoded and encoded: (index into `paths`, key, bytes).
+    let mut queued: Vec<(usize, String, Vec<u8>)> = Vec::new();
+    // Keys already cached, queued or computed in this run, and those whose image failed to decode.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut failed: HashMap<String, String> = HashMap::new();
+    // Later copies (same bytes) of a queued image: resolved once its batch is done.
+    let mut copies: Vec<(usize, String)> = Vec::new();
 
     let check_shape = |shape: &[usize], out: &mut Extraction| -> Result<()> {
         match &out.shape {
@@ -200,15 +209,35 @@ pub fn extract(
         }
         Ok(())
     };
-    let flush = |pending: &mut Vec<(String, PathBuf, Tensor)>, out: &mut Extraction| -> Result<()> {
-        if pending.is_empty() {
+    let run_batch = |queued: &mut Vec<(usize, String, Vec<u8>)>,
+                     out: &mut Extraction,
+                     failed: &mut HashMap<String, String>|
+     -> Result<()> {
+        let decoded: Vec<_> = queued
+            .par_iter()
+            .map(|(i, _, bytes)| image::preprocess(bytes, &paths[*i].display().to_string(), image_cfg, limits, device))
+            .collect();
+        let mut pixels = Vec::with_capacity(queued.len());
+        let mut encoded = Vec::with_capacity(queued.len());
+        for ((i, key, _), px) in queued.drain(..).zip(decoded) {
+            match px {
+                Ok(px) => {
+                    pixels.push(px);
+                    encoded.push((i, key));
+                }
+                Err(e) => {
+                    out.skipped.push((paths[i].clone(), e.to_string()));
+                    failed.insert(key, e.to_string());
+                }
+            }
+        }
+        if pixels.is_empty() {
             return Ok(());
         }
-        let pixels = Tensor::stack(&pending.iter().map(|(_, _, t)| t.clone()).collect::<Vec<_>>(), 0)?;
-        let feats = encode(&pixels).context("running the vision encoder and adapter")?;
-        for (i, (key, path, _)) in pending.drain(..).enumerate() {
-            let f = feats.narrow(0, i, 1)?;
-            cache.store(&key, &f, &path)?;
+        let feats = encode(&Tensor::stack(&pixels, 0)?).context("running the vision encoder and adapter")?;
+        for (j, (i, key)) in encoded.into_iter().enumerate() {
+            cache.store(&key, &feats.narrow(0, j, 1)?, &paths[i])?;
+            out.keys[i] = Some(key);
             out.computed += 1;
         }
         Ok(())
@@ -216,7 +245,6 @@ pub fn extract(
 
     for (i, path) in paths.iter().enumerate() {
         bar.inc(1);
-        let what = path.display().to_string();
         let bytes = match read_limited(path, limits) {
             Ok(b) => b,
             Err(e) => {
@@ -225,30 +253,29 @@ pub fn extract(
             }
         };
         let key = image_key(&bytes);
-        if done.contains(&key) {
-            out.keys[i] = Some(key);
+        if seen.contains(&key) {
+            copies.push((i, key));
             continue;
         }
+        seen.insert(key.clone());
         if let Some(shape) = cache.probe(&key) {
             check_shape(&shape, &mut out)?;
             out.reused += 1;
-            done.insert(key.clone());
             out.keys[i] = Some(key);
             continue;
         }
-        match image::preprocess(&bytes, &what, image_cfg, limits, device) {
-            Ok(px) => {
-                done.insert(key.clone());
-                out.keys[i] = Some(key.clone());
-                pending.push((key, path.clone(), px));
-                if pending.len() >= batch.max(1) {
-                    flush(&mut pending, &mut out)?;
-                }
-            }
-            Err(e) => out.skipped.push((path.clone(), e.to_string())),
+        queued.push((i, key, bytes));
+        if queued.len() >= batch.max(1) {
+            run_batch(&mut queued, &mut out, &mut failed)?;
         }
     }
-    flush(&mut pending, &mut out)?;
+    run_batch(&mut queued, &mut out, &mut failed)?;
+    for (i, key) in copies {
+        match failed.get(&key) {
+            Some(reason) => out.skipped.push((paths[i].clone(), reason.clone())),
+            None => out.keys[i] = Some(key),
+        }
+    }
     bar.finish_and_clear();
     // Shapes of what was computed in this run.
     if let Some(key) = out.keys.iter().flatten().next().cloned() {

@@ -228,8 +228,12 @@ fn bad_images_and_lines_are_reported_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let corrupt = dir.path().join("corrupt.jpg");
     std::fs::write(&corrupt, b"\xff\xd8\xff\xe0 this is not really a jpeg").unwrap();
+    // The same bytes under another name: skipped with the same reason, not given the first one's key.
+    let corrupt_copy = dir.path().join("corrupt-copy.jpg");
+    std::fs::copy(&corrupt, &corrupt_copy).unwrap();
     let mut records = train_records(3);
     records.push(record(&corrupt, "a broken picture", Split::Train));
+    records.push(record(&corrupt_copy, "the same broken picture", Split::Train));
     records.push(record(dir.path().join("missing.png"), "a picture that is not there", Split::Train));
     records.push(record(fixture("images/huge_header.png"), "claims to be enormous", Split::Train));
     records.push(record(fixture("images/small.bmp"), "...!!!", Split::Train));
@@ -245,8 +249,9 @@ fn bad_images_and_lines_are_reported_and_skipped() {
     println!("lines: {:?}\nimages: {:?}\nsamples: {:?}", r.skipped_lines, r.skipped_images, r.skipped_samples);
     assert_eq!(r.skipped_lines.len(), 2);
     let skipped: Vec<&PathBuf> = r.skipped_images.iter().map(|(p, _)| p).collect();
-    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert_eq!(skipped.len(), 4, "{skipped:?}");
     assert!(skipped.contains(&&corrupt));
+    assert!(skipped.contains(&&corrupt_copy));
     assert!(skipped.contains(&&dir.path().join("missing.png")));
     assert_eq!(r.skipped_samples.len(), 1, "the all-punctuation caption");
     assert_eq!(r.samples, 3);
