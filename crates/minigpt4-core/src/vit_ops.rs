@@ -90,14 +90,6 @@ fn held<'a>(guard: &'a Storage, l: &Layout, op: &str) -> candle_core::Result<&'a
     slice(s, l, op)
 }
 
-/// The threads candle's own matmuls use (`RAYON_NUM_THREADS`, else the physical cores).
-fn threads() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
 /// `C ← [C +] alpha·A·B` for row-major-or-strided `A` [m, k] and `B` [k, n] (row stride, column
 /// stride each) into `C` [m, n] with row stride `c_rs`.
 ///
@@ -123,8 +115,8 @@ unsafe fn gemm_f32(
     );
 }
 
-/// Elements per rayon task in the row-wise passes, so scheduling stays small next to work.
-const TASK_ELEMS: usize = 16 * 1024;
+/// About the rows of one dense-layer task (see `DenseOp::cpu_fwd`).
+const BAND_ROWS: usize = 512;
 
 struct DenseOp<'a> {
     w: &'a Tensor,
@@ -147,6 +139,11 @@ impl CustomOp1 for DenseOp<'_> {
         }
         let x = slice::<f32>(s, l, op)?;
         let m = x.len() / k;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank checked above") = n;
+        if m * n == 0 {
+            return Ok((CpuStorage::F32(vec![]), shape.into()));
+        }
         let (wg, wl) = self.w.storage_and_layout();
         let w = held(&wg, wl, op)?;
         let (bg, bl) = self.b.storage_and_layout();
@@ -162,32 +159,43 @@ impl CustomOp1 for DenseOp<'_> {
             None => None,
         };
 
-        // The output starts as the bias (plus the residual); the gemm accumulates onto it.
-        let mut y = vec![0f32; m * n];
-        let rows_per_task = TASK_ELEMS.div_ceil(n).max(1);
-        y.par_chunks_mut(n * rows_per_task).enumerate().for_each(|(t, chunk)| {
-            for (i, row) in chunk.chunks_mut(n).enumerate() {
+        // Each task owns a band of rows: it writes the bias (plus the residual) there, runs a
+        // single-threaded gemm accumulating onto it, and applies the GELU while the band is
+        // still in cache. Bands, not gemm's own threading: no synchronisation inside the gemm,
+        // and a few bands per thread let rayon rebalance when another process takes a core.
+        let threads = rayon::current_num_threads();
+        let bands = threads * (m as f64 / (threads * BAND_ROWS) as f64).round().max(1.0) as usize;
+        let rows_per_band = m.div_ceil(bands);
+        // Allocated without zeroing: every element is written before anything reads it.
+        let mut y = Vec::<f32>::with_capacity(m * n);
+        y.spare_capacity_mut().par_chunks_mut(rows_per_band * n).enumerate().for_each(|(band, y)| {
+            let (r0, rows) = (band * rows_per_band, y.len() / n);
+            for (i, row) in y.chunks_exact_mut(n).enumerate() {
                 match r {
                     Some(r) => {
-                        let at = (t * rows_per_task + i) * n;
-                        row.iter_mut().zip(&r[at..at + n]).zip(b).for_each(|((y, r), b)| *y = r + b);
+                        let at = (r0 + i) * n;
+                        row.iter_mut().zip(&r[at..at + n]).zip(b).for_each(|((y, r), b)| _ = y.write(r + b));
                     }
-                    None => row.copy_from_slice(b),
+                    None => row.iter_mut().zip(b).for_each(|(y, &b)| _ = y.write(b)),
                 }
             }
+            // SAFETY: every element of the band was written just above.
+            let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            let x = &x[r0 * k..(r0 + rows) * k];
+            // SAFETY: x is [rows, k], w [k, n] and y [rows, n], all contiguous and distinct.
+            unsafe { gemm_f32((rows, n, k), y.as_mut_ptr(), n, true, (x.as_ptr(), k, 1), (w.as_ptr(), n, 1), 1.0, Parallelism::None) };
+            if self.gelu {
+                gelu_in_place(y);
+            }
         });
-        // SAFETY: x is [m, k], w [k, n] and y [m, n], all contiguous and distinct.
-        unsafe { gemm_f32((m, n, k), y.as_mut_ptr(), n, true, (x.as_ptr(), k, 1), (w.as_ptr(), n, 1), 1.0, threads()) };
-        if self.gelu {
-            y.par_chunks_mut(TASK_ELEMS).for_each(gelu_in_place);
-        }
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank checked above") = n;
+        // SAFETY: the bands cover all m·n elements, each written above.
+        unsafe { y.set_len(m * n) };
         Ok((CpuStorage::F32(y), shape.into()))
     }
 }
 
-/// Query rows per attention task: a [64, N] score block stays in L2 next to the head's k and v.
+/// Most query rows per attention task (the blocks of a head are evened out): a [64, N] score
+/// block stays in L2 next to the head's k and v.
 const QUERY_BLOCK: usize = 64;
 
 struct AttentionOp {
@@ -215,15 +223,20 @@ impl CustomOp1 for AttentionOp {
         }
         let hd = d / heads;
         let qkv = slice::<f32>(s, l, op)?;
-        let mut out = vec![0f32; bsz * n * d];
+        if bsz * n * d == 0 {
+            return Ok((CpuStorage::F32(vec![]), (bsz, n, d).into()));
+        }
+        // Allocated without zeroing: the tasks' gemms write every element (they do not read it).
+        let mut out = Vec::<f32>::with_capacity(bsz * n * d);
         let ptr = OutPtr(out.as_mut_ptr());
         let blocks = n.div_ceil(QUERY_BLOCK);
+        let block_rows = n.div_ceil(blocks);
         let scale = 1.0 / (hd as f32).sqrt();
         (0..bsz * heads * blocks).into_par_iter().for_each_init(
-            || vec![0f32; QUERY_BLOCK * n],
+            || vec![0f32; block_rows * n],
             |scores, task| {
                 let (image, head, block) = (task / (heads * blocks), task / blocks % heads, task % blocks);
-                let (r0, rows) = (block * QUERY_BLOCK, QUERY_BLOCK.min(n - block * QUERY_BLOCK));
+                let (r0, rows) = (block * block_rows, block_rows.min(n - block * block_rows));
                 let base = &qkv[image * n * d3..(image + 1) * n * d3];
                 let (q, k, v) = (&base[r0 * d3 + head * hd..], &base[d + head * hd..], &base[2 * d + head * hd..]);
                 let ptr = ptr;
@@ -238,6 +251,8 @@ impl CustomOp1 for AttentionOp {
                 }
             },
         );
+        // SAFETY: the tasks cover every (image, row, head) rectangle, i.e. all bsz·n·d elements.
+        unsafe { out.set_len(bsz * n * d) };
         Ok((CpuStorage::F32(out), (bsz, n, d).into()))
     }
 }
@@ -274,11 +289,11 @@ fn erf<const FMA: bool>(x: f32) -> f32 {
 }
 
 /// e^x for x ≤ 0 (softmax after subtracting the row max): 2ⁿ·e^r with n = round(x/ln 2) and
-/// Cephes' degree-6 polynomial on |r| ≤ ln2/2, ~1 ulp; x is clamped at −87 (e^−87 ≈ 1.6e−38
-/// is as good as 0 next to the row max's 1).
+/// Cephes' degree-6 polynomial on |r| ≤ ln2/2, ~1 ulp. x is clamped to [−87, 0] (e^−87 ≈ 1.6e−38
+/// is as good as 0 next to the row max's 1; NaN becomes −87), which keeps n in [−126, 0].
 #[inline(always)]
 fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    let x = x.max(-87.0).min(0.0);
     let n = madd::<FMA>(x, std::f32::consts::LOG2_E, 0.5).floor();
     let r = madd::<FMA>(n, -0.693_359_4, x);
     let r = madd::<FMA>(n, 2.121_944_4e-4, r);
@@ -287,7 +302,10 @@ fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
         p = madd::<FMA>(p, r, c);
     }
     let e = madd::<FMA>(p, r * r, r) + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // SAFETY: n is a whole number in [−126, 0] (see above). `as i32` would also be correct, but
+    // its NaN and overflow handling keeps LLVM from vectorising the conversion.
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    e * f32::from_bits(((n + 127) << 23) as u32)
 }
 
 #[inline(always)]
@@ -387,24 +405,27 @@ mod tests {
     #[test]
     fn dense_matches_composite() {
         let (weight, bias, gamma) = (randn(&[48, 40]), randn(&[48]), randn(&[48]));
-        let x = (randn(&[2, 37, 40]) * 2.0).unwrap();
-        let r = randn(&[2, 37, 48]);
         let plain = Dense::new(&weight, &bias, None).unwrap();
         let scaled = Dense::new(&weight, &bias, Some(&gamma)).unwrap();
-        let y = x.broadcast_matmul(&weight.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
-        let cases = [
-            ("none", plain.forward(&x, Epilogue::None).unwrap(), y.clone()),
-            ("gelu", plain.forward(&x, Epilogue::Gelu).unwrap(), y.gelu_erf().unwrap()),
-            (
-                "layer-scale + residual",
-                scaled.forward(&x, Epilogue::Residual(&r)).unwrap(),
-                (&r + y.broadcast_mul(&gamma).unwrap()).unwrap(),
-            ),
-        ];
-        for (name, got, want) in cases {
-            assert_eq!(got.dims(), want.dims(), "{name}");
-            let err = rel_err(&got, &want);
-            assert!(err < TOL, "dense ({name}) differs by {err:e}");
+        // One band per thread, and (1203 rows) several bands of uneven length.
+        for shape in [[2, 37, 40], [3, 401, 40]] {
+            let x = (randn(&shape) * 2.0).unwrap();
+            let r = randn(&[shape[0], shape[1], 48]);
+            let y = x.broadcast_matmul(&weight.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+            let cases = [
+                ("none", plain.forward(&x, Epilogue::None).unwrap(), y.clone()),
+                ("gelu", plain.forward(&x, Epilogue::Gelu).unwrap(), y.gelu_erf().unwrap()),
+                (
+                    "layer-scale + residual",
+                    scaled.forward(&x, Epilogue::Residual(&r)).unwrap(),
+                    (&r + y.broadcast_mul(&gamma).unwrap()).unwrap(),
+                ),
+            ];
+            for (name, got, want) in cases {
+                assert_eq!(got.dims(), want.dims(), "{name}");
+                let err = rel_err(&got, &want);
+                assert!(err < TOL, "dense ({name}, {shape:?}) differs by {err:e}");
+            }
         }
     }
 
