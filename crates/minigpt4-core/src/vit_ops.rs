@@ -209,6 +209,16 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// (A method, so that closures capture the whole `Sync` wrapper, not its raw pointer.)
+    ///
+    /// # Safety
+    /// `offset` must stay inside the output.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
 impl CustomOp1 for AttentionOp {
     fn name(&self) -> &'static str {
         "vit-attention"
@@ -239,14 +249,13 @@ impl CustomOp1 for AttentionOp {
                 let (r0, rows) = (block * block_rows, block_rows.min(n - block * block_rows));
                 let base = &qkv[image * n * d3..(image + 1) * n * d3];
                 let (q, k, v) = (&base[r0 * d3 + head * hd..], &base[d + head * hd..], &base[2 * d + head * hd..]);
-                let ptr = ptr;
                 // SAFETY: q, k and v are rows of `base` d3 apart (kᵀ read column-wise), the scores
                 // [rows, n] fit the scratch, and this task's output rectangle (rows r0.., columns
                 // head·hd..+hd) is written by no other task.
                 unsafe {
                     gemm_f32((rows, n, hd), scores.as_mut_ptr(), n, false, (q.as_ptr(), d3, 1), (k.as_ptr(), 1, d3), scale, Parallelism::None);
                     softmax_rows(&mut scores[..rows * n], n);
-                    let o = ptr.0.add((image * n + r0) * d + head * hd);
+                    let o = ptr.at((image * n + r0) * d + head * hd);
                     gemm_f32((rows, hd, n), o, d, false, (scores.as_ptr(), n, 1), (v.as_ptr(), d3, 1), 1.0, Parallelism::None);
                 }
             },
@@ -293,6 +302,7 @@ fn erf<const FMA: bool>(x: f32) -> f32 {
 /// is as good as 0 next to the row max's 1; NaN becomes −87), which keeps n in [−126, 0].
 #[inline(always)]
 fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
+    #[allow(clippy::manual_clamp)] // `clamp` would keep a NaN
     let x = x.max(-87.0).min(0.0);
     let n = madd::<FMA>(x, std::f32::consts::LOG2_E, 0.5).floor();
     let r = madd::<FMA>(n, -0.693_359_4, x);
