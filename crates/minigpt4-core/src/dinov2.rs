@@ -7,12 +7,13 @@
 //! every token after that LayerNorm (HF's `last_hidden_state`).
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_nn::LayerNorm;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::eva_vit::interpolate_pos_embed;
-use crate::vit_layers::{multi_head_attention, PatchEmbed, VitEmbeddings};
+use crate::vit_layers::{PatchEmbed, VitEmbeddings};
+use crate::vit_ops::{attention, Dense, Epilogue};
 use crate::weights::Scope;
 
 /// Mirrors Hugging Face's `Dinov2Config`. The defaults are DINOv2-S/14 as published
@@ -107,62 +108,55 @@ impl Dinov2Config {
     }
 }
 
-struct Attention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    dense: Linear,
-    heads: usize,
-}
-
-impl Attention {
-    fn load(cfg: &Dinov2Config, w: &Scope) -> Result<Self> {
-        let d = cfg.hidden_size;
-        let a = w.pp("attention");
-        Ok(Self {
-            query: a.pp("query").linear(d, d, cfg.qkv_bias)?,
-            key: a.pp("key").linear(d, d, cfg.qkv_bias)?,
-            value: a.pp("value").linear(d, d, cfg.qkv_bias)?,
-            dense: w.pp("output.dense").linear(d, d, true)?,
-            heads: cfg.num_attention_heads,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
-        Ok(self.dense.forward(&multi_head_attention(&q, &k, &v, self.heads)?)?)
-    }
-}
-
+/// One pre-norm block. q, k and v are one [D, 3D] projection, and the layer-scale gammas are
+/// folded into the layers they follow (`γ ⊙ (x·W + b)` = `x·(W·diag γ) + γ ⊙ b`), so on the CPU
+/// a block is two LayerNorms, four fused dense layers and one attention op (`vit_ops`).
 struct Block {
     norm1: LayerNorm,
-    attn: Attention,
-    lambda1: Tensor,
+    qkv: Dense,
+    /// attention.output.dense, times layer_scale1
+    out: Dense,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    lambda2: Tensor,
+    fc1: Dense,
+    /// mlp.fc2, times layer_scale2
+    fc2: Dense,
+    heads: usize,
 }
 
 impl Block {
     fn load(cfg: &Dinov2Config, w: &Scope) -> Result<Self> {
         let (d, eps, ff) = (cfg.hidden_size, cfg.layer_norm_eps, cfg.intermediate_size());
+        let dense = |s: Scope, n_in: usize, n_out: usize, scale: Option<&Tensor>| -> Result<Dense> {
+            Dense::new(&s.get("weight", &[n_out, n_in])?, &s.get("bias", &[n_out])?, scale)
+        };
+        let a = w.pp("attention.attention");
+        let (mut ws, mut bs) = (Vec::new(), Vec::new());
+        for part in ["query", "key", "value"] {
+            let s = a.pp(part);
+            ws.push(s.get("weight", &[d, d])?);
+            bs.push(match cfg.qkv_bias {
+                true => s.get("bias", &[d])?,
+                false => Tensor::zeros(d, ws[0].dtype(), ws[0].device())?,
+            });
+        }
+        let lambda1 = w.get("layer_scale1.lambda1", &[d])?;
+        let lambda2 = w.get("layer_scale2.lambda1", &[d])?;
         Ok(Self {
             norm1: w.pp("norm1").layer_norm(d, eps)?,
-            attn: Attention::load(cfg, &w.pp("attention"))?,
-            lambda1: w.get("layer_scale1.lambda1", &[d])?,
+            qkv: Dense::new(&Tensor::cat(&ws, 0)?, &Tensor::cat(&bs, 0)?, None)?,
+            out: dense(w.pp("attention.output.dense"), d, d, Some(&lambda1))?,
             norm2: w.pp("norm2").layer_norm(d, eps)?,
-            fc1: w.pp("mlp.fc1").linear(d, ff, true)?,
-            fc2: w.pp("mlp.fc2").linear(ff, d, true)?,
-            lambda2: w.get("layer_scale2.lambda1", &[d])?,
+            fc1: dense(w.pp("mlp.fc1"), d, ff, None)?,
+            fc2: dense(w.pp("mlp.fc2"), ff, d, Some(&lambda2))?,
+            heads: cfg.num_attention_heads,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.attn.forward(&self.norm1.forward(x)?)?.broadcast_mul(&self.lambda1)?;
-        let x = (x + h)?;
-        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
-        Ok((x + h.broadcast_mul(&self.lambda2)?)?)
+        let h = attention(&self.qkv.forward(&self.norm1.forward(x)?, Epilogue::None)?, self.heads)?;
+        let x = self.out.forward(&h, Epilogue::Residual(x))?;
+        let h = self.fc1.forward(&self.norm2.forward(&x)?, Epilogue::Gelu)?;
+        self.fc2.forward(&h, Epilogue::Residual(&x))
     }
 }
 

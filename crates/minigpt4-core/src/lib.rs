@@ -21,6 +21,7 @@ pub mod template;
 pub mod tokenizer;
 mod train_ops;
 pub mod vit_layers;
+mod vit_ops;
 pub mod weights;
 
 pub use error::{Error, Result};

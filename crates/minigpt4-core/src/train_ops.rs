@@ -83,7 +83,7 @@ macro_rules! with_float {
 }
 
 /// The elements of a contiguous operand (the public functions above make every operand contiguous).
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
+pub(crate) fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: operand {:?} is not contiguous", l.dims()) };
     Ok(&T::cpu_storage_as_slice(s)?[start..end])
 }
