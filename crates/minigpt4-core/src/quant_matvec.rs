@@ -108,35 +108,57 @@ impl QuantMatvec {
 
     /// The matrix as f32 [rows, cols], row-major, for prefill, where a dense gemm reuses each
     /// weight across many activation rows. Bit for bit what candle's `dequantize` gives (the same
-    /// `d·q + m` in f32), but from the f32 scale table and on every core: candle's is one thread
+    /// `d·q + m` in f32), but from the f32 scale table and on candle's barrier pool, like `matmul`: candle's is one thread
     /// converting f16 scales per block, and at 128 prompt tokens it was a third of the prefill.
     pub fn dequantize(&self) -> Vec<f32> {
-        use rayon::prelude::*;
         let data = self.q.data().expect("CPU QTensor data is a borrow");
         let (bb, ns, nb) = (self.format.block_bytes(), self.format.scales(), self.cols / QK);
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols).enumerate().for_each(|(r, row)| {
-            let w = &data[r * nb * bb..(r + 1) * nb * bb];
-            let sc = &self.scales[r * nb * ns..(r + 1) * nb * ns];
-            for ((block, o), sc) in w.chunks_exact(bb).zip(row.chunks_exact_mut(QK)).zip(sc.chunks_exact(ns)) {
-                match self.format {
-                    Format::Q4_1 => {
-                        let (d, m) = (sc[0], sc[1]);
-                        let (lo, hi) = o.split_at_mut(QK / 2);
-                        for ((&q, lo), hi) in block[4..].iter().zip(lo).zip(hi) {
-                            *lo = (q & 0x0f) as f32 * d + m;
-                            *hi = (q >> 4) as f32 * d + m;
+        let run = |first: usize, out: &mut [f32]| {
+            for (k, row) in out.chunks_exact_mut(self.cols).enumerate() {
+                let r = first + k;
+                let w = &data[r * nb * bb..(r + 1) * nb * bb];
+                let sc = &self.scales[r * nb * ns..(r + 1) * nb * ns];
+                for ((block, o), sc) in w.chunks_exact(bb).zip(row.chunks_exact_mut(QK)).zip(sc.chunks_exact(ns)) {
+                    match self.format {
+                        Format::Q4_1 => {
+                            let (d, m) = (sc[0], sc[1]);
+                            let (lo, hi) = o.split_at_mut(QK / 2);
+                            for ((&q, lo), hi) in block[4..].iter().zip(lo).zip(hi) {
+                                *lo = (q & 0x0f) as f32 * d + m;
+                                *hi = (q >> 4) as f32 * d + m;
+                            }
                         }
-                    }
-                    Format::Q8_0 => {
-                        for (&q, o) in block[2..].iter().zip(o) {
-                            *o = q as i8 as f32 * sc[0];
+                        Format::Q8_0 => {
+                            for (&q, o) in block[2..].iter().zip(o) {
+                                *o = q as i8 as f32 * sc[0];
+                            }
                         }
                     }
                 }
             }
-        });
+        };
+        self.split_rows(&mut out, self.cols, self.rows * nb, run);
         out
+    }
+
+    /// Runs `run(first row, rows' outputs)` over disjoint row ranges of `out` (`per_row` values
+    /// per row) on candle's barrier pool, or on the calling thread when `blocks` is little work.
+    fn split_rows(&self, out: &mut [f32], per_row: usize, blocks: usize, run: impl Fn(usize, &mut [f32]) + Sync) {
+        let pool = candle_core::utils::barrier_pool();
+        let threads = (pool.n_workers() + 1).min(blocks / MIN_BLOCKS_PER_THREAD).max(1);
+        if threads == 1 {
+            return run(0, out);
+        }
+        let per = self.rows.div_ceil(threads);
+        // One uncontended lock per thread hands each its own disjoint output range.
+        let parts: Vec<Mutex<&mut [f32]>> = out.chunks_mut(per * per_row).map(Mutex::new).collect();
+        pool.execute(|tid| {
+            if let Some(part) = parts.get(tid) {
+                let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+                run(tid * per, &mut part);
+            }
+        });
     }
 
     /// `x · wᵀ` for `x` [.., cols] f32 in row-major order: returns [.., rows].
@@ -160,21 +182,7 @@ impl QuantMatvec {
                 }
             }
         };
-        let pool = candle_core::utils::barrier_pool();
-        let threads = (pool.n_workers() + 1).min((self.rows * nb * m) / MIN_BLOCKS_PER_THREAD).max(1);
-        if threads == 1 {
-            run(0, &mut out_t);
-        } else {
-            let per = self.rows.div_ceil(threads);
-            // One uncontended lock per thread hands each its own disjoint output range.
-            let parts: Vec<Mutex<&mut [f32]>> = out_t.chunks_mut(per * m).map(Mutex::new).collect();
-            pool.execute(|tid| {
-                if let Some(part) = parts.get(tid) {
-                    let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
-                    run(tid * per, &mut part);
-                }
-            });
-        }
+        self.split_rows(&mut out_t, m, self.rows * nb * m, run);
         if m == 1 {
             return out_t;
         }
