@@ -50,13 +50,13 @@ impl EvaVitConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::Config(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             )));
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(Error::Config(format!(
                 "vision image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
@@ -145,7 +145,7 @@ impl EvaVit {
     /// bicubically, as LAVIS and transformers do.
     pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &Scope) -> Result<Self> {
         cfg.validate()?;
-        if image_size == 0 || image_size % cfg.patch_size != 0 {
+        if image_size == 0 || !image_size.is_multiple_of(cfg.patch_size) {
             return Err(Error::Config(format!("image size {image_size} is not a multiple of patch size {}", cfg.patch_size)));
         }
         let (d, p) = (cfg.hidden_size, cfg.patch_size);

@@ -109,7 +109,7 @@ impl LlamaConfig {
         if h == 0 || kv == 0 || h % kv != 0 {
             return Err(Error::Config(format!("{h} attention heads cannot be grouped over {kv} key/value heads")));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::Config("RoPE needs an even head_dim".into()));
         }
         if self.hidden_act != "silu" {

@@ -82,7 +82,7 @@ struct Layer {
 impl Layer {
     fn load(cfg: &QFormerConfig, index: usize, w: &Scope) -> Result<Self> {
         let d = cfg.hidden_size;
-        let cross = index % cfg.cross_attention_frequency == 0;
+        let cross = index.is_multiple_of(cfg.cross_attention_frequency);
         Ok(Self {
             self_attn: MultiHeadAttention::load(cfg, d, &w.pp("attention"))?,
             cross_attn: if cross {
@@ -117,7 +117,7 @@ impl QFormer {
     /// `root` is the checkpoint's top level: the Q-Former lives under `qformer.` and its learned
     /// queries at `query_tokens`, as in `Blip2Model`.
     pub fn load(cfg: &QFormerConfig, num_query_tokens: usize, root: &Scope) -> Result<Self> {
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::Config(format!(
                 "Q-Former hidden_size {} is not divisible by num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
