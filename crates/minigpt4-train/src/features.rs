@@ -195,7 +195,7 @@ pub fn extract(
     let bar = progress.bar(paths.len() as u64, "features");
     // Read and hashed, waiting to be decoded and encoded: (index into `paths`, key, bytes).
     let mut queued: Vec<(usize, String, Vec<u8>)> = Vec::new();
-    // Keys already cached, queued or computed in this run, and those whose image failed to decode.
+    // Keys already cached, queued or computed in this run; keys whose image did not decode.
     let mut seen: HashSet<String> = HashSet::new();
     let mut failed: HashMap<String, String> = HashMap::new();
     // Later copies (same bytes) of a queued image: resolved once its batch is done.
