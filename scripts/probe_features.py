@@ -103,16 +103,17 @@ def main():
     subprocess.run([os.environ.get("MINIGPT4", "minigpt4"), "train", "--stage", "1", "--model", "tiny",
                     "--data", str(everything), "--out", str(probe / "run"), "--cache-dir", str(work / "cache"),
                     "--steps", "1", "--batch", "1", "--quiet", "--resume"], check=True)
-    cache = [d for d in (work / "cache" / "features").iterdir() if d.is_dir()]
+    # The fingerprint of the encoder the run used: older fingerprints' folders may hold stale
+    # features under the same image keys.
+    fingerprint = json.loads((probe / "run" / "config.json").read_text())["encoder_fingerprint"]
+    cache = work / "cache" / "features" / fingerprint
     records = []
     for line in open(data / "manifest.jsonl"):
         r = json.loads(line)
-        key = image_key((data / r["image"]).read_bytes())
-        for d in cache:
-            if (d / f"{key}.safetensors").exists():
-                r["x"] = load_file(d / f"{key}.safetensors")["features"][0].mean(0)
-                records.append(r)
-                break
+        f = cache / f"{image_key((data / r['image']).read_bytes())}.safetensors"
+        if f.exists():  # not there: an image the trainer reported and skipped
+            r["x"] = load_file(f)["features"][0].mean(0)
+            records.append(r)
     train = [r for r in records if r["split"] == "train"]
     held = [r for r in records if r["split"] == "heldout" and main_noun(r["caption"])]
     X = np.stack([r["x"] for r in train]).astype(np.float64)
