@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks of minigpt4-rs against the tools a user would pick instead, on the built-in `tiny`
-# model (DINOv2-S + merge-4 + projection + SmolLM2-135M GGUF), each row measured in this run next
+# Benchmarks of minigpt4-rs against the tools a user would pick instead, on the `tiny-dinov2`
+# model (DINOv2-S + merge-4 + projection + SmolLM2-135M GGUF; the default until 2026-12, whose
+# peers are set up here; the EfficientNet-Lite0 default has no peer row yet), each row measured in this run next
 # to its peer, with the same thread count on both sides:
 #
 #   llm     prefill and decode tokens/s on the same GGUF        vs llama.cpp (llama-cpp-python)
@@ -108,7 +109,7 @@ mkdir -p "$RUN"
 LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
 "$PY" "$HERE/peers.py" prepare >/dev/null   # the ONNX backbone, cut once and cached
 
-OURS_FLAGS=(--threads "$THREADS" --warmup "$WARMUP" --reps "$REPS" --train-reps "$TRAIN_REPS" --image "$IMAGE")
+OURS_FLAGS=(--model tiny-dinov2 --threads "$THREADS" --warmup "$WARMUP" --reps "$REPS" --train-reps "$TRAIN_REPS" --image "$IMAGE")
 [[ -n "$PROJECTION" ]] && OURS_FLAGS+=(--projection "$PROJECTION")
 PEER_FLAGS=(--threads "$THREADS" --warmup "$WARMUP")
 COMMANDS=()

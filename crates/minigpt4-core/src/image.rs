@@ -75,6 +75,16 @@ impl ImageConfig {
         }
     }
 
+    /// EfficientNet-Lite's `(x − 127) / 128` on 0–255 values (the TensorFlow Lite models' input
+    /// convention, kept by the PyTorch port).
+    pub const fn efficientnet_lite(size: u32) -> Self {
+        Self {
+            size,
+            mean: [127.0 / 255.0; 3],
+            std: [128.0 / 255.0; 3],
+        }
+    }
+
     pub const fn imagenet(size: u32) -> Self {
         Self {
             size,

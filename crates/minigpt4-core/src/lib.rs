@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod dinov2;
+pub mod efficientnet_lite;
 pub mod error;
 pub mod eva_vit;
 pub mod fetch;
@@ -19,6 +20,7 @@ pub mod qformer;
 pub mod quant_matvec;
 pub mod template;
 pub mod tokenizer;
+pub mod torch_legacy;
 mod train_ops;
 pub mod vit_layers;
 mod vit_ops;

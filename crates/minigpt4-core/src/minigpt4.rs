@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
 use crate::dinov2::Dinov2;
+use crate::efficientnet_lite::EfficientNet;
 use crate::error::{Error, Result};
 use crate::eva_vit::{EvaVit, EvaVitConfig};
 use crate::llama::Llama;
@@ -46,6 +47,8 @@ pub const LAVIS_LN_VISION_EPS: f64 = 1e-5;
 pub enum VisionEncoder {
     Eva(EvaVit),
     Dinov2(Dinov2),
+    /// A classifier whose one output token is its logits.
+    EfficientNet(EfficientNet),
 }
 
 impl VisionEncoder {
@@ -53,6 +56,7 @@ impl VisionEncoder {
         match self {
             VisionEncoder::Eva(e) => e.config().hidden_size,
             VisionEncoder::Dinov2(d) => d.hidden_size(),
+            VisionEncoder::EfficientNet(e) => e.num_classes(),
         }
     }
 
@@ -60,6 +64,7 @@ impl VisionEncoder {
         match self {
             VisionEncoder::Eva(e) => e.image_size(),
             VisionEncoder::Dinov2(d) => d.image_size(),
+            VisionEncoder::EfficientNet(e) => e.image_size(),
         }
     }
 
@@ -68,6 +73,7 @@ impl VisionEncoder {
         match self {
             VisionEncoder::Eva(e) => e.num_tokens(),
             VisionEncoder::Dinov2(d) => d.num_tokens(),
+            VisionEncoder::EfficientNet(_) => 1,
         }
     }
 
@@ -75,14 +81,16 @@ impl VisionEncoder {
         match self {
             VisionEncoder::Eva(e) => e.forward(pixels),
             VisionEncoder::Dinov2(d) => d.forward(pixels),
+            VisionEncoder::EfficientNet(e) => e.forward(pixels),
         }
     }
 }
 
-/// Vision encoder followed by `ln_vision`.
+/// Vision encoder followed by `ln_vision` (none for a classifier: normalising its logits would
+/// change which class wins by how much).
 pub struct VisionTower {
     encoder: VisionEncoder,
-    ln_vision: LayerNorm,
+    ln_vision: Option<LayerNorm>,
 }
 
 impl VisionTower {
@@ -97,11 +105,11 @@ impl VisionTower {
         } else {
             unit_layer_norm(d, ln_eps, w.device(), w.dtype())?
         };
-        Ok(Self { encoder, ln_vision })
+        Ok(Self { encoder, ln_vision: Some(ln_vision) })
     }
 
-    /// Any encoder with an explicit `ln_vision`.
-    pub fn new(encoder: VisionEncoder, ln_vision: LayerNorm) -> Self {
+    /// Any encoder with an explicit `ln_vision`, or none.
+    pub fn new(encoder: VisionEncoder, ln_vision: Option<LayerNorm>) -> Self {
         Self { encoder, ln_vision }
     }
 
@@ -115,7 +123,11 @@ impl VisionTower {
 
     /// [B, 3, S, S] → [B, N, D] normalised tokens.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self.ln_vision.forward(&self.encoder.forward(pixels)?)?)
+        let x = self.encoder.forward(pixels)?;
+        Ok(match &self.ln_vision {
+            Some(ln) => ln.forward(&x)?,
+            None => x,
+        })
     }
 }
 

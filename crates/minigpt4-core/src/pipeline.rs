@@ -15,6 +15,7 @@ use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
 use crate::llama::{Llama, LlamaConfig};
 use crate::dinov2::{Dinov2, Dinov2Config};
+use crate::efficientnet_lite::{EfficientNet, EfficientNetConfig};
 use crate::eva_vit::EvaVit;
 use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
 use crate::onnx;
@@ -78,7 +79,7 @@ impl Pipeline {
                 let encoder = EvaVit::load(&cfg, size, &vision_w.pp("vision_model"))?;
                 let ln = spec.vision.ln_vision.unwrap_or(match spec.adapter.kind {
                     AdapterKind::Qformer => LnVision::Checkpoint,
-                    AdapterKind::Merge => LnVision::Unit,
+                    AdapterKind::Merge | AdapterKind::Classes => LnVision::Unit,
                 });
                 let ln_vision = match ln {
                     LnVision::Unit => unit_layer_norm(cfg.hidden_size, LAVIS_LN_VISION_EPS, device, dtype)?,
@@ -92,7 +93,7 @@ impl Pipeline {
                         w.pp(LN).layer_norm(cfg.hidden_size, eps)?
                     }
                 };
-                (VisionTower::new(VisionEncoder::Eva(encoder), ln_vision), cfg.hidden_size)
+                (VisionTower::new(VisionEncoder::Eva(encoder), Some(ln_vision)), cfg.hidden_size)
             }
             VisionKind::Dinov2 => {
                 // Our own ONNX conversion records its config in the file; an HF Dinov2Model
@@ -108,16 +109,27 @@ impl Pipeline {
                     return Err(Error::Config("a dinov2 vision encoder has no ln_vision to load; use ln_vision = \"unit\"".into()));
                 }
                 let ln = unit_layer_norm(cfg.hidden_size, LAVIS_LN_VISION_EPS, device, dtype)?;
-                (VisionTower::new(encoder, ln), cfg.hidden_size)
+                (VisionTower::new(encoder, Some(ln)), cfg.hidden_size)
+            }
+            VisionKind::EfficientnetLite => {
+                let cfg = efficientnet_config(spec)?;
+                if spec.vision.ln_vision.is_some() {
+                    return Err(Error::Config("an efficientnet_lite encoder gives logits and takes no ln_vision".into()));
+                }
+                let w = Weights::open(&spec.vision.weights, device, dtype)?;
+                let encoder = EfficientNet::load(&cfg, &w.pp(""))?;
+                (VisionTower::new(VisionEncoder::EfficientNet(encoder), None), cfg.num_classes)
             }
         };
         let image_cfg = spec.image.unwrap_or(match spec.vision.kind {
             VisionKind::EvaVitG => ImageConfig::clip(vision.encoder().image_size() as u32),
             VisionKind::Dinov2 => ImageConfig::imagenet(vision.encoder().image_size() as u32),
+            VisionKind::EfficientnetLite => ImageConfig::efficientnet_lite(vision.encoder().image_size() as u32),
         });
 
         let adapter = match spec.adapter.kind {
             AdapterKind::Merge => Adapter::Merge(spec.adapter.merge),
+            AdapterKind::Classes => Adapter::Classes { slots: spec.adapter.slots, temperature: spec.adapter.temperature },
             AdapterKind::Qformer => {
                 let (_, w) = adapter_w.as_ref().ok_or_else(|| {
                     Error::Config("a qformer adapter needs `weights` (e.g. blip2_pretrained_flant5xxl.pth)".into())
@@ -226,6 +238,22 @@ impl Pipeline {
         out.text = template::answer_from_output(self.template, &out.text);
         Ok(out)
     }
+}
+
+/// An EfficientNet-Lite's shape: its config file (JSON, [`EfficientNetConfig`]) or Lite0's,
+/// with the model file's `image_size` on top.
+pub fn efficientnet_config(spec: &ModelSpec) -> Result<EfficientNetConfig> {
+    let mut cfg: EfficientNetConfig = match &spec.vision.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
+        }
+        None => EfficientNetConfig::default(),
+    };
+    if let Some(s) = spec.vision.image_size {
+        cfg.image_size = s;
+    }
+    Ok(cfg)
 }
 
 fn load_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, Tokenizer)> {

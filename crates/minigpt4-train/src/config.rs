@@ -37,6 +37,9 @@ pub struct TrainConfig {
     /// How the projection starts without `init` (older checkpoints: random).
     #[serde(default)]
     pub warm_start: WarmStart,
+    /// The class table `--warm-start classes` reads (TSV with a `noun` column, one row per class).
+    #[serde(default)]
+    pub class_names: Option<PathBuf>,
     /// Checkpoint every this many steps (does not change the result).
     pub save_every: usize,
     /// Checkpoints kept (the newest); 0 keeps all (does not change the result).
@@ -62,6 +65,7 @@ pub struct TrainOptions {
     pub max_txt_len: Option<usize>,
     pub init: Option<PathBuf>,
     pub warm_start: Option<WarmStart>,
+    pub class_names: Option<PathBuf>,
     pub save_every: Option<usize>,
     pub keep_checkpoints: Option<usize>,
     /// Continue from the newest checkpoint in `out` (starts fresh when there is none).
@@ -97,6 +101,7 @@ impl TrainOptions {
             max_txt_len: None,
             init: None,
             warm_start: None,
+            class_names: None,
             save_every: None,
             keep_checkpoints: None,
             resume: false,
@@ -170,11 +175,15 @@ pub fn resolve(o: &TrainOptions, previous: Option<&TrainConfig>) -> Result<Train
         max_words: previous.map(|p| p.max_words).unwrap_or(crate::caption::MAX_WORDS),
         init: o.init.as_ref().map(absolute).or(previous.and_then(|p| p.init.clone())),
         warm_start: o.warm_start.or(previous.map(|p| p.warm_start)).unwrap_or_default(),
+        class_names: o.class_names.as_ref().map(absolute).or(previous.and_then(|p| p.class_names.clone())),
         save_every: pick(o.save_every, previous.map(|p| p.save_every), (steps / 10).clamp(1, 1000)),
         keep_checkpoints: pick(o.keep_checkpoints, previous.map(|p| p.keep_checkpoints), 3),
     };
     if cfg.init.is_some() && cfg.warm_start != WarmStart::Random {
         bail!("--init and --warm-start both choose the starting projection; pass one");
+    }
+    if cfg.warm_start.uses_classes() != cfg.class_names.is_some() {
+        bail!("--warm-start classes[+nouns] needs --class-names FILE, and --class-names is only for it");
     }
     if cfg.steps == 0 || cfg.batch == 0 || cfg.grad_accum == 0 || cfg.save_every == 0 {
         bail!("--steps, --batch, --grad-accum and --save-every must be at least 1");
@@ -219,6 +228,7 @@ pub fn differences(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
     cmp("max-words", a.max_words.to_string(), b.max_words.to_string());
     cmp("init", format!("{:?}", a.init), format!("{:?}", b.init));
     cmp("warm-start", format!("{:?}", a.warm_start), format!("{:?}", b.warm_start));
+    cmp("class-names", format!("{:?}", a.class_names), format!("{:?}", b.class_names));
     d
 }
 

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use minigpt4_core::image::{self, ImageConfig, Limits};
-use minigpt4_core::model_file::ModelSpec;
+use minigpt4_core::model_file::{AdapterKind, ModelSpec};
 
 use crate::io::{self, Digest};
 use crate::progress::Progress;
@@ -83,7 +83,11 @@ pub fn encoder_fingerprint(spec: &ModelSpec, image: &ImageConfig) -> Result<Stri
     if let Some(c) = &spec.vision.config {
         d.update(&std::fs::read(c).with_context(|| c.display().to_string())?);
     }
-    d.update_str(&format!("adapter {:?} merge {}", spec.adapter.kind, spec.adapter.merge));
+    let a = &spec.adapter;
+    d.update_str(&format!("adapter {:?} merge {}", a.kind, a.merge));
+    if a.kind == AdapterKind::Classes {
+        d.update_str(&format!("slots {} temperature {}", a.slots, a.temperature));
+    }
     if let Some(w) = &spec.adapter.weights {
         digest_file(&mut d, w)?;
     }

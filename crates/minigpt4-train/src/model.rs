@@ -45,9 +45,11 @@ pub fn projection_dims(spec: &ModelSpec) -> Result<(usize, usize)> {
             Some(p) => Dinov2Config::from_file(p)?.hidden_size,
             None => onnx::converted_config(&spec.vision.weights)?.hidden_size,
         },
+        VisionKind::EfficientnetLite => minigpt4_core::pipeline::efficientnet_config(spec)?.num_classes,
     };
     let d_a = match spec.adapter.kind {
         AdapterKind::Merge => vision * spec.adapter.merge,
+        AdapterKind::Classes => vision * spec.adapter.slots,
         AdapterKind::Qformer => blip2(spec.adapter.config.as_ref())?.qformer_config.hidden_size,
     };
     Ok((d_a, d_llm))

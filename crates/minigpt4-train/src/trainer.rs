@@ -294,6 +294,23 @@ impl Trainer {
                 t.elapsed().as_secs_f64()
             ));
             (f.weight.to_dtype(weight0.dtype())?, f.bias.to_dtype(bias0.dtype())?)
+        } else if resume_from.is_none() && config.init.is_none() && config.warm_start.uses_classes() {
+            let table = config.class_names.as_ref().expect("checked by the config");
+            let nouns = warm_start::read_class_nouns(table)?;
+            let d_a = weight0.dim(1)?;
+            if nouns.is_empty() || d_a % nouns.len() != 0 {
+                bail!("{} names {} classes, but the adapter gives {d_a}-wide tokens", table.display(), nouns.len());
+            }
+            let (mut w, mut b) = warm_start::fit_classes(&nouns, d_a / nouns.len(), &frozen.llm, &frozen.tokenizer)?;
+            progress.status(&format!("warm start: {} class nouns from {}", nouns.len(), table.display()));
+            if config.warm_start == WarmStart::ClassesNouns {
+                let f = warm_start::refit_toward(&w, &train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
+                progress.status(&format!("warm start: refined on {} images' caption nouns ({} distinct)", f.records, f.distinct_nouns));
+                (w, b) = (f.weight, f.bias);
+            }
+            let meta = [("init".to_string(), format!("{:?}", config.warm_start)), ("classes".to_string(), nouns.len().to_string())].into();
+            checkpoint::save_projection(&start_file, &w, &b, meta)?;
+            (w.to_dtype(weight0.dtype())?, b.to_dtype(bias0.dtype())?)
         } else {
             (weight0, bias0)
         };
