@@ -50,7 +50,7 @@ impl Adapter {
 /// [B, 1, C] logits → [B, slots, slots·C] (see [`Adapter::Classes`]).
 pub fn class_slots(logits: &Tensor, slots: usize, temperature: f64) -> Result<Tensor> {
     let (b, tokens, c) = logits.dims3()?;
-    if tokens != 1 || slots == 0 || !(temperature > 0.0) {
+    if tokens != 1 || slots == 0 || temperature.is_nan() || temperature <= 0.0 {
         return Err(Error::Config(format!(
             "the classes adapter needs one logits token, slots ≥ 1 and a positive temperature (got {tokens} tokens, {slots} slots, temperature {temperature})"
         )));

@@ -320,6 +320,62 @@ impl EfficientNet {
     }
 }
 
+/// A classifier next to another vision encoder: its class probabilities become `slots` tokens
+/// (the `classes` adapter's layout) placed before the other encoder's adapter tokens.
+pub struct Classifier {
+    net: EfficientNet,
+    slots: usize,
+    temperature: f64,
+    /// Per-channel `x·scale + shift` from the main encoder's normalised pixels to this one's.
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl Classifier {
+    /// `pixels_mean`/`pixels_std`: the normalisation of the pixels it will be given (the main
+    /// encoder's); they are mapped to EfficientNet-Lite's `(x − 127) / 128` on the way in.
+    pub fn new(net: EfficientNet, slots: usize, temperature: f64, pixels_mean: [f32; 3], pixels_std: [f32; 3]) -> Result<Self> {
+        let own = crate::image::ImageConfig::efficientnet_lite(0);
+        let scale: Vec<f32> = (0..3).map(|c| pixels_std[c] / own.std[c]).collect();
+        let shift: Vec<f32> = (0..3).map(|c| (pixels_mean[c] - own.mean[c]) / own.std[c]).collect();
+        let dev = net.fc_w.device().clone();
+        Ok(Self {
+            scale: Tensor::from_vec(scale, (1, 3, 1, 1), &dev)?.to_dtype(net.fc_w.dtype())?,
+            shift: Tensor::from_vec(shift, (1, 3, 1, 1), &dev)?.to_dtype(net.fc_w.dtype())?,
+            net,
+            slots,
+            temperature,
+        })
+    }
+
+    /// Width of its tokens: `slots · classes`.
+    pub fn width(&self) -> usize {
+        self.slots * self.net.num_classes()
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// `[class tokens ⊕ 0] ++ [0 ⊕ tokens]`: [B, slots + N, width + d_a] from pixels [B, 3, S, S]
+    /// (normalised for the main encoder) and its adapter tokens [B, N, d_a].
+    pub fn join(&self, pixels: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = pixels.dims4()?;
+        let size = self.net.image_size();
+        let mut own = pixels.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?;
+        if (h, w) != (size, size) {
+            own = own.interpolate2d(size, size)?;
+        }
+        let classes = crate::adapter::class_slots(&self.net.forward(&own)?, self.slots, self.temperature)?;
+        let (b, n, d_a) = tokens.dims3()?;
+        let k = self.width();
+        let zeros = |t: usize, d: usize| Tensor::zeros((b, t, d), tokens.dtype(), tokens.device());
+        let classes = Tensor::cat(&[&classes.to_dtype(tokens.dtype())?, &zeros(self.slots, d_a)?], 2)?;
+        let image = Tensor::cat(&[&zeros(n, k)?, tokens], 2)?;
+        Ok(Tensor::cat(&[&classes, &image], 1)?)
+    }
+}
+
 /// Softmax over the last dim at temperature `t` (exposed for the `classes` adapter).
 pub fn softmax_at(logits: &Tensor, t: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(&(logits / t)?, D::Minus1)?)

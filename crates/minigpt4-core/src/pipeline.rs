@@ -15,7 +15,7 @@ use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
 use crate::llama::{Llama, LlamaConfig};
 use crate::dinov2::{Dinov2, Dinov2Config};
-use crate::efficientnet_lite::{EfficientNet, EfficientNetConfig};
+use crate::efficientnet_lite::{Classifier, EfficientNet, EfficientNetConfig};
 use crate::eva_vit::EvaVit;
 use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
 use crate::onnx;
@@ -112,7 +112,7 @@ impl Pipeline {
                 (VisionTower::new(encoder, Some(ln)), cfg.hidden_size)
             }
             VisionKind::EfficientnetLite => {
-                let cfg = efficientnet_config(spec)?;
+                let cfg = efficientnet_config(spec.vision.config.as_ref(), spec.vision.image_size)?;
                 if spec.vision.ln_vision.is_some() {
                     return Err(Error::Config("an efficientnet_lite encoder gives logits and takes no ln_vision".into()));
                 }
@@ -139,13 +139,25 @@ impl Pipeline {
             }
         };
 
+        let classifier = match &spec.classifier {
+            Some(c) => {
+                if c.kind != VisionKind::EfficientnetLite {
+                    return Err(Error::Config(format!("a [classifier] must be efficientnet_lite, not {:?}", c.kind)));
+                }
+                let cfg = efficientnet_config(c.config.as_ref(), None)?;
+                let net = EfficientNet::load(&cfg, &Weights::open(&c.weights, device, dtype)?.pp(""))?;
+                Some(Classifier::new(net, c.slots, c.temperature, image_cfg.mean, image_cfg.std)?)
+            }
+            None => None,
+        };
+
         let (llm, tokenizer) = load_llm(spec, device, dtype)?;
-        let in_dim = adapter.out_dim(vision_dim);
+        let in_dim = adapter.out_dim(vision_dim) + classifier.as_ref().map_or(0, Classifier::width);
         let proj_w = open_checkpoint(&spec.projection.weights, device, dtype)?;
         let projector = Projector::load(in_dim, llm.hidden_size(), &proj_w.pp("llama_proj"))?;
         let stops = StopSequences::for_template(spec.template, &tokenizer)?;
         Ok(Self {
-            model: MiniGpt4::new(vision, adapter, projector, llm)?,
+            model: MiniGpt4::with_classifier(vision, adapter, classifier, projector, llm)?,
             tokenizer,
             template: spec.template,
             image: image_cfg,
@@ -242,15 +254,15 @@ impl Pipeline {
 
 /// An EfficientNet-Lite's shape: its config file (JSON, [`EfficientNetConfig`]) or Lite0's,
 /// with the model file's `image_size` on top.
-pub fn efficientnet_config(spec: &ModelSpec) -> Result<EfficientNetConfig> {
-    let mut cfg: EfficientNetConfig = match &spec.vision.config {
+pub fn efficientnet_config(config: Option<&PathBuf>, image_size: Option<usize>) -> Result<EfficientNetConfig> {
+    let mut cfg: EfficientNetConfig = match config {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
             serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
         }
         None => EfficientNetConfig::default(),
     };
-    if let Some(s) = spec.vision.image_size {
+    if let Some(s) = image_size {
         cfg.image_size = s;
     }
     Ok(cfg)

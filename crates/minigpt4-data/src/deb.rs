@@ -27,6 +27,9 @@ pub fn walk_bytes(bytes: &[u8], what: &Path, f: impl FnMut(TarItem) -> Result<()
 }
 
 #[cfg(test)]
+pub(crate) use tests::make_deb;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::archive::tests::{make_tar, xz};
@@ -68,6 +71,3 @@ mod tests {
         assert!(walk_bytes(&deb[..deb.len() - 10], Path::new("t.deb"), |_| Ok(())).is_err());
     }
 }
-
-#[cfg(test)]
-pub(crate) use tests::make_deb;

@@ -275,7 +275,7 @@ mod tests {
         for r in &imp.records {
             let mut f = Facts::default();
             for t in &r.turns {
-                f.learn(&t.instruction, &t.answer.trim_end_matches('.'));
+                f.learn(&t.instruction, t.answer.trim_end_matches('.'));
             }
             if let Some(s) = f.settle(SHAPES) {
                 let px = measure(&std::fs::read(out.join(&r.image)).unwrap()).unwrap();

@@ -88,6 +88,13 @@ pub fn encoder_fingerprint(spec: &ModelSpec, image: &ImageConfig) -> Result<Stri
     if a.kind == AdapterKind::Classes {
         d.update_str(&format!("slots {} temperature {}", a.slots, a.temperature));
     }
+    if let Some(c) = &spec.classifier {
+        d.update_str(&format!("classifier {:?} slots {} temperature {}", c.kind, c.slots, c.temperature));
+        digest_file(&mut d, &c.weights)?;
+        if let Some(p) = &c.config {
+            d.update(&std::fs::read(p).with_context(|| p.display().to_string())?);
+        }
+    }
     if let Some(w) = &spec.adapter.weights {
         digest_file(&mut d, w)?;
     }

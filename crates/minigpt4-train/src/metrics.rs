@@ -320,15 +320,15 @@ pub fn cider_d(candidates: &[&str], references: &[Vec<&str>]) -> Cider {
     let sim = |h: &TfIdf, r: &TfIdf| -> [f64; N] {
         let delta = h.length as f64 - r.length as f64;
         let mut val = [0.0; N];
-        for n in 0..N {
+        for (n, v) in val.iter_mut().enumerate() {
             for (g, hw) in &h.vec[n] {
                 let rw = r.index[n].get(g).copied().unwrap_or(0.0);
-                val[n] += hw.min(rw) * rw;
+                *v += hw.min(rw) * rw;
             }
             if h.norm[n] != 0.0 && r.norm[n] != 0.0 {
-                val[n] /= h.norm[n] * r.norm[n];
+                *v /= h.norm[n] * r.norm[n];
             }
-            val[n] *= std::f64::consts::E.powf(-(delta.powi(2)) / (2.0 * SIGMA.powi(2)));
+            *v *= std::f64::consts::E.powf(-(delta.powi(2)) / (2.0 * SIGMA.powi(2)));
         }
         val
     };

@@ -14,7 +14,8 @@ use minigpt4_core::llama::{Llama, LlamaConfig};
 use minigpt4_core::minigpt4::{Blip2Config, MiniGpt4, VisionTower};
 use minigpt4_core::model_file::{AdapterKind, ModelSpec, VisionKind};
 use minigpt4_core::onnx;
-use minigpt4_core::pipeline::Pipeline;
+use minigpt4_core::efficientnet_lite::Classifier;
+use minigpt4_core::pipeline::{efficientnet_config, Pipeline};
 use minigpt4_core::template::TemplateKind;
 use minigpt4_core::tokenizer::Tokenizer;
 
@@ -45,14 +46,30 @@ pub fn projection_dims(spec: &ModelSpec) -> Result<(usize, usize)> {
             Some(p) => Dinov2Config::from_file(p)?.hidden_size,
             None => onnx::converted_config(&spec.vision.weights)?.hidden_size,
         },
-        VisionKind::EfficientnetLite => minigpt4_core::pipeline::efficientnet_config(spec)?.num_classes,
+        VisionKind::EfficientnetLite => efficientnet_config(spec.vision.config.as_ref(), None)?.num_classes,
     };
     let d_a = match spec.adapter.kind {
         AdapterKind::Merge => vision * spec.adapter.merge,
         AdapterKind::Classes => vision * spec.adapter.slots,
         AdapterKind::Qformer => blip2(spec.adapter.config.as_ref())?.qformer_config.hidden_size,
     };
-    Ok((d_a, d_llm))
+    let classes = match &spec.classifier {
+        Some(_) => class_slots(spec)?.map_or(0, |(slots, classes)| slots * classes),
+        None => 0,
+    };
+    Ok((d_a + classes, d_llm))
+}
+
+/// `(slots, classes)` of the model's class tokens, which come first in the projection's input:
+/// those of a `[classifier]`, or of the `classes` adapter on a classifier encoder.
+pub fn class_slots(spec: &ModelSpec) -> Result<Option<(usize, usize)>> {
+    Ok(match (&spec.classifier, spec.adapter.kind) {
+        (Some(c), _) => Some((c.slots, efficientnet_config(c.config.as_ref(), None)?.num_classes)),
+        (None, AdapterKind::Classes) if spec.vision.kind == VisionKind::EfficientnetLite => {
+            Some((spec.adapter.slots, efficientnet_config(spec.vision.config.as_ref(), None)?.num_classes))
+        }
+        _ => None,
+    })
 }
 
 /// `nn.Linear`'s default initialisation (Kaiming-uniform with a = √5, i.e. U(−1/√in, 1/√in) for
@@ -75,8 +92,8 @@ pub fn write_random_projection(path: &Path, in_dim: usize, out_dim: usize, seed:
 }
 
 pub struct Frozen {
-    /// Vision tower and adapter; `None` once the features are cached.
-    pub vision: Option<(VisionTower, Adapter)>,
+    /// Vision tower, adapter and classifier; `None` once the features are cached.
+    pub vision: Option<(VisionTower, Adapter, Option<Classifier>)>,
     pub llm: Llama,
     pub tokenizer: Tokenizer,
     pub template: TemplateKind,
@@ -87,8 +104,8 @@ pub struct Frozen {
 impl Frozen {
     /// The frozen part of MiniGPT-4: pixels `[B, 3, S, S]` → adapter tokens `[B, N, d_a]`.
     pub fn image_features(&self, pixels: &Tensor) -> minigpt4_core::Result<Tensor> {
-        let (v, a) = self.vision.as_ref().ok_or_else(|| minigpt4_core::Error::Config("the vision encoder was released".into()))?;
-        a.forward(&v.forward(pixels)?)
+        let (v, a, c) = self.vision.as_ref().ok_or_else(|| minigpt4_core::Error::Config("the vision encoder was released".into()))?;
+        minigpt4_core::minigpt4::image_features(v, a, c.as_ref(), pixels)
     }
 
     /// BOS for stage 1: the tokenizer's, else the LLM config's.
@@ -102,12 +119,12 @@ impl Frozen {
 pub fn load(spec: &ModelSpec, device: &Device) -> Result<(Frozen, Tensor, Tensor)> {
     let p = Pipeline::load(spec, device).with_context(|| format!("loading model `{}`", spec.name.as_deref().unwrap_or("?")))?;
     let Pipeline { model, tokenizer, template, image, limits, .. } = p;
-    let MiniGpt4 { vision, adapter, projector, llm } = model;
+    let MiniGpt4 { vision, adapter, classifier, projector, llm } = model;
     let llm = if llm.is_quantized() { llm.into_dense()? } else { llm };
     let weight = projector.weight().clone();
     let bias = match projector.bias() {
         Some(b) => b.clone(),
         None => Tensor::zeros(projector.out_dim(), weight.dtype(), device)?,
     };
-    Ok((Frozen { vision: Some((vision, adapter)), llm, tokenizer, template, image, limits }, weight, bias))
+    Ok((Frozen { vision: Some((vision, adapter, classifier)), llm, tokenizer, template, image, limits }, weight, bias))
 }

@@ -297,11 +297,18 @@ impl Trainer {
         } else if resume_from.is_none() && config.init.is_none() && config.warm_start.uses_classes() {
             let table = config.class_names.as_ref().expect("checked by the config");
             let nouns = warm_start::read_class_nouns(table)?;
-            let d_a = weight0.dim(1)?;
-            if nouns.is_empty() || d_a % nouns.len() != 0 {
-                bail!("{} names {} classes, but the adapter gives {d_a}-wide tokens", table.display(), nouns.len());
+            // The class slots are the first columns; a classifier next to another encoder leaves
+            // that encoder's columns at zero for the refit (or stage 2) to fill.
+            let Some((slots, classes)) = model::class_slots(&spec)? else {
+                bail!("--warm-start classes needs a classifier: an efficientnet_lite encoder with the `classes` adapter, or a [classifier]");
+            };
+            if nouns.len() != classes {
+                bail!("{} names {} classes, but the classifier has {classes}", table.display(), nouns.len());
             }
-            let (mut w, mut b) = warm_start::fit_classes(&nouns, d_a / nouns.len(), &frozen.llm, &frozen.tokenizer)?;
+            let (d_llm, d_in) = weight0.dims2()?;
+            let rest = d_in - slots * classes;
+            let (w, mut b) = warm_start::fit_classes(&nouns, slots, &frozen.llm, &frozen.tokenizer)?;
+            let mut w = Tensor::cat(&[&w, &Tensor::zeros((d_llm, rest), w.dtype(), w.device())?], 1)?;
             progress.status(&format!("warm start: {} class nouns from {}", nouns.len(), table.display()));
             if config.warm_start == WarmStart::ClassesNouns {
                 let f = warm_start::refit_toward(&w, &train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;

@@ -164,7 +164,7 @@ pub fn fit_nouns(
 /// so the training captions only bend it: of 0.01, 0.1 and 1, this predicted the validation
 /// split's nouns best (a fifth of the training records held back; the eval's held-out split was
 /// not used to choose it).
-pub const REFIT_RIDGE: f64 = 0.1;
+pub const REFIT_RIDGE: f64 = 1.0;
 
 /// `classes+nouns`: the closed-form start `w0` refined on the training captions, minimising
 /// `Σ‖W xᵢ + b − yᵢ‖² + λ‖W − W₀‖²` (`xᵢ`: image i's mean adapter token, `yᵢ`: its caption noun's
@@ -319,11 +319,27 @@ mod tests {
     }
 
     #[test]
+    fn class_table_is_read_by_its_header() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("minigpt4-classes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let table = dir.join("classes.tsv");
+        std::fs::write(&table, "index\twnid\tname\tnoun\n0\tn1\ttench\tfish\n1\tn2\ttabby\tcat\n")?;
+        assert_eq!(read_class_nouns(&table)?, ["fish", "cat"]);
+        std::fs::write(&table, "index\tname\n0\ttench\n")?;
+        assert!(read_class_nouns(&table).unwrap_err().to_string().contains("no `noun` column"));
+        std::fs::write(&table, "index\tnoun\n0\t\n")?;
+        assert!(read_class_nouns(&table).unwrap_err().to_string().contains("row 1 has no noun"));
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
     fn refuses_degenerate_input() {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 3), DType::F32, &dev).unwrap();
         assert!(fit(&x, &x, 0.01).is_err());
         assert!("ridge".parse::<WarmStart>().is_err());
         assert_eq!("nouns".parse::<WarmStart>().unwrap(), WarmStart::Nouns);
+        assert_eq!("classes+nouns".parse::<WarmStart>().unwrap(), WarmStart::ClassesNouns);
     }
 }

@@ -232,7 +232,10 @@ pub async fn request_raw(addr: SocketAddr, raw: Vec<u8>) -> Resp {
     .expect("request timed out")
 }
 
-fn split_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+/// Status, headers and the length of the head of an HTTP response.
+type Head = (u16, Vec<(String, String)>, usize);
+
+fn split_head(buf: &[u8]) -> Option<Head> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut lines = head.split("\r\n");
