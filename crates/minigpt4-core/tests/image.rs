@@ -760,3 +760,29 @@ fn missing_file_is_an_io_error_naming_the_path() {
         other => panic!("{other:?}"),
     }
 }
+
+/// What `describe`, `chat`, `eval` and training read image files with: a FIFO (which would block
+/// forever), a device that never ends and a file over the size limit are refused before their
+/// bytes are read.
+#[test]
+fn image_files_that_are_not_regular_or_too_big_are_refused_unread() {
+    let dir = std::env::temp_dir().join(format!("minigpt4-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("pipe.png");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
+    assert!(made, "mkfifo failed");
+    let limits = Limits::default();
+    let started = Instant::now();
+    for p in [fifo.as_path(), Path::new("/dev/zero"), dir.as_path()] {
+        let err = minigpt4_core::image::read_file(p, &limits).unwrap_err().to_string();
+        assert!(err.contains("not a regular file") && err.contains(&p.display().to_string()), "{err}");
+    }
+    assert!(started.elapsed().as_secs() < 5, "refusing took {:?}", started.elapsed());
+    let big = dir.join("big.png");
+    std::fs::write(&big, vec![0u8; 2048]).unwrap();
+    let small = Limits { max_bytes: 1024, ..Limits::default() };
+    let err = minigpt4_core::image::read_file(&big, &small).unwrap_err().to_string();
+    assert!(err.contains("2048 bytes is over the limit of 1024"), "{err}");
+    assert_eq!(minigpt4_core::image::read_file(&big, &limits).unwrap().len(), 2048);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -335,7 +335,16 @@ async fn malformed_requests_get_openai_errors_and_the_server_lives_on() {
     // Other methods and paths answer in the same shape.
     server.get("/v1/chat/completions").await.openai_error(405, "GET on the chat route");
     server.get("/v1/nothing").await.openai_error(404, "unknown path");
-    request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", "text/plain")], b"hi").await.openai_error(400, "text/plain");
+    // Only JSON is read: a cross-origin page can POST text/plain without a CORS preflight.
+    let valid = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).to_string();
+    for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let e = request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", ct)], valid.as_bytes()).await.openai_error(415, ct);
+        assert_eq!(e["code"], "unsupported_media_type");
+    }
+    let e = request(server.addr, "POST", "/v1/chat/completions", &[], valid.as_bytes()).await.openai_error(415, "no content type");
+    assert_eq!(e["code"], "unsupported_media_type");
+    let r = request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json; charset=utf-8")], valid.as_bytes()).await;
+    assert_eq!(r.status, 200, "JSON with a charset parameter: {}", r.text());
 
     // Still alive and answering.
     let r = server.chat(&json!({"messages": [image_question(&cat_url(), QUESTION)], "max_tokens": 5})).await;
@@ -419,7 +428,7 @@ async fn a_full_queue_gets_429_while_admitted_requests_finish() {
     // B: admitted, waits in the queue.
     let addr = server.addr;
     let b_body = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 60, "seed": seed});
-    let b = tokio::spawn(async move { request(addr, "POST", "/v1/chat/completions", &[], b_body.to_string().as_bytes()).await });
+    let b = tokio::spawn(async move { request(addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], b_body.to_string().as_bytes()).await });
     let t = Instant::now();
     while server.state.queued() < 1 {
         assert!(t.elapsed() < Duration::from_secs(10), "B was not queued");
@@ -481,7 +490,7 @@ async fn a_client_that_disconnects_frees_its_worker() {
     let body = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "seed": seed}).to_string();
     let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
-    conn.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+    conn.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
     let t = Instant::now();
     while server.state.busy() == 0 {
         assert!(t.elapsed() < Duration::from_secs(5));

@@ -264,7 +264,7 @@ pub fn generation_config(pipeline: &Pipeline, max_new_tokens: usize) -> Result<G
 /// Soft-prompt tokens of one image, without the pipeline's per-content cache (an evaluation
 /// sees every image once; the cache would only grow).
 fn image_tokens(pipeline: &Pipeline, path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = image::read_file(path, &pipeline.limits)?;
     let pixels = image::preprocess(&bytes, &path.display().to_string(), &pipeline.image, &pipeline.limits, pipeline.device())?;
     Ok(pipeline.model.encode_image(&pixels.unsqueeze(0)?)?)
 }

@@ -298,11 +298,7 @@ pub fn extract(
 }
 
 fn read_limited(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
-    if len > limits.max_bytes {
-        bail!("{}: {len} bytes exceeds the limit of {} bytes", path.display(), limits.max_bytes);
-    }
-    std::fs::read(path).with_context(|| format!("{}", path.display()))
+    Ok(image::read_file(path, limits)?)
 }
 
 /// Features of the training images, in memory when they fit `budget_bytes`, else read from the

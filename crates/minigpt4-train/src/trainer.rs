@@ -284,7 +284,8 @@ impl Trainer {
 
         let (weight0, bias0) = if resume_from.is_none() && config.init.is_none() && config.warm_start == WarmStart::Nouns {
             let t = Instant::now();
-            let f = warm_start::fit_nouns(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
+            let targets = warm_start::noun_targets(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
+            let f = warm_start::fit_nouns(&targets)?;
             let meta = [("init".to_string(), "nouns".to_string()), ("records".to_string(), f.records.to_string())].into();
             checkpoint::save_projection(&start_file, &f.weight, &f.bias, meta)?;
             progress.status(&format!(
@@ -311,7 +312,8 @@ impl Trainer {
             let mut w = Tensor::cat(&[&w, &Tensor::zeros((d_llm, rest), w.dtype(), w.device())?], 1)?;
             progress.status(&format!("warm start: {} class nouns from {}", nouns.len(), table.display()));
             if config.warm_start == WarmStart::ClassesNouns {
-                let f = warm_start::refit_toward(&w, &train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
+                let targets = warm_start::noun_targets(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
+                let f = warm_start::refit_toward(&w, &targets)?;
                 progress.status(&format!("warm start: refined on {} images' caption nouns ({} distinct)", f.records, f.distinct_nouns));
                 (w, b) = (f.weight, f.bias);
             }

