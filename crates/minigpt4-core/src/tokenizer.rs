@@ -84,6 +84,8 @@ pub struct Tokenizer {
     eos: Option<u32>,
     add_bos_default: bool,
     vocab_size: usize,
+    /// The longest vocabulary entry in UTF-8 bytes (see [`Tokenizer::max_token_bytes`]).
+    max_token_bytes: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -155,6 +157,7 @@ impl Tokenizer {
         };
         let vocab_size = hf_vocab_size(&inner);
         Self {
+            max_token_bytes: longest_entry(&inner),
             inner: Arc::new(inner),
             bos,
             eos,
@@ -204,6 +207,7 @@ impl Tokenizer {
         register_added_tokens(&mut inner, &tokens, &types, [bos, eos])?;
 
         Ok(Self {
+            max_token_bytes: longest_entry(&inner),
             inner: Arc::new(inner),
             bos,
             eos,
@@ -266,6 +270,16 @@ impl Tokenizer {
     }
 
     /// One past the largest token id.
+    /// An upper bound on the text bytes one token stands for: the longest vocabulary entry in
+    /// UTF-8 bytes. A byte-level BPE entry spells each byte it covers with one character of at
+    /// least one byte, a SentencePiece entry spells a space as the 3-byte `▁` and a fallback byte
+    /// as `<0xNN>`, so no token covers more text than its entry is long. A text longer than
+    /// `n × max_token_bytes()` bytes therefore has more than `n` tokens, known without
+    /// tokenizing it (the server refuses an over-long prompt that way).
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
@@ -764,4 +778,9 @@ fn register_added_tokens(
         )));
     }
     Ok(())
+}
+
+/// The longest vocabulary entry (added tokens included) in UTF-8 bytes, at least 1.
+fn longest_entry(inner: &tokenizers::Tokenizer) -> usize {
+    inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1)
 }

@@ -336,3 +336,25 @@ fn smollm2_gguf_when_available() {
         "<|im_start|>user\nHi 123<|im_end|>\n"
     );
 }
+
+/// `max_token_bytes` bounds the text one token covers, for both vocabulary kinds and both
+/// sources: no text has fewer tokens than its bytes over that bound (the server's early refusal
+/// of an over-long prompt relies on it).
+#[test]
+fn no_token_covers_more_text_than_max_token_bytes() {
+    let toks = [
+        Tokenizer::from_file(&fixtures().join("spm/tokenizer.json")).unwrap(),
+        Tokenizer::from_gguf(&read_gguf("spm.gguf")).unwrap(),
+        Tokenizer::from_file(&fixtures().join("gpt2/tokenizer.json")).unwrap(),
+        Tokenizer::from_gguf(&read_gguf("gpt2.gguf")).unwrap(),
+    ];
+    let mut texts: Vec<String> = cases().iter().map(|c| c["text"].as_str().unwrap().to_string()).collect();
+    texts.extend(["          ".repeat(50), "ééééé€€€".repeat(40), "<|im_start|>".repeat(30), "aaaa".repeat(300)]);
+    for tok in &toks {
+        assert!(tok.max_token_bytes() >= 1);
+        for text in &texts {
+            let n = tok.encode(text, false).unwrap().len();
+            assert!(n * tok.max_token_bytes() >= text.len(), "{} bytes in {n} tokens of at most {} bytes", text.len(), tok.max_token_bytes());
+        }
+    }
+}

@@ -81,6 +81,21 @@ pub async fn chat_completions(
     drop(body);
     let limits = RequestLimits { max_images: state.config.max_images, max_tokens: state.max_tokens_limit() };
     let prepared = api::prepare(req, state.pipeline.template, limits)?;
+    // No token covers more text than the tokenizer's longest entry, so a prompt longer than that
+    // many bytes per context position cannot fit: refused before it is tokenized (20 MB of text
+    // took 2 GB to tokenize).
+    let prompt_bytes = prepared.conv.prompt().len();
+    let bound = state.max_context.saturating_mul(state.pipeline.tokenizer.max_token_bytes());
+    if prompt_bytes > bound {
+        return Err(ApiError::invalid(format!(
+            "the conversation is {prompt_bytes} bytes of text, more than this server's context of {} positions can hold \
+             (at most {} bytes a token); shorten the conversation",
+            state.max_context,
+            state.pipeline.tokenizer.max_token_bytes()
+        ))
+        .param("messages")
+        .code("context_length_exceeded"));
+    }
 
     let admission = Arc::clone(&state.admission)
         .try_acquire_owned()
@@ -134,18 +149,21 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
             Err(e) => return fail(ApiError::from_core(e, Some(format!("{}.image_url", img.param)))),
         }
     }
-    let prompt = match pipeline.prompt_embeds(&p.conv, &embeds) {
-        Ok(t) => t,
+    // Counted from the token ids, before anything is embedded: a long text costs its ids (4 bytes
+    // a token), not d_llm floats a token, when it is refused.
+    let segments = match minigpt4_core::template::tokenize_segments(&pipeline.tokenizer, &p.conv.prompt(), pipeline.template.add_bos()) {
+        Ok(s) => s,
         Err(e) => return fail(ApiError::from_core(e, Some("messages".into()))),
     };
-    let prompt_tokens = prompt.dims().get(1).copied().unwrap_or(0);
+    let text_tokens: usize = segments.iter().map(Vec::len).sum();
+    let image_tokens: usize = embeds.iter().map(|e| e.dims().get(1).copied().unwrap_or(0)).sum();
+    let prompt_tokens = text_tokens + image_tokens;
 
     let room = state.max_context.saturating_sub(prompt_tokens);
     let too_long = |what: String, param: &str| {
         ApiError::invalid(format!(
-            "{what}: the conversation takes {prompt_tokens} prompt positions ({} of them image tokens) and this \
+            "{what}: the conversation takes {prompt_tokens} prompt positions ({image_tokens} of them image tokens) and this \
              server's context is {} positions; shorten the conversation or lower max_tokens",
-            prompt_tokens.saturating_sub(count_text_tokens(&p.conv, pipeline)),
             state.max_context
         ))
         .param(param)
@@ -157,6 +175,11 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
         None if room == 0 => return fail(too_long("the prompt fills the context".into(), "messages")),
         None => state.config.default_max_tokens.min(room),
     };
+    let prompt = match pipeline.model.splice(&segments, &embeds) {
+        Ok(t) => t,
+        Err(e) => return fail(ApiError::from_core(e, Some("messages".into()))),
+    };
+    drop(segments);
     let mut cfg = pipeline.with_stops(p.gen);
     cfg.max_new_tokens = max_new;
     cfg.max_context = state.max_context;
@@ -222,12 +245,6 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
 }
 
 /// Prompt tokens that are text, not image: the prompt's token count without images.
-fn count_text_tokens(conv: &minigpt4_core::template::Conversation, pipeline: &minigpt4_core::pipeline::Pipeline) -> usize {
-    minigpt4_core::template::tokenize_segments(&pipeline.tokenizer, &conv.prompt(), pipeline.template.add_bos())
-        .map(|segs| segs.iter().map(Vec::len).sum())
-        .unwrap_or(0)
-}
-
 struct ResponseMeta {
     id: String,
     created: u64,

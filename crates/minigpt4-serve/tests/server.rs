@@ -390,6 +390,14 @@ async fn token_limits() {
     // Above the server's max_tokens.
     let e = server.chat(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 51})).await.openai_error(400, "max_tokens > limit");
     assert_eq!(e["param"], "max_tokens");
+    // A text longer than the context could hold even at the longest token per position is
+    // refused before it is tokenized.
+    let t = Instant::now();
+    let huge = "word ".repeat(400_000);
+    let e = server.chat(&json!({"messages": [{"role": "user", "content": huge}]})).await.openai_error(400, "2 MB of text");
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert!(e["message"].as_str().unwrap().contains("bytes of text"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "refusing 2 MB took {:?}", t.elapsed());
     // The prompt (image tokens included) plus max_tokens does not fit the context.
     let e = server
         .chat(&json!({"messages": [image_question(&cat_url(), QUESTION)], "max_tokens": 50}))
