@@ -1,13 +1,14 @@
 //! A loaded model ready to answer: the MiniGPT-4 network, its tokenizer, template and image
-//! preprocessing, plus an in-process cache of image embeddings keyed by content hash (so a chat
-//! encodes its image once).
+//! preprocessing, plus a bounded in-process cache of image embeddings keyed by the SHA-256 of the
+//! image's bytes (so a chat encodes its image once).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
+use sha2::Digest;
 
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
@@ -34,7 +35,39 @@ pub struct Pipeline {
     pub image: ImageConfig,
     pub limits: Limits,
     stops: StopSequences,
-    image_cache: Mutex<HashMap<u64, Tensor>>,
+    image_cache: Mutex<ImageCache>,
+}
+
+/// Image embeddings recently computed, most recent last. Keyed by SHA-256 of the encoded bytes,
+/// so only the very same bytes hit (a 64-bit hash could be made to collide, handing one client
+/// another's image); bounded, so a server that sees many images does not grow without end.
+#[derive(Default)]
+struct ImageCache {
+    entries: VecDeque<([u8; 32], Tensor)>,
+}
+
+impl ImageCache {
+    /// Entries kept: a few dozen conversations' images (about 250 KB each for 64 tokens of 576
+    /// floats, 2 KB for the `tiny` default's one token).
+    const CAPACITY: usize = 64;
+
+    fn get(&mut self, key: &[u8; 32]) -> Option<Tensor> {
+        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        let entry = self.entries.remove(i)?;
+        let t = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(t)
+    }
+
+    fn insert(&mut self, key: [u8; 32], t: Tensor) {
+        if self.get(&key).is_some() {
+            return;
+        }
+        if self.entries.len() == Self::CAPACITY {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((key, t));
+    }
 }
 
 /// Opens a checkpoint and, for PyTorch pickles (LAVIS / MiniGPT-4 naming), views it through the
@@ -163,7 +196,7 @@ impl Pipeline {
             image: image_cfg,
             limits: Limits::default(),
             stops,
-            image_cache: Mutex::new(HashMap::new()),
+            image_cache: Mutex::new(ImageCache::default()),
         })
     }
 
@@ -173,9 +206,9 @@ impl Pipeline {
 
     /// Soft-prompt tokens [1, N, d_llm] for an encoded image (PNG, JPEG, …), cached by content.
     pub fn image_embeds(&self, bytes: &[u8], what: &str) -> Result<Tensor> {
-        let key = image::content_hash(bytes);
+        let key: [u8; 32] = sha2::Sha256::digest(bytes).into();
         if let Some(t) = self.image_cache.lock().map_err(|_| Error::Generation("image cache poisoned".into()))?.get(&key) {
-            return Ok(t.clone());
+            return Ok(t);
         }
         let pixels = image::preprocess(bytes, what, &self.image, &self.limits, self.device())?.unsqueeze(0)?;
         let embeds = self.model.encode_image(&pixels)?;
@@ -189,8 +222,13 @@ impl Pipeline {
     /// (`minigpt4 bench` times the encoder on every repetition).
     pub fn clear_image_cache(&self) {
         if let Ok(mut cache) = self.image_cache.lock() {
-            cache.clear();
+            cache.entries.clear();
         }
+    }
+
+    /// How many image embeddings the cache holds now (at most a few dozen).
+    pub fn cached_images(&self) -> usize {
+        self.image_cache.lock().map_or(0, |c| c.entries.len())
     }
 
     /// Generation settings of the reference demo plus this template's stop rules.

@@ -50,6 +50,30 @@ fn image_embeddings_are_cached_by_content() {
     let b = p.image_embeds(&bytes, "cat.jpg").unwrap();
     // The cache hands back the very same storage, not a recomputation.
     assert_eq!(a.id(), b.id());
+    assert_eq!(p.cached_images(), 1);
+}
+
+/// A server sees an endless stream of images: the cache keeps the most recent few dozen, and an
+/// image used again stays in while older ones go.
+#[test]
+fn image_cache_is_bounded_and_keeps_what_is_reused() {
+    let p = pipeline("merge4");
+    let png = |i: u32| {
+        let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(i % 256) as u8, (i / 256) as u8, (x * 8 + y) as u8]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let first = p.image_embeds(&png(0), "0").unwrap();
+    for i in 1..100 {
+        p.image_embeds(&png(i), "i").unwrap();
+        p.image_embeds(&png(0), "0 again").unwrap(); // reused: stays
+    }
+    assert_eq!(p.cached_images(), 64);
+    assert_eq!(p.image_embeds(&png(0), "0").unwrap().id(), first.id(), "the reused image was evicted");
+    let again = p.image_embeds(&png(1), "1").unwrap();
+    assert_eq!(p.cached_images(), 64);
+    assert_eq!(again.dims(), first.dims());
 }
 
 #[test]
