@@ -93,3 +93,28 @@ fn missing_projection_says_how_to_get_one() {
     let err = Pipeline::load(&spec, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("projection") && err.contains("no-such-projection") && err.contains("minigpt4 train"), "{err}");
 }
+
+/// A projection holding NaN or ∞ is refused at load, naming the file and the tensor (it used to
+/// load, and `describe` printed an empty answer with exit status 0).
+#[test]
+fn non_finite_projection_is_refused_at_load() {
+    let mut spec = ModelSpec::from_file(&fixture("minigpt4/merge4/model.toml")).unwrap();
+    let w = minigpt4_core::weights::Weights::open(&spec.projection.weights, &Device::Cpu, candle_core::DType::F32).unwrap();
+    let good: std::collections::HashMap<String, candle_core::Tensor> =
+        ["llama_proj.weight", "llama_proj.bias"].iter().map(|n| (n.to_string(), w.get_any(n).unwrap())).collect();
+    let dir = std::env::temp_dir().join(format!("minigpt4-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (bad, value) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+        let mut tensors = good.clone();
+        let w = &tensors["llama_proj.weight"];
+        let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[3] = value;
+        tensors.insert("llama_proj.weight".into(), candle_core::Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap());
+        let path = dir.join(format!("{bad}.safetensors"));
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        spec.projection.weights = path;
+        let err = Pipeline::load(&spec, &Device::Cpu).err().expect("a non-finite projection loaded").to_string();
+        assert!(err.contains(&format!("{bad}.safetensors")) && err.contains("llama_proj.weight") && err.contains("NaN or infinite"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
