@@ -185,8 +185,7 @@ pub(crate) fn fetch() -> Result<()> {
 fn inspect(file: &std::path::Path) -> Result<()> {
     let device = candle_core::Device::Cpu;
     if file.extension().and_then(|e| e.to_str()) == Some("gguf") {
-        let mut f = std::fs::File::open(file).with_context(|| file.display().to_string())?;
-        let ct = candle_core::quantized::gguf_file::Content::read(&mut f).with_context(|| file.display().to_string())?;
+        let (_, ct) = minigpt4_core::llama::read_gguf(file)?;
         let mut names: Vec<_> = ct.tensor_infos.iter().collect();
         names.sort_by_key(|(n, _)| n.as_str());
         for (name, info) in names {

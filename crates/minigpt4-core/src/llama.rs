@@ -153,7 +153,7 @@ impl LlamaConfig {
         let hidden = int("embedding_length")?;
         let id = |key: &str| md(key).and_then(|v| v.to_u32().ok());
         Ok(Self {
-            vocab_size: embd.shape.dims()[0],
+            vocab_size: *embd.shape.dims().first().ok_or_else(|| Error::Config("GGUF token_embd.weight has no dimensions".into()))?,
             hidden_size: hidden,
             intermediate_size: int("feed_forward_length")?,
             num_hidden_layers: int("block_count")?,
@@ -512,9 +512,7 @@ impl Llama {
     }
 
     fn load_gguf_with(path: &Path, device: &Device, requantize: bool) -> Result<(Self, gguf_file::Content)> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let ct = gguf_file::Content::read(&mut file)
-            .map_err(|e| Error::BadCheckpoint { file: path.display().to_string(), msg: e.to_string() })?;
+        let (mut file, ct) = read_gguf(path)?;
         let cfg = LlamaConfig::from_gguf(&ct)?;
         let hf_to_gguf = ct.tensor_infos.keys().filter_map(|g| names::gguf_to_hf(g).map(|h| (h, g.clone()))).collect();
         let mut src = Source::Gguf { ct: &ct, file: &mut file, path, device, hf_to_gguf, requantize };
@@ -527,7 +525,9 @@ impl Llama {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_kv_heads());
         let embed_tokens = src.embedding(&[cfg.vocab_size, d], dtype)?;
-        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        // Not preallocated: the count comes from the file, and a block that is not there ends the
+        // loop with an error before a lying `block_count` can ask for terabytes.
+        let mut blocks = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
             blocks.push(Block {
@@ -823,3 +823,25 @@ impl crate::generate::Decoder for Llama {
         self.forward_last(embeds, cache)
     }
 }
+
+/// Opens a GGUF file and reads its header. candle's reader panics on some malformed headers
+/// (`general.alignment = 0` divides by zero, absurd counts overflow a capacity); those panics
+/// are turned into an error naming the file, so a hostile file cannot take the process down.
+pub fn read_gguf(path: &Path) -> Result<(std::fs::File, gguf_file::Content)> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::BadCheckpoint { file: path.display().to_string(), msg };
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gguf_file::Content::read(&mut file)));
+    match read {
+        Ok(Ok(ct)) => Ok((file, ct)),
+        Ok(Err(e)) => Err(bad(e.to_string())),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the GGUF reader failed".into());
+            Err(bad(format!("malformed GGUF header ({why})")))
+        }
+    }
+}
+

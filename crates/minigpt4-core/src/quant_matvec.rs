@@ -87,11 +87,13 @@ impl QuantMatvec {
             return None;
         }
         let data = q.data().ok()?;
-        if data.len() != rows * cols / QK * format.block_bytes() {
+        // Checked: a file that lies about its shape must not pass with a product that wrapped.
+        let blocks = rows.checked_mul(cols)? / QK;
+        if Some(data.len()) != blocks.checked_mul(format.block_bytes()) {
             return None;
         }
         let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
-        let mut scales = Vec::with_capacity(rows * cols / QK * format.scales());
+        let mut scales = Vec::with_capacity(blocks * format.scales());
         for block in data.chunks_exact(format.block_bytes()) {
             scales.push(f16_at(block, 0));
             if format == Format::Q4_1 {

@@ -63,3 +63,36 @@ fn out_of_vocabulary_ids_are_errors() {
     let llm = Llama::load(&cfg, &w.pp("")).unwrap();
     assert!(llm.embed(&[1, 512]).is_err());
 }
+
+/// GGUF headers that once crashed the process (`general.alignment = 0` divided by zero inside
+/// candle's reader; a lying `block_count` asked for terabytes) are errors naming the file.
+#[test]
+fn hostile_gguf_headers_are_errors_not_crashes() {
+    use candle_core::quantized::gguf_file;
+    let src = common::fixture("llama/model-f32.gguf");
+    let mut f = std::fs::File::open(&src).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = ct
+        .tensor_infos
+        .keys()
+        .map(|n| (n.clone(), ct.tensor(&mut f, n, &candle_core::Device::Cpu).unwrap()))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("minigpt4-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("alignment.gguf", "general.alignment", gguf_file::Value::U32(0)),
+        ("blocks.gguf", "llama.block_count", gguf_file::Value::U32(u32::MAX)),
+        ("blocks64.gguf", "llama.block_count", gguf_file::Value::U64(1 << 62)),
+    ];
+    for (name, key, value) in cases {
+        let mut md: Vec<(&str, &gguf_file::Value)> =
+            ct.metadata.iter().filter(|(k, _)| k.as_str() != key).map(|(k, v)| (k.as_str(), v)).collect();
+        md.push((key, &value));
+        let ts: Vec<(&str, &candle_core::quantized::QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let path = dir.join(name);
+        gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &md, &ts).unwrap();
+        let err = minigpt4_core::llama::Llama::load_gguf(&path, &candle_core::Device::Cpu).err().expect("a hostile GGUF loaded").to_string();
+        assert!(err.contains(name), "{name}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

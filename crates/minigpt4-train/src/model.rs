@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use minigpt4_core::adapter::Adapter;
 use minigpt4_core::dinov2::Dinov2Config;
@@ -33,8 +32,7 @@ pub fn projection_dims(spec: &ModelSpec) -> Result<(usize, usize)> {
     };
     let llm = &spec.llm.weights;
     let d_llm = if llm.extension().and_then(|e| e.to_str()) == Some("gguf") {
-        let mut f = std::fs::File::open(llm).with_context(|| llm.display().to_string())?;
-        let ct = gguf_file::Content::read(&mut f).with_context(|| llm.display().to_string())?;
+        let (_, ct) = minigpt4_core::llama::read_gguf(llm)?;
         LlamaConfig::from_gguf(&ct)?.hidden_size
     } else {
         let dir = if llm.is_dir() { llm.clone() } else { llm.parent().unwrap_or(Path::new(".")).to_path_buf() };
