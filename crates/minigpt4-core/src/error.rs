@@ -43,3 +43,19 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 }
+
+/// Runs a reader from another crate on a file. candle's GGUF and pickle readers panic on some
+/// malformed input (a zero alignment divides by zero, a short argument tuple indexes past its
+/// end); the panic becomes an error naming the file, so a hostile file cannot take the process
+/// down. (A stack overflow or an allocation failure cannot be caught this way.)
+pub(crate) fn guard_reader<T>(file: &str, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the reader failed".into());
+        Err(Error::BadCheckpoint { file: file.to_string(), msg: format!("malformed file ({why})") })
+    })
+}
+

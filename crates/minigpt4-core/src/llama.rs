@@ -824,24 +824,13 @@ impl crate::generate::Decoder for Llama {
     }
 }
 
-/// Opens a GGUF file and reads its header. candle's reader panics on some malformed headers
-/// (`general.alignment = 0` divides by zero, absurd counts overflow a capacity); those panics
-/// are turned into an error naming the file, so a hostile file cannot take the process down.
+/// Opens a GGUF file and reads its header; a malformed header is an error naming the file, never
+/// a panic (see [`crate::error::guard_reader`]).
 pub fn read_gguf(path: &Path) -> Result<(std::fs::File, gguf_file::Content)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let bad = |msg: String| Error::BadCheckpoint { file: path.display().to_string(), msg };
-    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gguf_file::Content::read(&mut file)));
-    match read {
-        Ok(Ok(ct)) => Ok((file, ct)),
-        Ok(Err(e)) => Err(bad(e.to_string())),
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "the GGUF reader failed".into());
-            Err(bad(format!("malformed GGUF header ({why})")))
-        }
-    }
+    let name = path.display().to_string();
+    let ct = crate::error::guard_reader(&name, || {
+        gguf_file::Content::read(&mut file).map_err(|e| Error::BadCheckpoint { file: name.clone(), msg: e.to_string() })
+    })?;
+    Ok((file, ct))
 }
-

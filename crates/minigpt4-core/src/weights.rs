@@ -107,11 +107,15 @@ impl Weights {
             let tensors = crate::torch_legacy::read(path, device, dtype)?;
             return Ok(Self::new(Store::Memory(tensors), file, device, dtype));
         }
-        let wrapped = PthTensors::new(path, Some("model")).ok().filter(|p| !p.tensor_infos().is_empty());
+        let open = |key| {
+            crate::error::guard_reader(&file, || {
+                PthTensors::new(path, key).map_err(|e| Error::BadCheckpoint { file: file.clone(), msg: e.to_string() })
+            })
+        };
+        let wrapped = open(Some("model")).ok().filter(|p| !p.tensor_infos().is_empty());
         let pth = match wrapped {
             Some(p) => p,
-            None => PthTensors::new(path, None)
-                .map_err(|e| Error::BadCheckpoint { file: file.clone(), msg: e.to_string() })?,
+            None => open(None)?,
         };
         if pth.tensor_infos().is_empty() {
             return Err(Error::BadCheckpoint { file, msg: "no tensors found (not a state dict?)".into() });
