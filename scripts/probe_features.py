@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How far can the tiny default's frozen image features name a held-out tuxpaint stamp?
+"""How far can a model's frozen image features (tiny-dinov2 by default, MODEL= to choose) name a held-out tuxpaint stamp?
 
 A ceiling for any projection, measured without the LLM: each held-out stamp's cached adapter
 tokens (DINOv2-S + merge 4, what the projection sees) are matched to the 867 training stamps, and a
@@ -100,7 +100,7 @@ def main():
             r["image"] = str(data / r["image"])
             r["split"] = "train"
             dst.write(json.dumps(r) + "\n")
-    subprocess.run([os.environ.get("MINIGPT4", "minigpt4"), "train", "--stage", "1", "--model", "tiny",
+    subprocess.run([os.environ.get("MINIGPT4", "minigpt4"), "train", "--stage", "1", "--model", os.environ.get("MODEL", "tiny-dinov2"),
                     "--data", str(everything), "--out", str(probe / "run"), "--cache-dir", str(work / "cache"),
                     "--steps", "1", "--batch", "1", "--quiet", "--resume"], check=True)
     # The fingerprint of the encoder the run used: older fingerprints' folders may hold stale
