@@ -2,9 +2,8 @@
 //! Llama-2's "merge N" (drop CLS, concatenate N consecutive tokens in raster order), or, for a
 //! classifier, "classes": its class probabilities laid out as soft-token slots.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 
-use crate::efficientnet_lite::softmax_at;
 use crate::error::{Error, Result};
 use crate::qformer::QFormer;
 
@@ -55,7 +54,7 @@ pub fn class_slots(logits: &Tensor, slots: usize, temperature: f64) -> Result<Te
             "the classes adapter needs one logits token, slots ≥ 1 and a positive temperature (got {tokens} tokens, {slots} slots, temperature {temperature})"
         )));
     }
-    let p = softmax_at(logits, temperature)?;
+    let p = candle_nn::ops::softmax(&(logits / temperature)?, D::Minus1)?;
     let rows = (0..slots)
         .map(|t| {
             let before = Tensor::zeros((b, 1, t * c), p.dtype(), p.device())?;

@@ -16,11 +16,12 @@
 //! The output is the logits as one token, [B, 1, 1000]: ImageNet class evidence is what makes
 //! this encoder text-aligned (the `classes` adapter turns it into soft tokens).
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::train_ops::slice;
 use crate::weights::Scope;
 
 /// One stage of MBConv blocks, as efficientnet_pytorch's `BlockDecoder` strings
@@ -177,7 +178,7 @@ impl CustomOp3 for DepthwiseOp {
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let (x, w, bias) = (slice(xs, xl, op)?, slice(ws, wl, op)?, slice(bs, bl, op)?);
+        let (x, w, bias) = (slice::<f32>(xs, xl, op)?, slice::<f32>(ws, wl, op)?, slice::<f32>(bs, bl, op)?);
         let &[batch, h, wd, c] = xl.dims() else { bail!("{op}: input {:?} is not [B, H, W, C]", xl.dims()) };
         let (k, s) = (self.kernel, self.stride);
         if w.len() != k * k * c || bias.len() != c {
@@ -211,12 +212,6 @@ impl CustomOp3 for DepthwiseOp {
         });
         Ok((CpuStorage::F32(out), Shape::from_dims(&[batch, oh, ow, c])))
     }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { bail!("{op}: expects f32") };
-    let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: operand {:?} is not contiguous", l.dims()) };
-    Ok(&v[start..end])
 }
 
 /// Inverted residual block (MobileNetV2's MBConv) without squeeze-excitation.
@@ -374,11 +369,6 @@ impl Classifier {
         let image = Tensor::cat(&[&zeros(n, k)?, tokens], 2)?;
         Ok(Tensor::cat(&[&classes, &image], 1)?)
     }
-}
-
-/// Softmax over the last dim at temperature `t` (exposed for the `classes` adapter).
-pub fn softmax_at(logits: &Tensor, t: f64) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax(&(logits / t)?, D::Minus1)?)
 }
 
 #[cfg(test)]

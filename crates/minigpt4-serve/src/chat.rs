@@ -244,7 +244,6 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
     }
 }
 
-/// Prompt tokens that are text, not image: the prompt's token count without images.
 struct ResponseMeta {
     id: String,
     created: u64,

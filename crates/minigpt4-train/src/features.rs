@@ -256,7 +256,7 @@ pub fn extract(
 
     for (i, path) in paths.iter().enumerate() {
         bar.inc(1);
-        let bytes = match read_limited(path, limits) {
+        let bytes = match image::read_file(path, limits) {
             Ok(b) => b,
             Err(e) => {
                 out.skipped.push((path.clone(), format!("{e:#}")));
@@ -295,10 +295,6 @@ pub fn extract(
         }
     }
     Ok(out)
-}
-
-fn read_limited(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
-    Ok(image::read_file(path, limits)?)
 }
 
 /// Features of the training images, in memory when they fit `budget_bytes`, else read from the

@@ -52,7 +52,7 @@ pub fn projection_dims(spec: &ModelSpec) -> Result<(usize, usize)> {
         AdapterKind::Qformer => blip2(spec.adapter.config.as_ref())?.qformer_config.hidden_size,
     };
     let classes = match &spec.classifier {
-        Some(_) => class_slots(spec)?.map_or(0, |(slots, classes)| slots * classes),
+        Some(c) => c.slots * efficientnet_config(c.config.as_ref(), None)?.num_classes,
         None => 0,
     };
     Ok((d_a + classes, d_llm))
