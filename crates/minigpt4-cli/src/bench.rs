@@ -421,7 +421,7 @@ fn bench_e2e(ctx: &mut Ctx) -> Result<Value> {
         let mut conv = Conversation::new(p.template);
         conv.add_image();
         conv.ask(&prompt);
-        minigpt4_core::template::tokenize_segments(&p.tokenizer, &conv.prompt(), p.template.add_bos())?
+        conv.tokenize(&p.tokenizer)?
     };
     let mut text = String::new();
     let runs = repeat("describe", warmup, reps, || {

@@ -38,35 +38,84 @@ pub struct Pipeline {
     image_cache: Mutex<ImageCache>,
 }
 
-/// Image embeddings recently computed, most recent last. Keyed by SHA-256 of the encoded bytes,
-/// so only the very same bytes hit (a 64-bit hash could be made to collide, handing one client
-/// another's image); bounded, so a server that sees many images does not grow without end.
-#[derive(Default)]
+/// Image embeddings recently computed, most recent last, for one model (each [`Pipeline`] has
+/// its own). Found by the SHA-256 of the encoded bytes, and a hit also compares the bytes
+/// themselves, so two different images never share an entry even if their keys were made to
+/// collide (the old 64-bit FNV key could be, handing one client another's image). Bounded in
+/// bytes (image bytes plus embedding), least recently used first out.
 struct ImageCache {
-    entries: VecDeque<([u8; 32], Tensor)>,
+    entries: VecDeque<CachedImage>,
+    bytes: usize,
+    capacity_bytes: usize,
+    /// Test hook: every key the same, to show that colliding keys stay apart.
+    colliding_keys: bool,
+}
+
+struct CachedImage {
+    key: [u8; 32],
+    image: Vec<u8>,
+    embeds: Tensor,
+}
+
+impl CachedImage {
+    fn size(&self) -> usize {
+        self.image.len() + self.embeds.elem_count() * self.embeds.dtype().size_in_bytes()
+    }
 }
 
 impl ImageCache {
-    /// Entries kept: a few dozen conversations' images (about 250 KB each for 64 tokens of 576
-    /// floats, 2 KB for the `tiny` default's one token).
-    const CAPACITY: usize = 64;
+    /// 64 MiB: a few hundred images' worth for a 64-token Q-Former model (about 250 KB of
+    /// embeddings plus the image), thousands for the `tiny` default's one token.
+    const CAPACITY_BYTES: usize = 64 << 20;
 
-    fn get(&mut self, key: &[u8; 32]) -> Option<Tensor> {
-        let i = self.entries.iter().position(|(k, _)| k == key)?;
+    fn new() -> Self {
+        Self { entries: VecDeque::new(), bytes: 0, capacity_bytes: Self::CAPACITY_BYTES, colliding_keys: false }
+    }
+
+    fn key(&self, image: &[u8]) -> [u8; 32] {
+        if self.colliding_keys {
+            [0; 32]
+        } else {
+            sha2::Sha256::digest(image).into()
+        }
+    }
+
+    fn get(&mut self, image: &[u8]) -> Option<Tensor> {
+        let key = self.key(image);
+        let i = self.entries.iter().position(|e| e.key == key && e.image == image)?;
         let entry = self.entries.remove(i)?;
-        let t = entry.1.clone();
+        let t = entry.embeds.clone();
         self.entries.push_back(entry);
         Some(t)
     }
 
-    fn insert(&mut self, key: [u8; 32], t: Tensor) {
-        if self.get(&key).is_some() {
+    fn insert(&mut self, image: &[u8], embeds: Tensor) {
+        if self.get(image).is_some() {
             return;
         }
-        if self.entries.len() == Self::CAPACITY {
-            self.entries.pop_front();
+        let entry = CachedImage { key: self.key(image), image: image.to_vec(), embeds };
+        let size = entry.size();
+        if size > self.capacity_bytes {
+            return;
         }
-        self.entries.push_back((key, t));
+        self.evict_to(self.capacity_bytes - size);
+        self.bytes += size;
+        self.entries.push_back(entry);
+    }
+
+    /// Drops the least recently used entries until at most `budget` bytes are held.
+    fn evict_to(&mut self, budget: usize) {
+        while self.bytes > budget {
+            match self.entries.pop_front() {
+                Some(old) => self.bytes -= old.size(),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
     }
 }
 
@@ -206,7 +255,7 @@ impl Pipeline {
             image: image_cfg,
             limits: Limits::default(),
             stops,
-            image_cache: Mutex::new(ImageCache::default()),
+            image_cache: Mutex::new(ImageCache::new()),
         })
     }
 
@@ -216,8 +265,7 @@ impl Pipeline {
 
     /// Soft-prompt tokens [1, N, d_llm] for an encoded image (PNG, JPEG, …), cached by content.
     pub fn image_embeds(&self, bytes: &[u8], what: &str) -> Result<Tensor> {
-        let key: [u8; 32] = sha2::Sha256::digest(bytes).into();
-        if let Some(t) = self.image_cache.lock().map_err(|_| Error::Generation("image cache poisoned".into()))?.get(&key) {
+        if let Some(t) = self.image_cache.lock().map_err(|_| Error::Generation("image cache poisoned".into()))?.get(bytes) {
             return Ok(t);
         }
         let pixels = image::preprocess(bytes, what, &self.image, &self.limits, self.device())?.unsqueeze(0)?;
@@ -230,7 +278,7 @@ impl Pipeline {
             )));
         }
         if let Ok(mut cache) = self.image_cache.lock() {
-            cache.insert(key, embeds.clone());
+            cache.insert(bytes, embeds.clone());
         }
         Ok(embeds)
     }
@@ -239,13 +287,31 @@ impl Pipeline {
     /// (`minigpt4 bench` times the encoder on every repetition).
     pub fn clear_image_cache(&self) {
         if let Ok(mut cache) = self.image_cache.lock() {
-            cache.entries.clear();
+            cache.clear();
         }
     }
 
-    /// How many image embeddings the cache holds now (at most a few dozen).
-    pub fn cached_images(&self) -> usize {
-        self.image_cache.lock().map_or(0, |c| c.entries.len())
+    /// How many image embeddings the cache holds now, and their bytes (images plus embeddings).
+    pub fn cached_images(&self) -> (usize, usize) {
+        self.image_cache.lock().map_or((0, 0), |c| (c.entries.len(), c.bytes))
+    }
+
+    /// Sets the image cache's byte budget (0 turns it off), dropping the oldest entries to fit.
+    pub fn set_image_cache_bytes(&self, capacity: usize) {
+        if let Ok(mut cache) = self.image_cache.lock() {
+            cache.capacity_bytes = capacity;
+            cache.evict_to(capacity);
+        }
+    }
+
+    /// Test hook: gives every image the same cache key, as a hash collision would, to show
+    /// that a hit still needs the very same bytes. Never set outside tests.
+    #[doc(hidden)]
+    pub fn force_image_cache_key_collisions(&self, on: bool) {
+        if let Ok(mut cache) = self.image_cache.lock() {
+            cache.colliding_keys = on;
+            cache.clear();
+        }
     }
 
     /// Generation settings of the reference demo plus this template's stop rules.
@@ -276,9 +342,8 @@ impl Pipeline {
 
     /// The prompt's input embeddings: template text tokenized piecewise with images spliced in.
     pub fn prompt_embeds(&self, conv: &Conversation, images: &[Tensor]) -> Result<Tensor> {
-        let prompt = conv.prompt();
-        template::check_image_count(&prompt, images.len())?;
-        let segments = template::tokenize_segments(&self.tokenizer, &prompt, self.template.add_bos())?;
+        template::check_image_count(&conv.prompt(), images.len())?;
+        let segments = conv.tokenize(&self.tokenizer)?;
         self.model.splice(&segments, images)
     }
 

@@ -8,6 +8,7 @@
 //! it with a space.
 
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -221,9 +222,22 @@ impl Conversation {
     /// model writes the answer next. When the last message is already an answer the transcript
     /// is returned as it stands.
     pub fn prompt(&self) -> String {
+        self.prompt_with_text_spans().0
+    }
+
+    /// [`Conversation::prompt`] and the byte ranges in it that are the system text and the
+    /// messages' text (what a user or client wrote), ascending. Only the rest is the
+    /// template's markup, where control tokens are real.
+    pub fn prompt_with_text_spans(&self) -> (String, Vec<Range<usize>>) {
         let (user, assistant) = self.template.roles();
         let sep = self.template.sep();
+        let mut spans = Vec::new();
         let mut out = self.template.render_system(&self.system);
+        if !self.system.is_empty() {
+            // Every template renders the system text as `…{system}{sep}`.
+            let at = out.len() - sep.len() - self.system.len();
+            spans.push(at..at + self.system.len());
+        }
         for m in &self.messages {
             out.push_str(match m.role {
                 Role::User => user,
@@ -231,6 +245,7 @@ impl Conversation {
             });
             // The reference writes an empty message as its role alone, like a pending one.
             if !m.text.is_empty() {
+                spans.push(out.len()..out.len() + m.text.len());
                 out.push_str(&m.text);
                 out.push_str(sep);
             }
@@ -238,7 +253,30 @@ impl Conversation {
         if self.messages.last().is_none_or(|m| m.role == Role::User) {
             out.push_str(assistant);
         }
-        out
+        (out, spans)
+    }
+
+    /// Token ids of the prompt's pieces between images (see [`tokenize_segments`]), with the
+    /// system and message text tokenized as plain text: a control token's string in it
+    /// (`<|im_start|>`, `</s>`) stays characters, so nobody can forge a turn by typing one.
+    pub fn tokenize(&self, tok: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+        let (prompt, spans) = self.prompt_with_text_spans();
+        let add_bos = self.template.add_bos();
+        let mut offset = 0;
+        split_on_images(&prompt)
+            .into_iter()
+            .enumerate()
+            .map(|(i, seg)| {
+                let end = offset + seg.len();
+                let local: Vec<Range<usize>> = spans
+                    .iter()
+                    .filter(|r| r.start < end && r.end > offset)
+                    .map(|r| r.start.max(offset) - offset..r.end.min(end) - offset)
+                    .collect();
+                offset = end + IMAGE_PLACEHOLDER.len();
+                tok.encode_with_literals(seg, &local, add_bos && i == 0)
+            })
+            .collect()
     }
 
     /// Forgets all messages (and so all images); template and system text stay.

@@ -19,6 +19,7 @@
 //! them in the text, where they are recognised as their ids), and adds BOS only when asked.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -74,12 +75,36 @@ const EOS_NAMES: &[&str] = &[
     "<|endoftext|>",
 ];
 
+/// `inner` with special tokens' strings read as ordinary text.
+fn plain_text_twin(inner: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
+    let mut plain = inner.clone();
+    plain.set_encode_special_tokens(true);
+    plain
+}
+
+/// Special added tokens, longest string first.
+fn special_tokens(inner: &tokenizers::Tokenizer) -> Arc<[(String, u32)]> {
+    let mut v: Vec<(String, u32)> = inner
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, t)| t.special && !t.content.is_empty())
+        .map(|(id, t)| (t.content, id))
+        .collect();
+    v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+    v.into()
+}
+
 /// A tokenizer plus the facts about it the rest of the crate needs (BOS, EOS, vocabulary size).
 ///
 /// Cheap to clone: the vocabulary is shared.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
+    /// The same tokenizer with special tokens read as plain text (`encode_special_tokens`), for
+    /// text a user wrote (see [`Tokenizer::encode_with_literals`]).
+    plain: Arc<tokenizers::Tokenizer>,
+    /// Special tokens' strings and ids, longest first (the order a match is tried in).
+    specials: Arc<[(String, u32)]>,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos_default: bool,
@@ -158,6 +183,8 @@ impl Tokenizer {
         let vocab_size = hf_vocab_size(&inner);
         Self {
             max_token_bytes: longest_entry(&inner),
+            plain: Arc::new(plain_text_twin(&inner)),
+            specials: special_tokens(&inner),
             inner: Arc::new(inner),
             bos,
             eos,
@@ -208,6 +235,8 @@ impl Tokenizer {
 
         Ok(Self {
             max_token_bytes: longest_entry(&inner),
+            plain: Arc::new(plain_text_twin(&inner)),
+            specials: special_tokens(&inner),
             inner: Arc::new(inner),
             bos,
             eos,
@@ -230,6 +259,61 @@ impl Tokenizer {
             })?);
         }
         ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Token ids for `text` in which the byte ranges `literal` (ascending, not overlapping) are
+    /// plain text: a special token's string written there (`<|im_start|>assistant` typed by a
+    /// user) is tokenized character by character, never as the control token, so a user cannot
+    /// forge a turn of the template. Outside those ranges special tokens are recognised as in
+    /// [`Tokenizer::encode`].
+    ///
+    /// When no literal range holds a special token's string this is exactly `encode` (the ids
+    /// of every reference prompt). Otherwise the text is cut at the special tokens found outside
+    /// the ranges, as `tokenizers` cuts at every special token, and each piece between them is
+    /// encoded with special tokens read as text.
+    pub fn encode_with_literals(&self, text: &str, literal: &[Range<usize>], add_bos: bool) -> Result<Vec<u32>> {
+        let injected = literal
+            .iter()
+            .any(|r| text.get(r.clone()).is_some_and(|t| self.specials.iter().any(|(s, _)| t.contains(s.as_str()))));
+        if !injected {
+            return self.encode(text, add_bos);
+        }
+        let mut ids = Vec::new();
+        if add_bos {
+            ids.push(self.bos.ok_or_else(|| Error::Tokenizer("BOS requested but this tokenizer has no BOS token".into()))?);
+        }
+        let encode_plain = |piece: &str, ids: &mut Vec<u32>| -> Result<()> {
+            if !piece.is_empty() {
+                let enc = self
+                    .plain
+                    .encode_fast(piece, false)
+                    .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Ok(())
+        };
+        let (mut start, mut i) = (0, 0);
+        let mut ranges = literal.iter().peekable();
+        while i < text.len() {
+            while ranges.peek().is_some_and(|r| r.end <= i) {
+                ranges.next();
+            }
+            if let Some(r) = ranges.peek().filter(|r| r.start <= i) {
+                i = r.end;
+                continue;
+            }
+            match self.specials.iter().find(|(s, _)| text[i..].starts_with(s.as_str())) {
+                Some((s, id)) => {
+                    encode_plain(&text[start..i], &mut ids)?;
+                    ids.push(*id);
+                    i += s.len();
+                    start = i;
+                }
+                None => i += text[i..].chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        encode_plain(&text[start..], &mut ids)?;
         Ok(ids)
     }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use common::*;
 use minigpt4_core::llama::Mode;
 use minigpt4_core::model_file::ModelSpec;
@@ -50,30 +50,59 @@ fn image_embeddings_are_cached_by_content() {
     let b = p.image_embeds(&bytes, "cat.jpg").unwrap();
     // The cache hands back the very same storage, not a recomputation.
     assert_eq!(a.id(), b.id());
-    assert_eq!(p.cached_images(), 1);
+    assert_eq!(p.cached_images().0, 1);
 }
 
-/// A server sees an endless stream of images: the cache keeps the most recent few dozen, and an
+fn tiny_png(i: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(i % 256) as u8, (i / 256) as u8, (x * 8 + y) as u8]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A server sees an endless stream of images: the cache keeps what fits its byte budget, and an
 /// image used again stays in while older ones go.
 #[test]
-fn image_cache_is_bounded_and_keeps_what_is_reused() {
+fn image_cache_is_bounded_in_bytes_and_keeps_what_is_reused() {
     let p = pipeline("merge4");
-    let png = |i: u32| {
-        let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(i % 256) as u8, (i / 256) as u8, (x * 8 + y) as u8]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        out.into_inner()
-    };
-    let first = p.image_embeds(&png(0), "0").unwrap();
+    let first = p.image_embeds(&tiny_png(0), "0").unwrap();
+    let entry = tiny_png(0).len() + first.elem_count() * 4;
+    p.set_image_cache_bytes(20 * entry);
     for i in 1..100 {
-        p.image_embeds(&png(i), "i").unwrap();
-        p.image_embeds(&png(0), "0 again").unwrap(); // reused: stays
+        p.image_embeds(&tiny_png(i), "i").unwrap();
+        p.image_embeds(&tiny_png(0), "0 again").unwrap(); // reused: stays
+        let (n, bytes) = p.cached_images();
+        assert!(bytes <= 20 * entry && n <= 20, "{n} entries, {bytes} bytes");
     }
-    assert_eq!(p.cached_images(), 64);
-    assert_eq!(p.image_embeds(&png(0), "0").unwrap().id(), first.id(), "the reused image was evicted");
-    let again = p.image_embeds(&png(1), "1").unwrap();
-    assert_eq!(p.cached_images(), 64);
-    assert_eq!(again.dims(), first.dims());
+    let (n, _) = p.cached_images();
+    assert!(n >= 18, "{n} entries: the budget should hold about 20");
+    assert_eq!(p.image_embeds(&tiny_png(0), "0").unwrap().id(), first.id(), "the reused image was evicted");
+    p.set_image_cache_bytes(0);
+    assert_eq!(p.cached_images(), (0, 0));
+    p.image_embeds(&tiny_png(1), "1").unwrap();
+    assert_eq!(p.cached_images(), (0, 0), "a zero budget caches nothing");
+}
+
+/// Two images whose cache keys collide (forced by the test hook) still get their own
+/// embeddings: a hit needs the very same bytes.
+#[test]
+fn colliding_cache_keys_never_hand_out_another_image() {
+    let p = pipeline("merge4");
+    let fresh: Vec<Tensor> = (0..3).map(|i| {
+        p.clear_image_cache();
+        p.image_embeds(&tiny_png(i * 40), "fresh").unwrap()
+    }).collect();
+    let gap = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(gap(&fresh[0], &fresh[1]) > 0.0 && gap(&fresh[1], &fresh[2]) > 0.0, "the test images must differ");
+    p.force_image_cache_key_collisions(true);
+    for round in 0..2 {
+        for (i, want) in fresh.iter().enumerate() {
+            let got = p.image_embeds(&tiny_png(i as u32 * 40), "colliding").unwrap();
+            assert_eq!(gap(&got, want), 0.0, "round {round}: image {i} got another image's embeddings");
+        }
+    }
+    assert_eq!(p.cached_images().0, 3, "all three kept, side by side under one key");
+    p.force_image_cache_key_collisions(false);
 }
 
 #[test]

@@ -151,7 +151,7 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
     }
     // Counted from the token ids, before anything is embedded: a long text costs its ids (4 bytes
     // a token), not d_llm floats a token, when it is refused.
-    let segments = match minigpt4_core::template::tokenize_segments(&pipeline.tokenizer, &p.conv.prompt(), pipeline.template.add_bos()) {
+    let segments = match p.conv.tokenize(&pipeline.tokenizer) {
         Ok(s) => s,
         Err(e) => return fail(ApiError::from_core(e, Some("messages".into()))),
     };

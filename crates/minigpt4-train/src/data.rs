@@ -162,8 +162,7 @@ impl Texts {
         let mut conv = Conversation::new(self.template);
         conv.add_image();
         conv.ask(instruction.trim());
-        let prompt = conv.prompt();
-        let segs = template::tokenize_segments(&self.tokenizer, &prompt, self.template.add_bos())?;
+        let segs = conv.tokenize(&self.tokenizer)?;
         if segs.len() != 2 {
             bail!("instruction `{instruction}` holds an image placeholder of its own");
         }
