@@ -49,6 +49,16 @@ pub struct ServeArgs {
     /// Seconds running generations may take to finish after SIGINT/SIGTERM before they are cancelled.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace: u64,
+    /// Seconds a connection has to send a request's headers (also how long an idle one stays open).
+    #[arg(long, default_value_t = 15)]
+    pub header_timeout: u64,
+    /// Seconds a request's body has to arrive whole.
+    #[arg(long, default_value_t = 60)]
+    pub body_timeout: u64,
+    /// A web origin (`https://app.example`, or `*`) whose pages may call the API from the
+    /// browser; repeat for several. Without it, POSTs from other origins' pages are refused.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<bool> {
@@ -70,6 +80,9 @@ pub fn run(args: ServeArgs) -> Result<bool> {
         max_tokens: args.max_tokens,
         max_context: args.max_context,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout.max(1)),
+        cors_origins: args.cors_origins.iter().map(|o| o.trim_end_matches('/').to_string()).collect(),
         ..ServeConfig::new(model_id)
     };
     let state = AppState::new(Arc::new(pipeline), config);

@@ -62,17 +62,10 @@ pub async fn chat_completions(
         )
         .code("unsupported_media_type"));
     }
+    // The guard middleware has already read the body within the size limit and the deadline.
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                format!(
-                    "the request body is larger than this server's limit of {} bytes",
-                    state.config.max_body_bytes
-                ),
-            )
-            .code("request_too_large")
+            ApiError::too_large(state.config.max_body_bytes)
         } else {
             ApiError::invalid(format!("could not read the request body: {e}")).code("invalid_body")
         }

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod chat;
 pub mod error;
+mod guard;
 mod page;
 
 use std::future::Future;
@@ -60,6 +61,14 @@ pub struct ServeConfig {
     /// Waits this long before passing on each streamed piece of text: slows generation down
     /// for tests and demos. `None` in normal use.
     pub throttle: Option<Duration>,
+    /// A connection must send a request's headers within this, or it is closed (also an idle
+    /// kept-alive connection waiting for its next request).
+    pub header_timeout: Duration,
+    /// A request's body must arrive whole within this, or it gets 408.
+    pub body_timeout: Duration,
+    /// Web origins (`https://app.example`, or `*`) whose pages may call the API: they get CORS
+    /// headers, and their POSTs are not refused. The chat page served here needs none.
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeConfig {
@@ -76,7 +85,15 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(10),
             retry_after_secs: 1,
             throttle: None,
+            header_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(60),
+            cors_origins: Vec::new(),
         }
+    }
+
+    /// Whether a page from `origin` may call the API (see [`ServeConfig::cors_origins`]).
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.cors_origins.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
     }
 }
 
@@ -189,23 +206,62 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard::guard))
         .with_state(state)
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully (see
 /// [`AppState::begin_shutdown`]) and returns once every connection is closed.
+///
+/// Our own accept loop rather than `axum::serve`, which gives hyper no timer: without one a
+/// connection that never finishes its headers stays open for ever (1,000 of them held 1,000
+/// sockets and tasks past a minute). Here hyper closes it after [`ServeConfig::header_timeout`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(Arc::clone(&state));
-    let st = Arc::clone(&state);
-    let signal = async move {
-        shutdown.await;
-        st.begin_shutdown();
-    };
-    axum::serve(listener, app).with_graceful_shutdown(signal).await
+    // Every connection task holds a receiver; `closed()` resolves when the last one is gone.
+    let (open_tx, open_rx) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, or a connection reset before it was accepted: the
+                // listener is fine, so wait a moment instead of spinning or giving up.
+                Err(e) => {
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let st = Arc::clone(&state);
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(st.config.header_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = st.shutdown_started() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    state.begin_shutdown();
+    drop(open_rx);
+    open_tx.closed().await;
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
