@@ -44,12 +44,17 @@ impl Error {
     }
 }
 
-/// Runs a reader from another crate on a file. candle's GGUF and pickle readers panic on some
-/// malformed input (a zero alignment divides by zero, a short argument tuple indexes past its
-/// end); the panic becomes an error naming the file, so a hostile file cannot take the process
-/// down. (A stack overflow or an allocation failure cannot be caught this way.)
+/// Runs a reader from another crate on a file. candle's GGUF reader panics on some malformed
+/// input (a zero alignment divides by zero), and the zip reader is guarded the same way; the
+/// panic becomes an error naming the file, printed by us alone, so a hostile file cannot take
+/// the process down. (A stack overflow or an allocation failure cannot be caught this way: the
+/// readers' inputs are bounded before them, see `llama::read_gguf` and `torch_pickle`.)
 pub(crate) fn guard_reader<T>(file: &str, read: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+    silence_guarded_panics();
+    let outer = GUARDED.with(|g| g.replace(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    GUARDED.with(|g| g.set(outer));
+    outcome.unwrap_or_else(|panic| {
         let why = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -59,3 +64,22 @@ pub(crate) fn guard_reader<T>(file: &str, read: impl FnOnce() -> Result<T>) -> R
     })
 }
 
+
+thread_local! {
+    /// Set while this thread runs a reader inside [`guard_reader`].
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wraps the panic hook, once, so that a panic inside [`guard_reader`] prints nothing (it becomes
+/// an error message of ours) while panics anywhere else, on any thread, print as before.
+fn silence_guarded_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+}

@@ -20,7 +20,7 @@ pub mod qformer;
 pub mod quant_matvec;
 pub mod template;
 pub mod tokenizer;
-pub mod torch_legacy;
+pub mod torch_pickle;
 mod train_ops;
 pub mod vit_layers;
 mod vit_ops;

@@ -112,6 +112,19 @@ impl LlamaConfig {
         if !self.head_dim().is_multiple_of(2) {
             return Err(Error::Config("RoPE needs an even head_dim".into()));
         }
+        // Sizes from a file are checked before anything is allocated from them: far above every
+        // published LLaMA-family model, far below what would overflow or exhaust memory.
+        for (what, v, max) in [
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_attention_heads", h, 1 << 10),
+            ("head_dim", self.head_dim(), 1 << 12),
+            ("vocab_size", self.vocab_size, 1 << 22),
+        ] {
+            if v == 0 || v > max {
+                return Err(Error::Config(format!("{what} = {v} is out of range (1 to {max})")));
+            }
+        }
         if self.hidden_act != "silu" {
             return Err(Error::Config(format!("hidden_act `{}` is not supported (silu)", self.hidden_act)));
         }
@@ -339,6 +352,9 @@ impl Source<'_> {
                 expected: shape.to_vec(),
                 actual: q.shape().dims().to_vec(),
             });
+        }
+        if !crate::quant_matvec::all_finite_blocks(&q)? {
+            return Err(Error::BadCheckpoint { file: file_name, msg: format!("`{gname}` holds NaN or infinite values") });
         }
         Ok(q)
     }
@@ -779,15 +795,19 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, mode: Mode) -> Result<Tensor> {
 }
 
 /// cos/sin [max_pos, head_dim/2] computed in f32 as transformers does.
+/// Positions the RoPE tables cover at most, whatever context a config claims: 32k positions
+/// cost 16 MB of tables at head_dim 128, and no prompt here comes near (a file claiming a
+/// context of 2^31 asked for 32 GB of tables at load).
+const MAX_ROPE_POSITIONS: usize = 32_768;
+
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
     let inv_freq: Vec<f32> =
         (0..hd).step_by(2).map(|i| 1f32 / (cfg.rope_base() as f32).powf(i as f32 / hd as f32)).collect();
     let n = inv_freq.len();
     let inv_freq = Tensor::from_vec(inv_freq, (1, n), device)?;
-    let positions = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((cfg.max_position_embeddings, 1))?;
+    let n_pos = cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS);
+    let positions = Tensor::arange(0u32, n_pos as u32, device)?.to_dtype(DType::F32)?.reshape((n_pos, 1))?;
     let freqs = positions.matmul(&inv_freq)?;
     Ok((freqs.cos()?, freqs.sin()?))
 }
@@ -832,5 +852,22 @@ pub fn read_gguf(path: &Path) -> Result<(std::fs::File, gguf_file::Content)> {
     let ct = crate::error::guard_reader(&name, || {
         gguf_file::Content::read(&mut file).map_err(|e| Error::BadCheckpoint { file: name.clone(), msg: e.to_string() })
     })?;
+    // candle sizes a tensor's read buffer from its declared dims before reading: a tensor that
+    // claims more bytes than the file has would be an allocation of any size. Checked here, once,
+    // with overflow-checked arithmetic.
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    for (tname, info) in &ct.tensor_infos {
+        let bad = |msg: String| Error::BadCheckpoint { file: name.clone(), msg: format!("tensor `{tname}`: {msg}") };
+        let elems = info.shape.dims().iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let block = info.ggml_dtype.block_size() as u64;
+        let bytes = elems
+            .filter(|e| e % block == 0)
+            .and_then(|e| (e / block).checked_mul(info.ggml_dtype.type_size() as u64))
+            .ok_or_else(|| bad(format!("shape {:?} is not a whole number of {:?} blocks", info.shape.dims(), info.ggml_dtype)))?;
+        let end = ct.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes));
+        if end.is_none_or(|end| end > file_len) {
+            return Err(bad(format!("its {bytes} bytes at offset {} reach past the end of the {file_len}-byte file", info.offset)));
+        }
+    }
     Ok((file, ct))
 }

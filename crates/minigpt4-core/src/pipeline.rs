@@ -237,16 +237,6 @@ impl Pipeline {
         let in_dim = adapter.out_dim(vision_dim) + classifier.as_ref().map_or(0, Classifier::width);
         let proj_w = open_checkpoint(&spec.projection.weights, device, dtype)?;
         let projector = Projector::load(in_dim, llm.hidden_size(), &proj_w.pp("llama_proj"))?;
-        for (name, t) in [("llama_proj.weight", Some(projector.weight())), ("llama_proj.bias", projector.bias())] {
-            if let Some(t) = t {
-                if !all_finite(t)? {
-                    return Err(Error::BadCheckpoint {
-                        file: spec.projection.weights.display().to_string(),
-                        msg: format!("`{name}` holds NaN or infinite values"),
-                    });
-                }
-            }
-        }
         let stops = StopSequences::for_template(spec.template, &tokenizer)?;
         Ok(Self {
             model: MiniGpt4::with_classifier(vision, adapter, classifier, projector, llm)?,
@@ -272,7 +262,7 @@ impl Pipeline {
         let embeds = self.model.encode_image(&pixels)?;
         // Non-finite values would reach the LLM, whose quantized kernels can turn them into
         // finite garbage: an empty or random answer with no error.
-        if !all_finite(&embeds)? {
+        if !crate::weights::all_finite(&embeds)? {
             return Err(Error::Generation(format!(
                 "the image tokens of {what} hold NaN or infinite values: the vision encoder or adapter weights are not finite"
             )));
@@ -370,14 +360,6 @@ impl Pipeline {
         out.text = template::answer_from_output(self.template, &out.text);
         Ok(out)
     }
-}
-
-/// Whether every element of `t` is finite (false for NaN and ±∞).
-fn all_finite(t: &Tensor) -> Result<bool> {
-    let sum = t.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
-    // A sum of absolute values is NaN or ∞ exactly when some element is (or the sum overflows,
-    // which no weight or activation of a working model comes near).
-    Ok(sum.is_finite())
 }
 
 /// An EfficientNet-Lite's shape: its config file (JSON, [`EfficientNetConfig`]) or Lite0's,

@@ -345,6 +345,42 @@ mod avx2 {
     const _: () = assert!(QK == 32, "one block is one 256-bit register of i8");
 }
 
+/// Whether a GGUF tensor's values are all finite, read from its floating-point fields only:
+/// a block's values are integers times its f16/f32 scales (and minimums), so they are finite
+/// exactly when those are. Costs one pass over a few bytes per block instead of a dequantization
+/// (ggml-common.h gives the block layouts). Block types not listed are dequantized and checked.
+pub fn all_finite_blocks(q: &QTensor) -> candle_core::Result<bool> {
+    let f16_at = |b: &[u8], at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).is_finite();
+    let f32_at = |b: &[u8], at: usize| f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]).is_finite();
+    // Offsets in a block of its f16 fields and of its f32 fields.
+    let (halves, floats): (&[usize], &[usize]) = match q.dtype() {
+        GgmlDType::F32 => (&[], &[0]),
+        GgmlDType::F16 => (&[0], &[]),
+        GgmlDType::Q4_0 => (&[0], &[]),
+        GgmlDType::Q4_1 => (&[0, 2], &[]),
+        GgmlDType::Q5_0 => (&[0], &[]),
+        GgmlDType::Q5_1 => (&[0, 2], &[]),
+        GgmlDType::Q8_0 => (&[0], &[]),
+        GgmlDType::Q8_1 => (&[0, 2], &[]),
+        GgmlDType::Q2K => (&[80, 82], &[]),
+        GgmlDType::Q3K => (&[108], &[]),
+        GgmlDType::Q4K => (&[0, 2], &[]),
+        GgmlDType::Q5K => (&[0, 2], &[]),
+        GgmlDType::Q6K => (&[208], &[]),
+        GgmlDType::Q8K => (&[], &[0]),
+        _ => {
+            let sum = q.dequantize(&candle_core::Device::Cpu)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+            return Ok(sum.is_finite());
+        }
+    };
+    let block = q.dtype().type_size();
+    let data = q.data()?;
+    if data.len() % block != 0 {
+        candle_core::bail!("{} bytes are not whole {:?} blocks", data.len(), q.dtype());
+    }
+    Ok(data.chunks_exact(block).all(|b| halves.iter().all(|&at| f16_at(b, at)) && floats.iter().all(|&at| f32_at(b, at))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +447,46 @@ mod tests {
             };
             let (a, b) = (scalar(&data, &mv.scales, &act), dot_fn(mv.format)(&data, &mv.scales, &act));
             assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{dtype:?}: {a} vs {b}");
+        }
+    }
+
+    /// The block layouts `all_finite_blocks` reads match candle's sizes, every listed float
+    /// field is checked (a NaN put there is found), and real quantized data passes.
+    #[test]
+    fn non_finite_block_scales_are_found() {
+        let w = Tensor::from_vec(random(256 * 4, 3), (4, 256), &Device::Cpu).unwrap();
+        let layouts: [(GgmlDType, &[usize], &[usize]); 12] = [
+            (GgmlDType::Q4_0, &[0], &[]),
+            (GgmlDType::Q4_1, &[0, 2], &[]),
+            (GgmlDType::Q5_0, &[0], &[]),
+            (GgmlDType::Q5_1, &[0, 2], &[]),
+            (GgmlDType::Q8_0, &[0], &[]),
+            (GgmlDType::Q2K, &[80, 82], &[]),
+            (GgmlDType::Q3K, &[108], &[]),
+            (GgmlDType::Q4K, &[0, 2], &[]),
+            (GgmlDType::Q5K, &[0, 2], &[]),
+            (GgmlDType::Q6K, &[208], &[]),
+            (GgmlDType::Q8K, &[], &[0]),
+            (GgmlDType::F16, &[0], &[]),
+        ];
+        for (dtype, halves, floats) in layouts {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            assert!(all_finite_blocks(&q).unwrap(), "{dtype:?}");
+            let block = dtype.type_size();
+            let data = q.data().unwrap().into_owned();
+            let poisoned = |at: usize, nan: &[u8]| {
+                let mut d = data.clone();
+                let b = 2 * block; // some block in the middle
+                d[b + at..b + at + nan.len()].copy_from_slice(nan);
+                let shape = q.shape().clone();
+                QTensor::new(candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(d), &Device::Cpu, dtype).unwrap(), shape).unwrap()
+            };
+            for &at in halves {
+                assert!(!all_finite_blocks(&poisoned(at, &half::f16::NAN.to_le_bytes())).unwrap(), "{dtype:?} f16 at {at}");
+            }
+            for &at in floats {
+                assert!(!all_finite_blocks(&poisoned(at, &f32::INFINITY.to_le_bytes())).unwrap(), "{dtype:?} f32 at {at}");
+            }
         }
     }
 

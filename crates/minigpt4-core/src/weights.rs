@@ -1,21 +1,20 @@
 //! Named-tensor sources: safetensors (single or sharded), PyTorch `.pth` zip-pickles, or tensors
 //! already in memory. Every lookup checks the shape and names the tensor and file on failure.
 //!
-//! `.pth` files are read with candle's pickle reader, which interprets the pickle opcodes into
-//! plain data (dicts, lists, tensor records) and never imports or calls anything, so a hostile
-//! checkpoint cannot run code; legacy (pre-zip) `.pth` files with [`crate::torch_legacy`], which
-//! refuses every callable a state dict does not need.
+//! `.pth` files (zip and legacy layouts) are read by [`crate::torch_pickle`], our own restricted
+//! unpickler: it refuses every callable a state dict does not need, so a hostile checkpoint cannot
+//! run code, and bounds everything a hostile file could blow up.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{safetensors::MmapedSafetensors, pickle::PthTensors, DType, Device, Tensor};
+use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
 enum Store {
     Safetensors(MmapedSafetensors),
-    Pth(PthTensors),
+    Pth(crate::torch_pickle::TorchZip),
     Memory(HashMap<String, Tensor>),
 }
 
@@ -96,30 +95,21 @@ impl Weights {
         Self::from_safetensors(&files, device, dtype)
     }
 
-    /// A PyTorch zip-pickle. Training checkpoints wrap the state dict as `{"model": {...}}`;
-    /// both that and a bare state dict are accepted.
+    /// A PyTorch checkpoint (zip or legacy layout). Training checkpoints wrap the state dict as
+    /// `{"model": {...}}` or `{"state_dict": {...}}`; those and a bare state dict are accepted.
     pub fn from_pth(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let mut head = [0u8; 3];
+        let mut head = [0u8; 4];
         let read_head = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head));
-        read_head.map_err(|e| Error::io(path, e))?;
+        let n = read_head.map_err(|e| Error::io(path, e))?;
         let file = path.display().to_string();
-        if crate::torch_legacy::is_legacy(&head) {
-            let tensors = crate::torch_legacy::read(path, device, dtype)?;
+        if crate::torch_pickle::is_legacy(&head[..n]) {
+            let tensors = crate::torch_pickle::read(path, device, dtype)?;
             return Ok(Self::new(Store::Memory(tensors), file, device, dtype));
         }
-        let open = |key| {
-            crate::error::guard_reader(&file, || {
-                PthTensors::new(path, key).map_err(|e| Error::BadCheckpoint { file: file.clone(), msg: e.to_string() })
-            })
-        };
-        let wrapped = open(Some("model")).ok().filter(|p| !p.tensor_infos().is_empty());
-        let pth = match wrapped {
-            Some(p) => p,
-            None => open(None)?,
-        };
-        if pth.tensor_infos().is_empty() {
-            return Err(Error::BadCheckpoint { file, msg: "no tensors found (not a state dict?)".into() });
+        if !crate::torch_pickle::is_zip(&head[..n]) {
+            return Err(Error::BadCheckpoint { file, msg: "neither a zip nor a legacy torch.save file".into() });
         }
+        let pth = crate::torch_pickle::TorchZip::open(path)?;
         Ok(Self::new(Store::Pth(pth), file, device, dtype))
     }
 
@@ -153,7 +143,7 @@ impl Weights {
     fn raw_names(&self) -> Vec<String> {
         match &self.store {
             Store::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
-            Store::Pth(p) => p.tensor_infos().keys().cloned().collect(),
+            Store::Pth(p) => p.names().cloned().collect(),
             Store::Memory(m) => m.keys().cloned().collect(),
         }
     }
@@ -177,7 +167,7 @@ impl Weights {
         let Some(raw) = self.file_name(name) else { return false };
         match &self.store {
             Store::Safetensors(st) => st.get(raw).is_ok(),
-            Store::Pth(p) => p.tensor_infos().contains_key(raw),
+            Store::Pth(p) => p.contains(raw),
             Store::Memory(m) => m.contains_key(raw),
         }
     }
@@ -197,9 +187,14 @@ impl Weights {
                 }
                 st.load(raw, &Device::Cpu).map_err(bad)?
             }
-            Store::Pth(p) => p.get(raw).map_err(bad)?.ok_or_else(missing)?,
+            Store::Pth(p) => p.get(raw)?.ok_or_else(missing)?,
             Store::Memory(m) => m.get(raw).cloned().ok_or_else(missing)?,
         };
+        // A NaN or ∞ in a weight would run silently: the quantized kernels turn it into finite
+        // garbage, and a NaN projection gave an empty answer with exit status 0.
+        if !all_finite(&t)? {
+            return Err(Error::BadCheckpoint { file: self.origin.clone(), msg: format!("`{raw}` holds NaN or infinite values") });
+        }
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
 
@@ -270,4 +265,15 @@ impl<'a> Scope<'a> {
     pub fn layer_norm(&self, dim: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
         Ok(candle_nn::LayerNorm::new(self.get("weight", &[dim])?, self.get("bias", &[dim])?, eps))
     }
+}
+
+/// Whether every element of `t` is finite (false for NaN and ±∞).
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    if !t.dtype().is_float() {
+        return Ok(true);
+    }
+    let sum = t.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+    // A sum of absolute values is NaN or ∞ exactly when some element is (or the sum overflows,
+    // which no weight or activation of a working model comes near).
+    Ok(sum.is_finite())
 }

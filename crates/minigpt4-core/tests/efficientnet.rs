@@ -17,7 +17,7 @@ use minigpt4_core::efficientnet_lite::{Classifier, EfficientNet, EfficientNetCon
 use minigpt4_core::model_file::{minigpt4_home, ModelSpec};
 use minigpt4_core::pipeline::Pipeline;
 use minigpt4_core::template::Conversation;
-use minigpt4_core::torch_legacy;
+use minigpt4_core::torch_pickle;
 use minigpt4_core::weights::Weights;
 
 /// Logits are O(10); the reference runs in float64, we in float32 through 50 layers.
@@ -64,7 +64,7 @@ fn legacy_file(payload: &[u8]) -> Vec<u8> {
 }
 
 fn read_err(bytes: &[u8]) -> String {
-    match torch_legacy::read_bytes(bytes, "hostile.pth", &Device::Cpu, DType::F32) {
+    match torch_pickle::read_bytes(bytes, "hostile.pth", &Device::Cpu, DType::F32) {
         Ok(t) => panic!("read {} tensors from a hostile file", t.len()),
         Err(e) => e.to_string(),
     }

@@ -1,23 +1,35 @@
-//! PyTorch's legacy (pre-1.6, non-zip) `torch.save` format, read without executing anything.
+//! PyTorch checkpoints (`torch.save` state dicts, `.pth`/`.pt`/`.bin`) read by a restricted
+//! pickle machine of our own, in both of torch's layouts, without executing anything.
 //!
-//! The file is five things back to back (torch/serialization.py, `_legacy_save`): a pickled magic
-//! number, a pickled protocol version, a pickled sys-info dict, the pickled object (a state dict
-//! whose tensors are `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, …)` calls and
-//! whose storages are persistent ids `('storage', torch.FloatStorage, key, location, numel)`), a
-//! pickled list of storage keys, and then, for each key in that order, an int64 element count and
-//! the storage's raw little-endian bytes.
+//! - **Zip** (torch ≥ 1.6, torch/serialization.py `_save`): a zip holding `<name>/data.pkl`, the
+//!   pickled state dict, and one entry `<name>/data/<key>` per storage with its raw
+//!   little-endian bytes. Tensors are read from the zip only when asked for, so a 2 GB EVA
+//!   checkpoint is never held twice.
+//! - **Legacy** (pre-1.6, `_legacy_save`): five things back to back: a pickled magic number, a
+//!   pickled protocol version, a pickled sys-info dict, the pickled object, a pickled list of
+//!   storage keys, and then, for each key in that order, an int64 element count and the
+//!   storage's raw bytes.
 //!
-//! candle's pickle reader only knows the zip layout, so this is a small pickle machine of its own.
-//! It is restricted the way `torch.load(weights_only=True)` is: `GLOBAL` may name only the few
-//! constructors a state dict needs, and anything else (`os.system`, `builtins.eval`, …) is refused
-//! before it could be called. Every size read from the file is checked against the bytes that are
-//! left before anything is allocated, and the machine's stack, memo and nesting are bounded, so a
-//! hostile file is an error, never a crash or an allocation bomb.
+//! In both, tensors are `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, …)` calls
+//! and storages are persistent ids `('storage', torch.FloatStorage, key, location, numel)`.
+//!
+//! Why not candle's `pickle.rs`: it panics on short argument tuples, recurses without bound (a
+//! 1 KB file of nested tuples overflowed the stack), copies memo entries (a 416-byte "billion
+//! laughs" file doubled memory 40 times), inflates zip entries without a bound, and silently
+//! drops objects it does not understand. This machine is restricted the way
+//! `torch.load(weights_only=True)` is: `GLOBAL` may name only the few constructors a state dict
+//! needs, and anything else (`os.system`, `builtins.eval`, …) is refused before it could be
+//! called. Every size read from the file is checked against the bytes that are there before
+//! anything is allocated; the stack, memo (shared, never copied) and nesting are bounded; a zip
+//! entry is never inflated past the size its tensor needs. A hostile file is an error, never a
+//! crash or an allocation bomb.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -77,6 +89,8 @@ impl StorageType {
 struct TensorRef {
     key: String,
     kind: StorageType,
+    /// Elements of the whole storage, as its persistent id says.
+    numel: usize,
     offset: usize,
     size: Vec<usize>,
     stride: Vec<usize>,
@@ -94,7 +108,7 @@ enum Value {
     Dict(Rc<Container<(Value, Value)>>),
     Global(&'static str, &'static str),
     StorageClass(StorageType),
-    Storage { key: String, kind: StorageType },
+    Storage { key: String, kind: StorageType, numel: usize },
     Tensor(TensorRef),
     Mark,
 }
@@ -153,11 +167,13 @@ struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     file: &'a str,
+    /// Which pickle this is, for messages: "legacy torch file" or "data.pkl".
+    what: &'static str,
 }
 
 impl<'a> Reader<'a> {
     fn bad(&self, msg: impl Into<String>) -> Error {
-        Error::BadCheckpoint { file: self.file.to_string(), msg: format!("legacy torch file, byte {}: {}", self.pos, msg.into()) }
+        Error::BadCheckpoint { file: self.file.to_string(), msg: format!("{}, byte {}: {}", self.what, self.pos, msg.into()) }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -405,8 +421,9 @@ fn global(r: &Reader, module: &str, name: &str) -> Result<Value> {
 fn storage(r: &Reader, pid: Value) -> Result<Value> {
     let Value::Tuple(t, _) = pid else { return Err(r.bad("persistent id is not a tuple")) };
     match t.as_slice() {
-        [Value::Str(tag), Value::StorageClass(kind), Value::Str(key), _location, _numel, ..] if tag == "storage" => {
-            Ok(Value::Storage { key: key.clone(), kind: *kind })
+        [Value::Str(tag), Value::StorageClass(kind), Value::Str(key), _location, numel, ..] if tag == "storage" => {
+            let numel = numel.as_usize().ok_or_else(|| r.bad("storage with a malformed element count"))?;
+            Ok(Value::Storage { key: key.clone(), kind: *kind, numel })
         }
         _ => Err(r.bad("persistent id is not a ('storage', type, key, location, size) record")),
     }
@@ -418,13 +435,14 @@ fn reduce(r: &Reader, callable: Value, args: Value) -> Result<Value> {
     match (module, name) {
         ("collections", "OrderedDict") if args.is_empty() => Ok(Value::Dict(Rc::default())),
         ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => match args.as_slice() {
-            [Value::Storage { key, kind }, offset, size, stride, ..] => {
+            [Value::Storage { key, kind, numel }, offset, size, stride, ..] => {
                 let bad = || r.bad("tensor record with a malformed offset, size or stride");
                 let (size, stride) = (size.as_usizes().ok_or_else(bad)?, stride.as_usizes().ok_or_else(bad)?);
                 if size.len() != stride.len() {
                     return Err(bad());
                 }
-                Ok(Value::Tensor(TensorRef { key: key.clone(), kind: *kind, offset: offset.as_usize().ok_or_else(bad)?, size, stride }))
+                let offset = offset.as_usize().ok_or_else(bad)?;
+                Ok(Value::Tensor(TensorRef { key: key.clone(), kind: *kind, numel: *numel, offset, size, stride }))
             }
             _ => Err(r.bad("tensor record without a storage")),
         },
@@ -469,7 +487,7 @@ pub fn read(path: &Path, device: &Device, dtype: DType) -> Result<HashMap<String
 }
 
 pub fn read_bytes(data: &[u8], file: &str, device: &Device, dtype: DType) -> Result<HashMap<String, Tensor>> {
-    let mut r = Reader { data, pos: 0, file };
+    let mut r = Reader { data, pos: 0, file, what: "legacy torch file" };
     if !matches!(r.pickle()?, Value::Int(MAGIC)) {
         return Err(r.bad("not a legacy torch file (wrong magic number)"));
     }
@@ -502,11 +520,125 @@ pub fn read_bytes(data: &[u8], file: &str, device: &Device, dtype: DType) -> Res
     let mut out = HashMap::with_capacity(tensors.len());
     for (name, t) in tensors {
         let &(start, count) = storages.get(&t.key).ok_or_else(|| r.bad(format!("`{name}`: storage {} is missing", t.key)))?;
-        let values = gather(&data[start..start + count * t.kind.size()], &t).ok_or_else(|| {
-            r.bad(format!("`{name}`: shape {:?} with stride {:?} at offset {} reaches past its storage of {count}", t.size, t.stride, t.offset))
-        })?;
-        let tensor = Tensor::from_vec(values, t.size.as_slice(), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+        if t.numel != count {
+            return Err(r.bad(format!("`{name}`: storage {} holds {count} elements, its record says {}", t.key, t.numel)));
+        }
+        let tensor = to_tensor(&data[start..start + count * t.kind.size()], &t, &name, file, device, dtype)?;
         out.insert(name, tensor);
+    }
+    Ok(out)
+}
+
+/// The tensor `t` describes, read from its storage's bytes.
+fn to_tensor(storage: &[u8], t: &TensorRef, name: &str, file: &str, device: &Device, dtype: DType) -> Result<Tensor> {
+    let values = gather(storage, t).ok_or_else(|| Error::BadCheckpoint {
+        file: file.to_string(),
+        msg: format!(
+            "`{name}`: shape {:?} with stride {:?} at offset {} reaches past its storage of {} elements",
+            t.size,
+            t.stride,
+            t.offset,
+            storage.len() / t.kind.size()
+        ),
+    })?;
+    Ok(Tensor::from_vec(values, t.size.as_slice(), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?)
+}
+
+/// The most bytes of `data.pkl` read: a state dict's pickle is kilobytes to a few megabytes
+/// (the tensors are in other entries).
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+/// torch stores its entries uncompressed. One deflated by another tool may inflate to at most
+/// this many times its compressed size: float weights never compress that well, a zip bomb
+/// (4 MB inflating to 4 GB) does.
+const MAX_INFLATE_RATIO: u64 = 32;
+
+/// Whether `bytes` start like a zip archive (torch ≥ 1.6 checkpoints).
+pub fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+}
+
+/// A zip-layout torch checkpoint: its state dict parsed at open, each tensor read on request.
+pub struct TorchZip {
+    archive: Mutex<zip::ZipArchive<std::fs::File>>,
+    /// `<name>/`, the folder every entry is in.
+    prefix: String,
+    tensors: HashMap<String, TensorRef>,
+    file: String,
+    file_len: u64,
+}
+
+impl TorchZip {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = path.display().to_string();
+        let bad = |msg: String| Error::BadCheckpoint { file: file.clone(), msg };
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut archive = crate::error::guard_reader(&file, || {
+            zip::ZipArchive::new(f).map_err(|e| bad(format!("not a readable zip archive: {e}")))
+        })?;
+        let pkl = archive
+            .file_names()
+            .filter_map(Result::ok)
+            .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+            .min()
+            .map(|n| n.into_owned())
+            .ok_or_else(|| bad("no <name>/data.pkl entry: not a torch.save checkpoint".into()))?;
+        let prefix = pkl.trim_end_matches("data.pkl").to_string();
+        let data = read_entry(&mut archive, &pkl, MAX_PICKLE_BYTES, &file, file_len)?;
+        let mut r = Reader { data: &data, pos: 0, file: &file, what: "data.pkl" };
+        let root = r.pickle()?;
+        if r.pos != data.len() {
+            return Err(r.bad(format!("{} unexpected bytes after the pickle", data.len() - r.pos)));
+        }
+        let tensors = state_dict(&r, &root)?.into_iter().collect();
+        Ok(Self { archive: Mutex::new(archive), prefix, tensors, file, file_len })
+    }
+
+    /// Names of the state dict's tensors.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// The tensor `name` (f32 on the CPU), or `None` when the state dict has no such name.
+    pub fn get(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some(t) = self.tensors.get(name) else { return Ok(None) };
+        let bad = |msg: String| Error::BadCheckpoint { file: self.file.clone(), msg: format!("`{name}`: {msg}") };
+        let want = t.numel.checked_mul(t.kind.size()).ok_or_else(|| bad("storage size overflows".into()))?;
+        let entry = format!("{}data/{}", self.prefix, t.key);
+        let bytes = {
+            let mut archive = self.archive.lock().map_err(|_| bad("archive lock poisoned".into()))?;
+            read_entry(&mut archive, &entry, want as u64, &self.file, self.file_len)?
+        };
+        if bytes.len() != want {
+            return Err(bad(format!("storage {} holds {} bytes, its record says {} elements of {} bytes", t.key, bytes.len(), t.numel, t.kind.size())));
+        }
+        to_tensor(&bytes, t, name, &self.file, &Device::Cpu, DType::F32).map(Some)
+    }
+}
+
+/// The entry's bytes, at most `limit`; never inflated past its declared size, and a declared
+/// size out of proportion to the compressed bytes (a zip bomb) is refused before reading.
+fn read_entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str, limit: u64, file: &str, file_len: u64) -> Result<Vec<u8>> {
+    let bad = |msg: String| Error::BadCheckpoint { file: file.to_string(), msg: format!("zip entry `{name}`: {msg}") };
+    let entry = archive.by_name(name).map_err(|e| bad(e.to_string()))?;
+    let (size, packed) = (entry.size(), entry.compressed_size());
+    if size > limit {
+        return Err(bad(format!("{size} bytes, more than the {limit} it may hold")));
+    }
+    if packed > file_len {
+        return Err(bad(format!("claims {packed} compressed bytes in a file of {file_len}")));
+    }
+    if entry.compression() != zip::CompressionMethod::Stored && size > packed.saturating_mul(MAX_INFLATE_RATIO).max(4096) {
+        return Err(bad(format!("{packed} compressed bytes inflate to {size}: refused as a zip bomb")));
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    entry.take(size + 1).read_to_end(&mut out).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    if out.len() as u64 != size {
+        return Err(bad(format!("inflates to {} bytes, not the {size} its header declares", out.len())));
     }
     Ok(out)
 }
