@@ -199,3 +199,20 @@ fn hostile_safetensors_and_images_are_errors() {
     let e = minigpt4_core::image::load_rgb(&build::png_claiming(100_000, 100_000), "huge.png", &Default::default()).unwrap_err();
     assert!(t.elapsed() < Duration::from_millis(100) && e.to_string().contains("huge.png"), "{e}");
 }
+
+/// Found by the fuzzer: a GGUF claiming a context of 2^32 − 1 positions made the loader build
+/// RoPE tables for all of them (32 GB; it ran out of memory or for minutes). The tables are
+/// capped now: the file loads at once, and a sequence past the cap is an error.
+#[test]
+fn a_huge_context_length_loads_at_once() {
+    let dir = scratch("context");
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut g = Gguf::tiny_llama(&mut rng, false);
+    g.kvs.retain(|(k, _)| k != "llama.context_length");
+    g.kvs.push(("llama.context_length".into(), GgufValue::U32(u32::MAX)));
+    let p = write(&dir, "context.gguf", &g.encode());
+    let t = Instant::now();
+    let (llm, _) = minigpt4_core::llama::Llama::load_gguf(&p, &Device::Cpu).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(llm.config().max_position_embeddings, u32::MAX as usize);
+}
