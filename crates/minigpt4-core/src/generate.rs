@@ -863,6 +863,24 @@ fn beam_search<D: Decoder>(
     })
 }
 
+/// The decoder of every MiniGPT-4 (the trait lives here, with the generation it serves).
+impl Decoder for minigpt4_models::llama::Llama {
+    type Cache = minigpt4_models::llama::LlamaCache;
+
+    fn new_cache(&self) -> Result<Self::Cache> {
+        Ok(minigpt4_models::llama::Llama::new_cache(self))
+    }
+
+    fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        self.embed(ids)
+    }
+
+    fn forward_embeds(&self, embeds: &Tensor, cache: &mut Self::Cache) -> Result<Tensor> {
+        self.forward_last(embeds, cache)
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,8 +80,8 @@ impl ImageConfig {
     pub const fn efficientnet_lite(size: u32) -> Self {
         Self {
             size,
-            mean: [127.0 / 255.0; 3],
-            std: [128.0 / 255.0; 3],
+            mean: [minigpt4_models::efficientnet_lite::PIXEL_MEAN; 3],
+            std: [minigpt4_models::efficientnet_lite::PIXEL_STD; 3],
         }
     }
 

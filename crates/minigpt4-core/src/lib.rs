@@ -1,29 +1,25 @@
 //! MiniGPT-4 in Rust: a frozen vision encoder and adapter feed one trained linear projection
 //! whose output is a soft prompt for a frozen LLaMA-family decoder.
+//!
+//! This crate is the pipeline on top of the model parts: image preprocessing ([`image`]),
+//! tokenizers ([`tokenizer`]), chat templates and prompt assembly ([`template`]), generation
+//! ([`generate`]), model files and presets ([`model_file`]), fetching the default's parts
+//! ([`fetch`]) and the loaded model that answers ([`pipeline`]).
+//!
+//! Below it (see ARCHITECTURE.md): minigpt4-models (one file per model part), minigpt4-io
+//! (the error type, checkpoint readers, hashing) and minigpt4-ops (the CPU kernels). Their
+//! modules are re-exported here so that a user of the pipeline needs this crate alone.
 
-pub mod adapter;
-pub mod dinov2;
-pub mod efficientnet_lite;
-pub mod error;
-pub mod eva_vit;
 pub mod fetch;
 pub mod generate;
 pub mod image;
-pub mod llama;
-pub mod minigpt4;
 pub mod model_file;
-pub mod names;
-pub mod onnx;
 pub mod pipeline;
-pub mod projector;
-pub mod qformer;
-pub mod quant_matvec;
 pub mod template;
 pub mod tokenizer;
-pub mod torch_pickle;
-mod train_ops;
-pub mod vit_layers;
-mod vit_ops;
-pub mod weights;
+
+pub use minigpt4_io::{error, torch_pickle, weights};
+pub use minigpt4_models::{adapter, dinov2, efficientnet_lite, eva_vit, llama, minigpt4, names, onnx, projector, qformer, vit_layers};
+pub use minigpt4_ops::quant_matvec;
 
 pub use error::{Error, Result};

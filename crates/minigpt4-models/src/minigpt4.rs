@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::Adapter;
 use crate::dinov2::Dinov2;
 use crate::efficientnet_lite::{Classifier, EfficientNet};
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 use crate::eva_vit::{EvaVit, EvaVitConfig};
 use crate::llama::Llama;
 use crate::projector::Projector;
 use crate::qformer::QFormerConfig;
-use crate::weights::Weights;
+use minigpt4_io::weights::Weights;
 
 /// Mirrors the vision/Q-Former part of Hugging Face's `Blip2Config`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

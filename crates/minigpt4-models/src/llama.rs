@@ -16,11 +16,11 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 use crate::names;
-use crate::quant_matvec::QuantMatvec;
-use crate::train_ops;
-use crate::weights::Scope;
+use minigpt4_ops::quant_matvec::QuantMatvec;
+use minigpt4_ops::train_ops;
+use minigpt4_io::weights::Scope;
 
 /// Mirrors the fields of a Hugging Face `LlamaConfig` (`config.json`) that inference needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -225,7 +225,7 @@ impl Weight {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match self {
             Weight::Dense(l) if mode == Mode::Differentiable && x.device().is_cpu() => {
-                Ok(x.contiguous()?.apply_op1(FrozenMatmul { wt: l.weight().t()? })?)
+                Ok(train_ops::frozen_matmul(x, l.weight())?)
             }
             Weight::Dense(l) => Ok(l.forward(x)?),
             Weight::Quantized(_) | Weight::Native(_) if mode == Mode::Differentiable => Err(Error::Config(
@@ -280,48 +280,6 @@ impl Weight {
     }
 }
 
-/// `x · wᵀ` for a frozen `w`. candle's matmul backward always computes the gradient of both
-/// operands; for a frozen weight that is a weight-sized matmul and tensor per layer thrown away
-/// (about a third of a training step, and 28 GB for a 7B model). This op's backward only gives
-/// the input's gradient.
-struct FrozenMatmul {
-    /// wᵀ as a strided view [in, out].
-    wt: Tensor,
-}
-
-impl candle_core::CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (k, n) = self.wt.dims2()?;
-        let dims = layout.dims();
-        if dims.last() != Some(&k) || !layout.is_contiguous() {
-            candle_core::bail!("frozen-matmul: input {dims:?} is not a contiguous [.., {k}]");
-        }
-        let m = layout.shape().elem_count() / k;
-        let rows = candle_core::Layout::contiguous_with_offset((m, k), layout.start_offset());
-        let (w, wl) = self.wt.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*w else {
-            candle_core::bail!("frozen-matmul: weight is not on the CPU")
-        };
-        let out = x.matmul(w, (1, m, n, k), &rows, wl)?;
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank checked above") = n;
-        Ok((out, shape.into()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.broadcast_matmul(&self.wt.t()?)?))
-    }
-}
-
 /// Where the decoder's tensors come from; both sides answer in Hugging Face names.
 enum Source<'a> {
     Hf(&'a Scope<'a>),
@@ -353,7 +311,7 @@ impl Source<'_> {
                 actual: q.shape().dims().to_vec(),
             });
         }
-        if !crate::quant_matvec::all_finite_blocks(&q)? {
+        if !minigpt4_ops::quant_matvec::all_finite_blocks(&q)? {
             return Err(Error::BadCheckpoint { file: file_name, msg: format!("`{gname}` holds NaN or infinite values") });
         }
         Ok(q)
@@ -697,7 +655,7 @@ impl Llama {
         let sin = self.sin.narrow(0, pos, t)?;
         // Training's softmax (`train_ops::causal_softmax`) masks by itself.
         let mask = if t > 1 && mode == Mode::Inference {
-            Some(causal_mask(t, pos, &self.device, self.dtype)?)
+            Some(train_ops::causal_mask(t, pos, &self.device, self.dtype)?)
         } else {
             None
         };
@@ -812,14 +770,6 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((freqs.cos()?, freqs.sin()?))
 }
 
-/// Additive mask [t, pos + t]: query i (at absolute position pos + i) sees keys 0..=pos + i.
-pub(crate) fn causal_mask(t: usize, pos: usize, device: &Device, dtype: DType) -> Result<Tensor> {
-    let total = pos + t;
-    let mask: Vec<f32> =
-        (0..t).flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Ok(Tensor::from_vec(mask, (t, total), device)?.to_dtype(dtype)?)
-}
-
 fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
     if n == 1 {
         return Ok(x);
@@ -828,28 +778,12 @@ fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
     Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n, t, hd))?.reshape((b, kv * n, t, hd))?)
 }
 
-impl crate::generate::Decoder for Llama {
-    type Cache = LlamaCache;
-
-    fn new_cache(&self) -> Result<LlamaCache> {
-        Ok(Llama::new_cache(self))
-    }
-
-    fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
-        self.embed(ids)
-    }
-
-    fn forward_embeds(&self, embeds: &Tensor, cache: &mut LlamaCache) -> Result<Tensor> {
-        self.forward_last(embeds, cache)
-    }
-}
-
 /// Opens a GGUF file and reads its header; a malformed header is an error naming the file, never
-/// a panic (see [`crate::error::guard_reader`]).
+/// a panic (see [`minigpt4_io::error::guard_reader`]).
 pub fn read_gguf(path: &Path) -> Result<(std::fs::File, gguf_file::Content)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let name = path.display().to_string();
-    let ct = crate::error::guard_reader(&name, || {
+    let ct = minigpt4_io::error::guard_reader(&name, || {
         gguf_file::Content::read(&mut file).map_err(|e| Error::BadCheckpoint { file: name.clone(), msg: e.to_string() })
     })?;
     // candle sizes a tensor's read buffer from its declared dims before reading: a tensor that

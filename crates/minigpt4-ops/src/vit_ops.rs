@@ -13,17 +13,17 @@
 //! Only f32 on the CPU is fused; other devices and dtypes get candle's composite forms, so the
 //! same call is correct everywhere. No backward pass: the vision encoder is frozen.
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::train_ops::slice;
-use crate::vit_layers::multi_head_attention;
-use crate::Result;
+use crate::cpu::{fused_f32 as fused, slice};
+
+type Result<T> = candle_core::Result<T>;
 
 /// What a [`Dense`] layer does to `x·W + b` before returning it.
 #[derive(Clone, Copy)]
-pub(crate) enum Epilogue<'a> {
+pub enum Epilogue<'a> {
     None,
     /// `gelu(y)` with the exact erf.
     Gelu,
@@ -33,7 +33,7 @@ pub(crate) enum Epilogue<'a> {
 
 /// A linear layer stored as `W` [in, out] (transposed once at load, so the gemm reads it row
 /// by row) and `b` [out].
-pub(crate) struct Dense {
+pub struct Dense {
     w: Tensor,
     b: Tensor,
 }
@@ -65,24 +65,21 @@ impl Dense {
             _ => None,
         };
         let op = DenseOp { w: &self.w, b: &self.b, gelu: matches!(epilogue, Epilogue::Gelu), residual: residual.as_ref() };
-        Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+        x.contiguous()?.apply_op1_no_bwd(&op)
     }
 }
 
 /// Scaled dot-product attention over `heads` heads of a packed projection `qkv` [B, N, 3·D]
 /// (q, k, v side by side in the last dim) → [B, N, D]; scores are `q·kᵀ / √(D/heads)`.
-pub(crate) fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     let d = qkv.dim(2)? / 3;
     if !fused(qkv) {
         let part = |i: usize| qkv.narrow(2, i * d, d);
         return multi_head_attention(&part(0)?, &part(1)?, &part(2)?, heads);
     }
-    Ok(qkv.contiguous()?.apply_op1_no_bwd(&AttentionOp { heads })?)
+    qkv.contiguous()?.apply_op1_no_bwd(&AttentionOp { heads })
 }
 
-fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
-}
 
 /// A contiguous CPU f32 tensor's elements, read under `guard` (from `storage_and_layout`).
 fn held<'a>(guard: &'a Storage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -392,13 +389,28 @@ dispatch!(
     fn softmax_rows(x: &mut [f32], n: usize) => softmax_kernel
 );
 
+/// Scaled dot-product attention with heads split from and merged back into the last dim:
+/// q [B, N, D], k and v [B, M, D] → [B, N, D]; scores are `q·kᵀ / √(D/heads)`.
+pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, d) = q.dims3()?;
+    let m = k.dim(1)?;
+    let hd = d / heads;
+    let split = |t: &Tensor, len: usize| -> Result<Tensor> {
+        t.reshape((b, len, heads, hd))?.transpose(1, 2)?.contiguous()
+    };
+    let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
+    let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+    let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+    ctx.transpose(1, 2)?.reshape((b, n, d))
+}
+
 #[cfg(test)]
 mod tests {
     //! Each fused op against candle's composite form on random inputs (max |fused − composite|
     //! over max |composite|), and the erf/exp approximations against f64 references.
 
     use super::*;
-    use candle_core::{Device, D};
+    use candle_core::{DType, Device, D};
 
     fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -9,9 +9,9 @@ use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 use crate::vit_layers::{multi_head_attention, PatchEmbed, VitEmbeddings};
-use crate::weights::Scope;
+use minigpt4_io::weights::Scope;
 
 /// Mirrors Hugging Face's `Blip2VisionConfig` (defaults: EVA ViT-g/14 at 224 px, 39 blocks).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

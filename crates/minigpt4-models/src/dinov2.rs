@@ -10,11 +10,11 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::LayerNorm;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 use crate::eva_vit::interpolate_pos_embed;
 use crate::vit_layers::{PatchEmbed, VitEmbeddings};
-use crate::vit_ops::{attention, Dense, Epilogue};
-use crate::weights::Scope;
+use minigpt4_ops::vit_ops::{attention, Dense, Epilogue};
+use minigpt4_io::weights::Scope;
 
 /// Mirrors Hugging Face's `Dinov2Config`. The defaults are DINOv2-S/14 as published
 /// (`facebook/dinov2-small`: 384 wide, 12 layers, 6 heads, pos-embed for 518 px = 37×37), not
@@ -127,7 +127,7 @@ impl Block {
     fn load(cfg: &Dinov2Config, w: &Scope) -> Result<Self> {
         let (d, eps, ff) = (cfg.hidden_size, cfg.layer_norm_eps, cfg.intermediate_size());
         let dense = |s: Scope, n_in: usize, n_out: usize, scale: Option<&Tensor>| -> Result<Dense> {
-            Dense::new(&s.get("weight", &[n_out, n_in])?, &s.get("bias", &[n_out])?, scale)
+            Ok(Dense::new(&s.get("weight", &[n_out, n_in])?, &s.get("bias", &[n_out])?, scale)?)
         };
         let a = w.pp("attention.attention");
         let (mut ws, mut bs) = (Vec::new(), Vec::new());
@@ -156,7 +156,7 @@ impl Block {
         let h = attention(&self.qkv.forward(&self.norm1.forward(x)?, Epilogue::None)?, self.heads)?;
         let x = self.out.forward(&h, Epilogue::Residual(x))?;
         let h = self.fc1.forward(&self.norm2.forward(&x)?, Epilogue::Gelu)?;
-        self.fc2.forward(&h, Epilogue::Residual(&x))
+        Ok(self.fc2.forward(&h, Epilogue::Residual(&x))?)
     }
 }
 

@@ -268,7 +268,7 @@ impl<'a> Scope<'a> {
 }
 
 /// Whether every element of `t` is finite (false for NaN and ±∞).
-pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+pub fn all_finite(t: &Tensor) -> Result<bool> {
     if !t.dtype().is_float() {
         return Ok(true);
     }

@@ -16,13 +16,17 @@
 //! The output is the logits as one token, [B, 1, 1000]: ImageNet class evidence is what makes
 //! this encoder text-aligned (the `classes` adapter turns it into soft tokens).
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
+use candle_core::{DType, Tensor};
+use minigpt4_ops::conv_ops::{self, same_padding};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::train_ops::slice;
-use crate::weights::Scope;
+use crate::{Error, Result};
+
+/// EfficientNet-Lite's input normalisation, `(x − 127) / 128` on 0–255 pixels, as a mean and
+/// standard deviation of 0–1 pixels (the same for every channel; efficientnet_lite_pytorch).
+pub const PIXEL_MEAN: f32 = 127.0 / 255.0;
+pub const PIXEL_STD: f32 = 128.0 / 255.0;
+use minigpt4_io::weights::Scope;
 
 /// One stage of MBConv blocks, as efficientnet_pytorch's `BlockDecoder` strings
 /// (`r2_k5_s22_e6_i24_o40`: 2 repeats, kernel 5, stride 2, expansion 6, 24 → 40 channels).
@@ -77,13 +81,6 @@ impl Default for EfficientNetConfig {
             batch_norm_eps: 1e-3,
         }
     }
-}
-
-/// TensorFlow "same" padding along one axis: (before, after) so that the output is ⌈in/stride⌉.
-fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let out = input.div_ceil(stride);
-    let total = ((out - 1) * stride + kernel).saturating_sub(input);
-    (total / 2, total - total / 2)
 }
 
 /// A conv's weight [out, in/groups, k, k] with the following batch norm folded in:
@@ -141,8 +138,7 @@ impl Depthwise {
     /// [B, H, W, C] → [B, ⌈H/s⌉, ⌈W/s⌉, C], ReLU6 applied.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = DepthwiseOp { kernel: self.kernel, stride: self.stride };
-            return Ok(x.contiguous()?.apply_op3_no_bwd(&self.w_hwc, &self.b, &op)?);
+            return Ok(conv_ops::depthwise_conv_relu6(x, &self.w_hwc, &self.b, self.kernel, self.stride)?);
         }
         self.forward_grouped(x)
     }
@@ -155,62 +151,6 @@ impl Depthwise {
         let x = x.permute((0, 3, 1, 2))?.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
         let y = x.conv2d(&self.w_oihw, 0, self.stride, 1, c)?.broadcast_add(&self.b.reshape((1, c, 1, 1))?)?;
         relu6(&y.permute((0, 2, 3, 1))?.contiguous()?)
-    }
-}
-
-struct DepthwiseOp {
-    kernel: usize,
-    stride: usize,
-}
-
-impl CustomOp3 for DepthwiseOp {
-    fn name(&self) -> &'static str {
-        "depthwise-conv-relu6"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let (x, w, bias) = (slice::<f32>(xs, xl, op)?, slice::<f32>(ws, wl, op)?, slice::<f32>(bs, bl, op)?);
-        let &[batch, h, wd, c] = xl.dims() else { bail!("{op}: input {:?} is not [B, H, W, C]", xl.dims()) };
-        let (k, s) = (self.kernel, self.stride);
-        if w.len() != k * k * c || bias.len() != c {
-            bail!("{op}: weights do not match {c} channels and a {k}×{k} kernel");
-        }
-        let (top, _) = same_padding(h, k, s);
-        let (left, _) = same_padding(wd, k, s);
-        let (oh, ow) = (h.div_ceil(s), wd.div_ceil(s));
-        let mut out = vec![0f32; batch * oh * ow * c];
-        // One output row per task: each reads k input rows and writes ow·C contiguous values.
-        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
-            let (n, oy) = (row / oh, row % oh);
-            for ox in 0..ow {
-                let acc = &mut dst[ox * c..(ox + 1) * c];
-                acc.copy_from_slice(bias);
-                for ky in 0..k {
-                    let Some(iy) = (oy * s + ky).checked_sub(top).filter(|&iy| iy < h) else { continue };
-                    for kx in 0..k {
-                        let Some(ix) = (ox * s + kx).checked_sub(left).filter(|&ix| ix < wd) else { continue };
-                        let src = &x[((n * h + iy) * wd + ix) * c..][..c];
-                        let tap = &w[(ky * k + kx) * c..][..c];
-                        for ((a, &v), &t) in acc.iter_mut().zip(src).zip(tap) {
-                            *a += v * t;
-                        }
-                    }
-                }
-                for a in acc.iter_mut() {
-                    *a = a.clamp(0.0, 6.0);
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from_dims(&[batch, oh, ow, c])))
     }
 }
 
@@ -330,9 +270,8 @@ impl Classifier {
     /// `pixels_mean`/`pixels_std`: the normalisation of the pixels it will be given (the main
     /// encoder's); they are mapped to EfficientNet-Lite's `(x − 127) / 128` on the way in.
     pub fn new(net: EfficientNet, slots: usize, temperature: f64, pixels_mean: [f32; 3], pixels_std: [f32; 3]) -> Result<Self> {
-        let own = crate::image::ImageConfig::efficientnet_lite(0);
-        let scale: Vec<f32> = (0..3).map(|c| pixels_std[c] / own.std[c]).collect();
-        let shift: Vec<f32> = (0..3).map(|c| (pixels_mean[c] - own.mean[c]) / own.std[c]).collect();
+        let scale: Vec<f32> = (0..3).map(|c| pixels_std[c] / PIXEL_STD).collect();
+        let shift: Vec<f32> = (0..3).map(|c| (pixels_mean[c] - PIXEL_MEAN) / PIXEL_STD).collect();
         let dev = net.fc_w.device().clone();
         Ok(Self {
             scale: Tensor::from_vec(scale, (1, 3, 1, 1), &dev)?.to_dtype(net.fc_w.dtype())?,

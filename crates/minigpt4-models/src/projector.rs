@@ -4,8 +4,8 @@
 use candle_core::{Module, Tensor};
 use candle_nn::Linear;
 
-use crate::error::{Error, Result};
-use crate::weights::Scope;
+use crate::{Error, Result};
+use minigpt4_io::weights::Scope;
 
 pub struct Projector {
     linear: Linear,

@@ -1,0 +1,9 @@
+//! The plumbing under the model parts: the library's error type (which says whose fault a
+//! failure is), named-tensor sources read from checkpoints (safetensors, torch `.pth` through our
+//! own restricted unpickler), content hashes and atomic writes.
+
+pub mod error;
+pub mod torch_pickle;
+pub mod weights;
+
+pub use error::{Error, Result};
