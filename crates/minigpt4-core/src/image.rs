@@ -1,4 +1,5 @@
-//! Image loading and preprocessing (DESIGN §1.2).
+//! Image loading and preprocessing, as MiniGPT-4's `Blip2ImageEvalProcessor` (LAVIS
+//! `lavis/processors/blip_processors.py`: Pillow bicubic resize, CLIP mean/std) does it.
 //!
 //! The reference pipeline is Python: `PIL.Image.open(f).convert("RGB")`, then torchvision
 //! `Resize((S, S), InterpolationMode.BICUBIC)`, `ToTensor()`, `Normalize(mean, std)`. Vision
@@ -18,8 +19,8 @@
 //!   on ~12% of samples of a photo). CMYK/YCCK JPEGs, which libjpeg does not turn into RGB,
 //!   still go through zune-jpeg.
 //! * **Colour conversion** follows `convert("RGB")` except for transparency. Pillow drops alpha
-//!   (transparent pixels show whatever colour they happen to store); DESIGN asks for alpha
-//!   composited on white, which is what a person sees in a viewer. We use integer math,
+//!   (transparent pixels show whatever colour they happen to store); we composite alpha
+//!   on white, which is what a person sees in a viewer. We use integer math,
 //!   `(c*a + 255*(255-a) + 127) / 255`, so results are exact and platform independent. This also
 //!   applies to palette / colour-key (`tRNS`) transparency, which Pillow ignores in `convert`.
 //!   16-bit data is reduced like Pillow: RGB(A)/LA take the high byte, 16-bit greyscale is
@@ -338,18 +339,6 @@ pub fn preprocess(
     to_tensor(&img, cfg, device)
 }
 
-/// 64-bit FNV-1a of the encoded bytes (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
-/// Stable across platforms and releases, so it can key an on-disk embedding cache. It is not
-/// collision resistant against an adversary: a cache shared between untrusted users should also
-/// compare the byte length or the bytes themselves.
-pub fn content_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
 
 // ---------------------------------------------------------------------------------------------
 // Decoding helpers
@@ -837,13 +826,6 @@ fn resample_columns(rows: &[u8], width: usize, row_offset: usize, c: &Coeffs) ->
 mod tests {
     use super::*;
 
-    #[test]
-    fn fnv1a_reference_values() {
-        // Published FNV-1a 64 test vectors.
-        assert_eq!(content_hash(b""), 0xcbf29ce484222325);
-        assert_eq!(content_hash(b"a"), 0xaf63dc4c8601ec8c);
-        assert_eq!(content_hash(b"foobar"), 0x85944171f73967e8);
-    }
 
     #[test]
     fn coefficients_sum_to_one_in_fixed_point() {

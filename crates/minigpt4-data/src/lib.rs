@@ -94,20 +94,8 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 /// A progress callback that does nothing (tests, library callers).
 pub fn no_progress(_: u64, _: u64) {}
 
-/// `$MINIGPT4_HOME`, else `$XDG_CACHE_HOME/minigpt4`, else `~/.cache/minigpt4`: the rule of
-/// `minigpt4_core::model_file::minigpt4_home`, which the CLI uses; tests here only need it to find
-/// already fetched sources, and this crate stays independent of core.
 #[cfg(test)]
-fn minigpt4_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("MINIGPT4_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(x).join("minigpt4");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("minigpt4")
-}
+use minigpt4_io::files::minigpt4_home;
 
 /// Where the packages of one source are kept: `$MINIGPT4_HOME/data/<source>/`.
 pub fn source_dir(home: &Path, source: &str) -> PathBuf {

@@ -1,4 +1,4 @@
-//! DINOv2 ViT (DESIGN §1.5), the vision encoder of the built-in default model, with Hugging Face
+//! DINOv2 ViT (Oquab et al., arXiv 2304.07193; transformers `modeling_dinov2.py`), the vision encoder of the built-in default model, with Hugging Face
 //! `Dinov2Model` tensor names (what [`crate::onnx::convert_dinov2_onnx`] writes).
 //!
 //! Patch embedding (Conv k=p s=p), CLS token, learned position embeddings stored for a g×g grid

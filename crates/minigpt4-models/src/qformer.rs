@@ -1,4 +1,4 @@
-//! The query branch of BLIP-2's Q-Former (DESIGN §1.4): learned query tokens attend to
+//! The query branch of BLIP-2's Q-Former (Li et al., arXiv 2301.12597; transformers `Blip2QFormerModel`): learned query tokens attend to
 //! themselves and, every `cross_attention_frequency` layers, to the image tokens. Post-norm
 //! BERT layers with Hugging Face `Blip2QFormer*` tensor names. The text branch is never run.
 

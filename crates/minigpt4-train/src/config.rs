@@ -1,4 +1,4 @@
-//! Training settings: the flags a user gives, the stage defaults that fill the rest (DESIGN §4),
+//! Training settings: the flags a user gives, the stage defaults that fill the rest,
 //! and the check that a resumed run keeps every setting that changes its result.
 
 use std::path::PathBuf;
@@ -119,7 +119,7 @@ fn absolute(p: &PathBuf) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
 }
 
-/// Stage defaults (DESIGN §4 and the MiniGPT-4 configs):
+/// Stage defaults (MiniGPT-4's `train_configs/minigpt4_stage{1,2}_pretrain.yaml`, scaled to a CPU):
 ///
 /// | | stage 1 | stage 2 |
 /// |---|---|---|

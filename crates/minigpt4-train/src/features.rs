@@ -4,7 +4,7 @@
 //! Layout: `<cache>/features/<encoder fingerprint>/<image key>.safetensors`, one file per image
 //! holding the tensor `features` and the metadata `format`, `fingerprint`, `source`.
 //!
-//! * The **image key** is `<FNV-1a-64 of the encoded bytes, 16 hex>-<byte length, hex>`: the same
+//! * The **image key** is `<SHA-256 of the encoded bytes, first 16 hex>-<byte length, hex>`: the
 //!   content hash the pipeline's in-memory cache uses, so a renamed or copied image is found
 //!   again and an edited one is not.
 //! * The **encoder fingerprint** is a 128-bit digest of everything the features depend on: the
@@ -110,7 +110,8 @@ pub fn encoder_fingerprint(spec: &ModelSpec, image: &ImageConfig) -> Result<Stri
 
 /// The cache key of an encoded image.
 pub fn image_key(bytes: &[u8]) -> String {
-    format!("{:016x}-{:x}", image::content_hash(bytes), bytes.len())
+    let sha = minigpt4_io::files::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes)[..8]);
+    format!("{sha}-{:x}", bytes.len())
 }
 
 pub struct FeatureCache {
@@ -331,5 +332,18 @@ impl FeatureStore {
             Some(m) => Ok(m[i].clone()),
             None => self.cache.load(&self.keys[i], &self.device),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key is part of on-disk caches: it must never change for the same bytes.
+    #[test]
+    fn image_keys_are_stable() {
+        assert_eq!(image_key(b""), "e3b0c44298fc1c14-0");
+        assert_eq!(image_key(b"abc"), "ba7816bf8f01cfea-3");
+        assert_ne!(image_key(b"abd"), image_key(b"abc"));
     }
 }

@@ -1,4 +1,4 @@
-//! Training of MiniGPT-4's projection (`llama_proj`, DESIGN §4): the vision encoder, adapter
+//! Training of MiniGPT-4's projection (`llama_proj`; Zhu et al., arXiv 2304.10592, §3): the vision encoder, adapter
 //! and LLM stay frozen; their image features are computed once and cached on disk; stage 1
 //! aligns on image–caption pairs, stage 2 tunes on instructions in the model's template.
 //!
