@@ -327,7 +327,8 @@ pub fn run(args: BenchArgs) -> Result<bool> {
 
 fn bench_llm(ctx: &mut Ctx) -> Result<Value> {
     let (warmup, reps) = (ctx.args.warmup, ctx.args.reps);
-    let (prefill_lens, decode_prompt, decode_tokens) = (ctx.args.prefill.clone(), ctx.args.decode_prompt, ctx.args.decode_tokens);
+    let (prefill_lens, decode_prompt, decode_tokens) =
+        (ctx.args.prefill.clone(), ctx.args.decode_prompt, ctx.args.decode_tokens);
     eprintln!("[llm] prefill {prefill_lens:?} tokens, decode {decode_tokens} tokens after {decode_prompt}");
     ctx.load()?;
     let p = ctx.pipeline.as_ref().expect("loaded");
@@ -486,7 +487,8 @@ fn bench_train(ctx: &mut Ctx) -> Result<Value> {
     let (_, n_img, d_a) = feat.dims3()?;
     let feats = Tensor::cat(&vec![feat; batch], 0)?;
 
-    let texts = Texts::new(Stage::Two, frozen.tokenizer.clone(), frozen.template, frozen.bos(), usize::MAX, usize::MAX)?;
+    let texts =
+        Texts::new(Stage::Two, frozen.tokenizer.clone(), frozen.template, frozen.bos(), usize::MAX, usize::MAX)?;
     let description = "The image shows a busy street market on a sunny afternoon. Wooden stalls covered with striped \
         awnings sell fruit, vegetables, flowers and spices, and shoppers carry baskets between them. In the \
         foreground a vendor in a blue apron weighs oranges on an old brass scale while a child watches. Behind \
@@ -504,7 +506,12 @@ fn bench_train(ctx: &mut Ctx) -> Result<Value> {
         if want > target_all.len() {
             bail!("--train-positions {positions} is longer than the benchmark's description allows");
         }
-        seqs.push(Sequence { image: 0, before: segs[0].clone(), after: segs[1].clone(), target: target_all[..want].to_vec() });
+        seqs.push(Sequence {
+            image: 0,
+            before: segs[0].clone(),
+            after: segs[1].clone(),
+            target: target_all[..want].to_vec(),
+        });
     }
     // The load's own peak (the vision encoder ran once), then the training steps' own.
     let load_peak = peak_rss();
@@ -512,7 +519,10 @@ fn bench_train(ctx: &mut Ctx) -> Result<Value> {
     let steps_reset = rss_reset && reset_peak_rss();
     let weight = Var::from_tensor(&w0)?;
     let bias = Var::from_tensor(&b0)?;
-    let mut opt = AdamW::new(AdamWConfig::default(), vec![("weight".into(), weight.clone(), true), ("bias".into(), bias.clone(), false)])?;
+    let mut opt = AdamW::new(
+        AdamWConfig::default(),
+        vec![("weight".into(), weight.clone(), true), ("bias".into(), bias.clone(), false)],
+    )?;
     let mut losses = Vec::new();
     let secs = repeat("train step", warmup, reps, || {
         let (s, loss) = timed(|| {
@@ -568,7 +578,11 @@ fn print_summary(out: &Value) {
         println!("  decode {:>5} tokens: {:8.1} tokens/s", d["new_tokens"], med(&d["tokens_per_s"]));
     }
     if let Some(v) = out.get("vision") {
-        println!("  vision encoder:      {:8.3} s (image → soft prompt {:.3} s)", med(&v["encoder_s"]), med(&v["image_to_embeds_s"]));
+        println!(
+            "  vision encoder:      {:8.3} s (image → soft prompt {:.3} s)",
+            med(&v["encoder_s"]),
+            med(&v["image_to_embeds_s"])
+        );
     }
     if let Some(e) = out.get("e2e") {
         println!(

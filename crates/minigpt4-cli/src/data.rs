@@ -21,15 +21,11 @@ pub enum DataCommand {
     /// List the sources that can be fetched and the formats that can be read.
     Sources,
     /// Download sources' packages into $MINIGPT4_HOME/data/<source> (all when none is named).
-    Fetch {
-        sources: Vec<String>,
-    },
+    Fetch { sources: Vec<String> },
     /// Write DIR/manifest.jsonl (and DIR/images/) from a fetched source or from user data.
     Import(ImportArgs),
     /// Counts of a manifest: per source and split, caption lengths, turns, missing images.
-    Stats {
-        manifest: PathBuf,
-    },
+    Stats { manifest: PathBuf },
 }
 
 #[derive(Args)]
@@ -55,7 +51,13 @@ pub fn run(args: DataArgs) -> Result<bool> {
             for s in fetch::SPECS {
                 let size: u64 = s.packages.iter().map(|p| p.size).sum();
                 let fetched = s.packages.iter().all(|p| minigpt4_data::source_dir(&home, s.name).join(p.file).exists());
-                println!("{:<16} {:>6.1} MB  {}  {}", s.name, size as f64 / 1e6, if fetched { "fetched    " } else { "not fetched" }, s.about);
+                println!(
+                    "{:<16} {:>6.1} MB  {}  {}",
+                    s.name,
+                    size as f64 / 1e6,
+                    if fetched { "fetched    " } else { "not fetched" },
+                    s.about
+                );
                 for p in s.packages {
                     println!("{:<16}   {:?} {} {}  ({})", "", p.client, p.name, p.version, s.license);
                 }
@@ -70,8 +72,11 @@ pub fn run(args: DataArgs) -> Result<bool> {
 }
 
 fn fetch_sources(home: &Path, sources: &[String]) -> Result<bool> {
-    let names: Vec<String> =
-        if sources.is_empty() { minigpt4_data::SOURCES.iter().map(|s| s.to_string()).collect() } else { sources.to_vec() };
+    let names: Vec<String> = if sources.is_empty() {
+        minigpt4_data::SOURCES.iter().map(|s| s.to_string()).collect()
+    } else {
+        sources.to_vec()
+    };
     let started = Instant::now();
     let (mut bytes, mut ok) = (0u64, true);
     for name in &names {
@@ -96,7 +101,12 @@ fn import(home: &Path, a: ImportArgs) -> Result<bool> {
             let dir = minigpt4_data::source_dir(home, &a.source);
             let spec = fetch::spec(&a.source).expect("known source");
             if let Some(p) = spec.packages.iter().find(|p| !dir.join(p.file).exists()) {
-                bail!("{} is not fetched ({} missing): run `minigpt4 data fetch {}`", a.source, dir.join(p.file).display(), a.source);
+                bail!(
+                    "{} is not fetched ({} missing): run `minigpt4 data fetch {}`",
+                    a.source,
+                    dir.join(p.file).display(),
+                    a.source
+                );
             }
             dir
         }

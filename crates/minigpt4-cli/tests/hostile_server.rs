@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn model() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../minigpt4-core/tests/fixtures/minigpt4/qformer/model.toml").display().to_string()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../minigpt4-core/tests/fixtures/minigpt4/qformer/model.toml")
+        .display()
+        .to_string()
 }
 
 struct Server {
@@ -139,7 +142,9 @@ fn stalled_connections_are_closed_by_the_timeouts_while_health_stays_fast() {
     // A body that stops half-way gets 408 once the body deadline passes.
     let slow_body = std::thread::spawn({
         let addr = server.addr;
-        move || exchange(addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n", b"{\"messages\":")
+        move || {
+            exchange(addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n", b"{\"messages\":")
+        }
     });
     for _ in 0..5 {
         let t = health(server.addr);

@@ -81,7 +81,10 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
 
     let out = train(dir.path(), "killed", &["--resume"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(tensors(&dir.path().join("full/projection.safetensors")), tensors(&dir.path().join("killed/projection.safetensors")));
+    assert_eq!(
+        tensors(&dir.path().join("full/projection.safetensors")),
+        tensors(&dir.path().join("killed/projection.safetensors"))
+    );
     assert_eq!(
         tensors(&dir.path().join("full/checkpoints/step-00000150.safetensors")),
         tensors(&dir.path().join("killed/checkpoints/step-00000150.safetensors"))

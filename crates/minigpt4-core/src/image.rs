@@ -69,11 +69,7 @@ pub struct ImageConfig {
 
 impl ImageConfig {
     pub const fn clip(size: u32) -> Self {
-        Self {
-            size,
-            mean: CLIP_MEAN,
-            std: CLIP_STD,
-        }
+        Self { size, mean: CLIP_MEAN, std: CLIP_STD }
     }
 
     /// EfficientNet-Lite's `(x − 127) / 128` on 0–255 values (the TensorFlow Lite models' input
@@ -87,20 +83,13 @@ impl ImageConfig {
     }
 
     pub const fn imagenet(size: u32) -> Self {
-        Self {
-            size,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        }
+        Self { size, mean: IMAGENET_MEAN, std: IMAGENET_STD }
     }
 
     /// Checks what serde cannot: a usable size and a finite, non-zero std.
     pub fn validate(&self) -> Result<()> {
         if self.size == 0 || self.size > MAX_SIZE {
-            return Err(Error::Config(format!(
-                "image size {} is out of range (1..={MAX_SIZE})",
-                self.size
-            )));
+            return Err(Error::Config(format!("image size {} is out of range (1..={MAX_SIZE})", self.size)));
         }
         for c in 0..3 {
             let (m, s) = (self.mean[c], self.std[c]);
@@ -134,18 +123,12 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_pixels: Self::DEFAULT_MAX_PIXELS,
-            max_bytes: Self::DEFAULT_MAX_BYTES,
-        }
+        Self { max_pixels: Self::DEFAULT_MAX_PIXELS, max_bytes: Self::DEFAULT_MAX_BYTES }
     }
 }
 
 fn image_err(what: &str, msg: impl Into<String>) -> Error {
-    Error::Image {
-        what: what.to_string(),
-        msg: msg.into(),
-    }
+    Error::Image { what: what.to_string(), msg: msg.into() }
 }
 
 const SUPPORTED: &str = "PNG, JPEG, WebP, GIF, BMP";
@@ -159,45 +142,20 @@ pub fn load_rgb(bytes: &[u8], what: &str, limits: &Limits) -> Result<RgbImage> {
         return Err(image_err(what, "empty input (0 bytes)"));
     }
     if bytes.len() as u64 > limits.max_bytes {
-        return Err(image_err(
-            what,
-            format!(
-                "{} bytes is over the limit of {} bytes",
-                bytes.len(),
-                limits.max_bytes
-            ),
-        ));
+        return Err(image_err(what, format!("{} bytes is over the limit of {} bytes", bytes.len(), limits.max_bytes)));
     }
-    let format = image::guess_format(bytes).map_err(|_| {
-        image_err(
-            what,
-            format!("not a recognised image format (supported: {SUPPORTED})"),
-        )
-    })?;
-    if !matches!(
-        format,
-        ImageFormat::Png
-            | ImageFormat::Jpeg
-            | ImageFormat::WebP
-            | ImageFormat::Gif
-            | ImageFormat::Bmp
-    ) {
-        return Err(image_err(
-            what,
-            format!("{format:?} images are not supported (supported: {SUPPORTED})"),
-        ));
+    let format = image::guess_format(bytes)
+        .map_err(|_| image_err(what, format!("not a recognised image format (supported: {SUPPORTED})")))?;
+    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp)
+    {
+        return Err(image_err(what, format!("{format:?} images are not supported (supported: {SUPPORTED})")));
     }
 
     // Our own header parse runs first: it needs no decoder state at all, so a forged header
     // (say a 100000 × 100000 PNG of 60 bytes) is refused before any decoder touches it.
     match header_dimensions(format, bytes) {
         Some((w, h)) => check_dimensions(w, h, what, limits)?,
-        None => {
-            return Err(image_err(
-                what,
-                format!("truncated or corrupt {format:?} header"),
-            ))
-        }
+        None => return Err(image_err(what, format!("truncated or corrupt {format:?} header"))),
     }
     if format == ImageFormat::WebP {
         // The RIFF header states the file length. image-webp stops reading once it has the
@@ -205,10 +163,7 @@ pub fn load_rgb(bytes: &[u8], what: &str, limits: &Limits) -> Result<RgbImage> {
         // would decode silently without its orientation.
         let declared = header_u32_le(bytes, 4).map(|n| u64::from(n) + 8);
         if declared.is_some_and(|n| n > bytes.len() as u64) {
-            return Err(image_err(
-                what,
-                "WebP data is truncated (shorter than its RIFF header says)",
-            ));
+            return Err(image_err(what, "WebP data is truncated (shorter than its RIFF header says)"));
         }
     }
     if format == ImageFormat::Jpeg {
@@ -231,9 +186,7 @@ pub fn load_rgb(bytes: &[u8], what: &str, limits: &Limits) -> Result<RgbImage> {
 fn decode(bytes: &[u8], what: &str, format: ImageFormat, limits: &Limits) -> Result<RgbImage> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decoder_limits(limits));
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| decode_err(what, format, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| decode_err(what, format, e))?;
     // Second guard: whatever the decoder itself believes the size is.
     let (w, h) = decoder.dimensions();
     check_dimensions(w, h, what, limits)?;
@@ -241,18 +194,11 @@ fn decode(bytes: &[u8], what: &str, format: ImageFormat, limits: &Limits) -> Res
     if decoder.total_bytes() > budget {
         return Err(image_err(
             what,
-            format!(
-                "decoding needs {} bytes, over the limit of {budget}",
-                decoder.total_bytes()
-            ),
+            format!("decoding needs {} bytes, over the limit of {budget}", decoder.total_bytes()),
         ));
     }
     // A broken EXIF block is not worth rejecting a decodable image over.
-    let orientation = decoder
-        .exif_metadata()
-        .ok()
-        .flatten()
-        .and_then(|raw| exif_orientation(&raw));
+    let orientation = decoder.exif_metadata().ok().flatten().and_then(|raw| exif_orientation(&raw));
     let libjpeg = if format == ImageFormat::Jpeg { decode_jpeg_libjpeg(bytes) } else { None };
     let rgb = match libjpeg {
         Some(rgb) => rgb,
@@ -326,38 +272,25 @@ pub fn to_tensor(img: &RgbImage, cfg: &ImageConfig, device: &Device) -> Result<T
 }
 
 /// Bytes to model input: [`load_rgb`] then [`to_tensor`].
-pub fn preprocess(
-    bytes: &[u8],
-    what: &str,
-    cfg: &ImageConfig,
-    limits: &Limits,
-    device: &Device,
-) -> Result<Tensor> {
+pub fn preprocess(bytes: &[u8], what: &str, cfg: &ImageConfig, limits: &Limits, device: &Device) -> Result<Tensor> {
     // Validate first so a bad config is reported even for an image that would also fail.
     cfg.validate()?;
     let img = load_rgb(bytes, what, limits)?;
     to_tensor(&img, cfg, device)
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Decoding helpers
 
 fn check_dimensions(w: u32, h: u32, what: &str, limits: &Limits) -> Result<()> {
     if w == 0 || h == 0 {
-        return Err(image_err(
-            what,
-            format!("image is {w}x{h}: zero width or height"),
-        ));
+        return Err(image_err(what, format!("image is {w}x{h}: zero width or height")));
     }
     let px = u64::from(w) * u64::from(h);
     if px > limits.max_pixels {
         return Err(image_err(
             what,
-            format!(
-                "image is {w}x{h} = {px} pixels, over the limit of {} pixels",
-                limits.max_pixels
-            ),
+            format!("image is {w}x{h} = {px} pixels, over the limit of {} pixels", limits.max_pixels),
         ));
     }
     Ok(())
@@ -395,11 +328,7 @@ fn header_u32_le(b: &[u8], at: usize) -> Option<u32> {
 /// too short or malformed to say.
 fn header_dimensions(format: ImageFormat, b: &[u8]) -> Option<(u32, u32)> {
     let be32 = |o: usize| Some(u32::from_be_bytes(b.get(o..o + 4)?.try_into().ok()?));
-    let le16 = |o: usize| {
-        Some(u32::from(u16::from_le_bytes(
-            b.get(o..o + 2)?.try_into().ok()?,
-        )))
-    };
+    let le16 = |o: usize| Some(u32::from(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?)));
     let le24 = |o: usize| {
         let s = b.get(o..o + 3)?;
         Some(u32::from(s[0]) | u32::from(s[1]) << 8 | u32::from(s[2]) << 16)
@@ -524,10 +453,7 @@ fn exif_orientation(raw: &[u8]) -> Option<u32> {
         // A damaged maker note elsewhere in the block should not cost us the orientation.
         Err(e) => e.distill_partial_result(|_| {}).ok()?,
     };
-    let v = parsed
-        .get_field(exif::Tag::Orientation, exif::In::PRIMARY)?
-        .value
-        .get_uint(0)?;
+    let v = parsed.get_field(exif::Tag::Orientation, exif::In::PRIMARY)?.value.get_uint(0)?;
     (1..=8).contains(&v).then_some(v)
 }
 
@@ -564,36 +490,23 @@ fn to_rgb_pil(img: DynamicImage) -> RgbImage {
     match img {
         DynamicImage::ImageRgb8(i) => i,
         DynamicImage::ImageLuma8(i) => map_pixels(i.as_raw(), w, h, |[l]: [u8; 1]| [l; 3]),
-        DynamicImage::ImageLumaA8(i) => {
-            map_pixels(i.as_raw(), w, h, |[l, a]: [u8; 2]| [over_white(l, a); 3])
-        }
+        DynamicImage::ImageLumaA8(i) => map_pixels(i.as_raw(), w, h, |[l, a]: [u8; 2]| [over_white(l, a); 3]),
         DynamicImage::ImageRgba8(i) => map_pixels(i.as_raw(), w, h, rgba),
         // Pillow opens 16-bit greyscale as `I;16`, whose conversion to L clamps at 255.
-        DynamicImage::ImageLuma16(i) => {
-            map_pixels(i.as_raw(), w, h, |[l]: [u16; 1]| [l.min(255) as u8; 3])
-        }
+        DynamicImage::ImageLuma16(i) => map_pixels(i.as_raw(), w, h, |[l]: [u16; 1]| [l.min(255) as u8; 3]),
         // Pillow unpacks 16-bit RGB / RGBA / LA PNGs by keeping the high byte.
-        DynamicImage::ImageLumaA16(i) => map_pixels(i.as_raw(), w, h, |[l, a]: [u16; 2]| {
-            [over_white(hi(l), hi(a)); 3]
-        }),
-        DynamicImage::ImageRgb16(i) => map_pixels(i.as_raw(), w, h, |[r, g, b]: [u16; 3]| {
-            [hi(r), hi(g), hi(b)]
-        }),
-        DynamicImage::ImageRgba16(i) => map_pixels(i.as_raw(), w, h, |[r, g, b, a]: [u16; 4]| {
-            rgba([hi(r), hi(g), hi(b), hi(a)])
-        }),
+        DynamicImage::ImageLumaA16(i) => map_pixels(i.as_raw(), w, h, |[l, a]: [u16; 2]| [over_white(hi(l), hi(a)); 3]),
+        DynamicImage::ImageRgb16(i) => map_pixels(i.as_raw(), w, h, |[r, g, b]: [u16; 3]| [hi(r), hi(g), hi(b)]),
+        DynamicImage::ImageRgba16(i) => {
+            map_pixels(i.as_raw(), w, h, |[r, g, b, a]: [u16; 4]| rgba([hi(r), hi(g), hi(b), hi(a)]))
+        }
         // Float images come from none of the enabled decoders; keep a sane fallback anyway.
         other => map_pixels(other.to_rgba8().as_raw(), w, h, rgba),
     }
 }
 
 /// Builds an RGB image from an interleaved `N`-channel buffer, one output pixel per input pixel.
-fn map_pixels<T: Copy + Default, const N: usize>(
-    raw: &[T],
-    w: u32,
-    h: u32,
-    f: impl Fn([T; N]) -> [u8; 3],
-) -> RgbImage {
+fn map_pixels<T: Copy + Default, const N: usize>(raw: &[T], w: u32, h: u32, f: impl Fn([T; N]) -> [u8; 3]) -> RgbImage {
     let mut out = Vec::with_capacity(raw.len() / N * 3);
     for px in raw.chunks_exact(N) {
         let mut a = [T::default(); N];
@@ -662,19 +575,11 @@ fn precompute_coeffs(in_size: u32, out_size: u32) -> Coeffs {
         for (dst, &kx) in row.iter_mut().zip(&k[..n]) {
             let kx = if ww != 0.0 { kx / ww } else { kx };
             let scaled = kx * f64::from(1u32 << PRECISION_BITS);
-            *dst = if kx < 0.0 {
-                (-0.5 + scaled) as i32
-            } else {
-                (0.5 + scaled) as i32
-            };
+            *dst = if kx < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
         }
         bounds.push((xmin as usize, n));
     }
-    Coeffs {
-        ksize,
-        bounds,
-        weights,
-    }
+    Coeffs { ksize, bounds, weights }
 }
 
 #[inline]
@@ -742,11 +647,7 @@ pub fn resize_bicubic_pil_with(img: &RgbImage, w: u32, h: u32, order: PassOrder)
             let last = last.0 + last.1;
             let horiz = precompute_coeffs(in_w, w);
             let src_rows = &src[first * in_w as usize * CH..last * in_w as usize * CH];
-            (
-                Cow::Owned(resample_rows(src_rows, in_w as usize, &horiz)),
-                w as usize,
-                first,
-            )
+            (Cow::Owned(resample_rows(src_rows, in_w as usize, &horiz)), w as usize, first)
         } else {
             (Cow::Borrowed(src), in_w as usize, 0)
         };
@@ -768,16 +669,8 @@ fn resample_rows(src: &[u8], in_w: usize, c: &Coeffs) -> Vec<u8> {
     let out_stride = c.bounds.len() * CH;
     let n_rows = src.len() / in_stride.max(1);
     let mut out = vec![0u8; n_rows * out_stride];
-    for (src_row, dst_row) in src
-        .chunks_exact(in_stride)
-        .zip(out.chunks_exact_mut(out_stride))
-    {
-        for (xx, (&(xmin, n), dst)) in c
-            .bounds
-            .iter()
-            .zip(dst_row.chunks_exact_mut(CH))
-            .enumerate()
-        {
+    for (src_row, dst_row) in src.chunks_exact(in_stride).zip(out.chunks_exact_mut(out_stride)) {
+        for (xx, (&(xmin, n), dst)) in c.bounds.iter().zip(dst_row.chunks_exact_mut(CH)).enumerate() {
             let k = &c.weights[xx * c.ksize..xx * c.ksize + n];
             let taps = &src_row[xmin * CH..(xmin + n) * CH];
             let mut acc = [1i64 << (PRECISION_BITS - 1); CH];
@@ -799,12 +692,7 @@ fn resample_columns(rows: &[u8], width: usize, row_offset: usize, c: &Coeffs) ->
     let stride = width * CH;
     let mut out = vec![0u8; c.bounds.len() * stride];
     let mut acc = vec![0i64; stride];
-    for (yy, (&(ymin, n), dst_row)) in c
-        .bounds
-        .iter()
-        .zip(out.chunks_exact_mut(stride))
-        .enumerate()
-    {
+    for (yy, (&(ymin, n), dst_row)) in c.bounds.iter().zip(out.chunks_exact_mut(stride)).enumerate() {
         let k = &c.weights[yy * c.ksize..yy * c.ksize + n];
         let base = (ymin - row_offset) * stride;
         // Row-major accumulation keeps the reads sequential; the sums are the same integers.
@@ -826,27 +714,13 @@ fn resample_columns(rows: &[u8], width: usize, row_offset: usize, c: &Coeffs) ->
 mod tests {
     use super::*;
 
-
     #[test]
     fn coefficients_sum_to_one_in_fixed_point() {
-        for (i, o) in [
-            (451u32, 224u32),
-            (300, 224),
-            (7, 448),
-            (224, 224),
-            (1, 5),
-            (5, 1),
-        ] {
+        for (i, o) in [(451u32, 224u32), (300, 224), (7, 448), (224, 224), (1, 5), (5, 1)] {
             let c = precompute_coeffs(i, o);
             for (xx, &(_, n)) in c.bounds.iter().enumerate() {
-                let s: i64 = c.weights[xx * c.ksize..xx * c.ksize + n]
-                    .iter()
-                    .map(|&v| i64::from(v))
-                    .sum();
-                assert!(
-                    (s - (1 << PRECISION_BITS)).abs() <= n as i64,
-                    "{i}->{o} sample {xx}: {s}"
-                );
+                let s: i64 = c.weights[xx * c.ksize..xx * c.ksize + n].iter().map(|&v| i64::from(v)).sum();
+                assert!((s - (1 << PRECISION_BITS)).abs() <= n as i64, "{i}->{o} sample {xx}: {s}");
             }
         }
     }

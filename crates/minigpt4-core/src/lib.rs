@@ -19,7 +19,9 @@ pub mod template;
 pub mod tokenizer;
 
 pub use minigpt4_io::{error, torch_pickle, weights};
-pub use minigpt4_models::{adapter, dinov2, efficientnet_lite, eva_vit, llama, minigpt4, names, onnx, projector, qformer, vit_layers};
+pub use minigpt4_models::{
+    adapter, dinov2, efficientnet_lite, eva_vit, llama, minigpt4, names, onnx, projector, qformer, vit_layers,
+};
 pub use minigpt4_ops::quant_matvec;
 
 pub use error::{Error, Result};

@@ -159,8 +159,7 @@ pub struct LlmSpec {
 impl ModelSpec {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut spec: Self =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut spec: Self = toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         spec.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(spec)
     }
@@ -357,8 +356,11 @@ mod tests {
     fn presets_parse_and_resolve_under_home() {
         for name in preset_names() {
             let spec = ModelSpec::preset(name, Path::new("/h")).unwrap();
-            let expected =
-                if name.starts_with("tiny") { format!("/h/parts/minigpt4-{name}") } else { format!("/h/models/{name}") };
+            let expected = if name.starts_with("tiny") {
+                format!("/h/parts/minigpt4-{name}")
+            } else {
+                format!("/h/models/{name}")
+            };
             assert!(spec.projection.weights.starts_with(&expected), "{name}: {}", spec.projection.weights.display());
         }
     }

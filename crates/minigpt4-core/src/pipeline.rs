@@ -11,17 +11,17 @@ use candle_core::{DType, Device, Tensor};
 use sha2::Digest;
 
 use crate::adapter::Adapter;
+use crate::dinov2::{Dinov2, Dinov2Config};
+use crate::efficientnet_lite::{Classifier, EfficientNet, EfficientNetConfig};
 use crate::error::{Error, Result};
+use crate::eva_vit::EvaVit;
 use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
 use crate::llama::{Llama, LlamaConfig};
-use crate::dinov2::{Dinov2, Dinov2Config};
-use crate::efficientnet_lite::{Classifier, EfficientNet, EfficientNetConfig};
-use crate::eva_vit::EvaVit;
 use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
-use crate::onnx;
 use crate::model_file::{AdapterKind, LnVision, ModelSpec, VisionKind};
 use crate::names;
+use crate::onnx;
 use crate::projector::Projector;
 use crate::qformer::QFormer;
 use crate::template::{self, Conversation, StopSequences, TemplateKind};
@@ -188,7 +188,9 @@ impl Pipeline {
                 let w = Weights::open(&spec.vision.weights, device, dtype)?;
                 let encoder = VisionEncoder::Dinov2(Dinov2::load(&cfg, size, &w.pp(""))?);
                 if spec.vision.ln_vision == Some(LnVision::Checkpoint) {
-                    return Err(Error::Config("a dinov2 vision encoder has no ln_vision to load; use ln_vision = \"unit\"".into()));
+                    return Err(Error::Config(
+                        "a dinov2 vision encoder has no ln_vision to load; use ln_vision = \"unit\"".into(),
+                    ));
                 }
                 let ln = unit_layer_norm(cfg.hidden_size, LAVIS_LN_VISION_EPS, device, dtype)?;
                 (VisionTower::new(encoder, Some(ln)), cfg.hidden_size)
@@ -196,7 +198,9 @@ impl Pipeline {
             VisionKind::EfficientnetLite => {
                 let cfg = efficientnet_config(spec.vision.config.as_ref(), spec.vision.image_size)?;
                 if spec.vision.ln_vision.is_some() {
-                    return Err(Error::Config("an efficientnet_lite encoder gives logits and takes no ln_vision".into()));
+                    return Err(Error::Config(
+                        "an efficientnet_lite encoder gives logits and takes no ln_vision".into(),
+                    ));
                 }
                 let w = Weights::open(&spec.vision.weights, device, dtype)?;
                 let encoder = EfficientNet::load(&cfg, &w.pp(""))?;
@@ -211,7 +215,9 @@ impl Pipeline {
 
         let adapter = match spec.adapter.kind {
             AdapterKind::Merge => Adapter::Merge(spec.adapter.merge),
-            AdapterKind::Classes => Adapter::Classes { slots: spec.adapter.slots, temperature: spec.adapter.temperature },
+            AdapterKind::Classes => {
+                Adapter::Classes { slots: spec.adapter.slots, temperature: spec.adapter.temperature }
+            }
             AdapterKind::Qformer => {
                 let (_, w) = adapter_w.as_ref().ok_or_else(|| {
                     Error::Config("a qformer adapter needs `weights` (e.g. blip2_pretrained_flant5xxl.pth)".into())
@@ -255,7 +261,8 @@ impl Pipeline {
 
     /// Soft-prompt tokens [1, N, d_llm] for an encoded image (PNG, JPEG, …), cached by content.
     pub fn image_embeds(&self, bytes: &[u8], what: &str) -> Result<Tensor> {
-        if let Some(t) = self.image_cache.lock().map_err(|_| Error::Generation("image cache poisoned".into()))?.get(bytes) {
+        if let Some(t) = self.image_cache.lock().map_err(|_| Error::Internal("image cache poisoned".into()))?.get(bytes)
+        {
             return Ok(t);
         }
         let pixels = image::preprocess(bytes, what, &self.image, &self.limits, self.device())?.unsqueeze(0)?;
@@ -263,7 +270,7 @@ impl Pipeline {
         // Non-finite values would reach the LLM, whose quantized kernels can turn them into
         // finite garbage: an empty or random answer with no error.
         if !crate::weights::all_finite(&embeds)? {
-            return Err(Error::Generation(format!(
+            return Err(Error::Internal(format!(
                 "the image tokens of {what} hold NaN or infinite values: the vision encoder or adapter weights are not finite"
             )));
         }

@@ -25,8 +25,7 @@ pub const IMAGE_MESSAGE: &str = "<Img><ImageHere></Img>";
 const IMAGE_END: &str = "</Img>";
 
 /// System text of the MiniGPT-4 Vicuna and Llama-2 variants.
-pub const MINIGPT4_SYSTEM: &str =
-    "Give the following image: <Img>ImageContent</Img>. You will be able \
+pub const MINIGPT4_SYSTEM: &str = "Give the following image: <Img>ImageContent</Img>. You will be able \
 to see the image once I provide it to you. Please answer my questions.";
 
 /// System text of the ChatML (SmolLM2) template: short, because every token of it is paid for at
@@ -51,12 +50,8 @@ pub enum TemplateKind {
 }
 
 impl TemplateKind {
-    pub const ALL: [TemplateKind; 4] = [
-        TemplateKind::VicunaV0,
-        TemplateKind::Llama2,
-        TemplateKind::ChatMl,
-        TemplateKind::MiniGptV2,
-    ];
+    pub const ALL: [TemplateKind; 4] =
+        [TemplateKind::VicunaV0, TemplateKind::Llama2, TemplateKind::ChatMl, TemplateKind::MiniGptV2];
 
     /// The name used in configs and on the command line.
     pub fn name(self) -> &'static str {
@@ -183,11 +178,7 @@ pub struct Conversation {
 impl Conversation {
     /// An empty conversation with the template's default system text.
     pub fn new(template: TemplateKind) -> Self {
-        Self {
-            template,
-            system: template.default_system().to_string(),
-            messages: Vec::new(),
-        }
+        Self { template, system: template.default_system().to_string(), messages: Vec::new() }
     }
 
     pub fn with_system(mut self, system: impl Into<String>) -> Self {
@@ -291,10 +282,7 @@ impl Conversation {
 
     /// The last answer, if the assistant spoke last.
     pub fn last_answer(&self) -> Option<&str> {
-        self.messages
-            .last()
-            .filter(|m| m.role == Role::Assistant)
-            .map(|m| m.text.as_str())
+        self.messages.last().filter(|m| m.role == Role::Assistant).map(|m| m.text.as_str())
     }
 
     fn push(&mut self, role: Role, text: String) {
@@ -305,12 +293,7 @@ impl Conversation {
 /// The answer in a raw generation, cleaned as the reference does: the text before the first
 /// stop string, after the last `Assistant:` (a model sometimes repeats its role), trimmed.
 pub fn answer_from_output(kind: TemplateKind, text: &str) -> String {
-    let end = kind
-        .stop_strings()
-        .iter()
-        .filter_map(|s| text.find(s))
-        .min()
-        .unwrap_or(text.len());
+    let end = kind.stop_strings().iter().filter_map(|s| text.find(s)).min().unwrap_or(text.len());
     let text = &text[..end];
     let text = text.rsplit("Assistant:").next().unwrap_or(text);
     text.trim().to_string()
@@ -354,27 +337,17 @@ impl StopSequences {
                 }
             }
         }
-        Ok(Self {
-            strings: kind.stop_strings().iter().map(|s| s.to_string()).collect(),
-            token_seqs: seqs,
-        })
+        Ok(Self { strings: kind.stop_strings().iter().map(|s| s.to_string()).collect(), token_seqs: seqs })
     }
 
     /// The length of the stop sequence `ids` ends with, if any (the longest when several do).
     pub fn match_tokens(&self, ids: &[u32]) -> Option<usize> {
-        self.token_seqs
-            .iter()
-            .filter(|s| ids.ends_with(s))
-            .map(|s| s.len())
-            .max()
+        self.token_seqs.iter().filter(|s| ids.ends_with(s)).map(|s| s.len()).max()
     }
 
     /// Byte offset of the earliest stop string in `text`.
     pub fn find_in_text(&self, text: &str) -> Option<usize> {
-        self.strings
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
+        self.strings.iter().filter_map(|s| text.find(s.as_str())).min()
     }
 }
 
@@ -406,9 +379,5 @@ pub fn check_image_count(prompt: &str, n_images: usize) -> Result<()> {
 /// the reference does; BOS (when `add_bos`) only in front of the first. Image `i`'s embeddings go
 /// between piece `i` and piece `i + 1`.
 pub fn tokenize_segments(tok: &Tokenizer, prompt: &str, add_bos: bool) -> Result<Vec<Vec<u32>>> {
-    split_on_images(prompt)
-        .into_iter()
-        .enumerate()
-        .map(|(i, seg)| tok.encode(seg, add_bos && i == 0))
-        .collect()
+    split_on_images(prompt).into_iter().enumerate().map(|(i, seg)| tok.encode(seg, add_bos && i == 0)).collect()
 }

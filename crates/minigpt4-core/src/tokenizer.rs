@@ -31,9 +31,7 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
-use tokenizers::normalizers::{
-    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence, NFC,
-};
+use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
@@ -56,24 +54,13 @@ const TYPE_USER_DEFINED: i64 = 4;
 
 // Pre-tokenizer regexes of the byte-level families, as in their `tokenizer.json` files.
 const REGEX_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const REGEX_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const REGEX_QWEN2: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Fallback names for BOS / EOS when no config file says which tokens they are, tried in order
 /// among the tokenizer's special tokens.
-const BOS_NAMES: &[&str] = &[
-    "<s>",
-    "<|begin_of_text|>",
-    "<bos>",
-    "<|im_start|>",
-    "<|endoftext|>",
-];
-const EOS_NAMES: &[&str] = &[
-    "</s>",
-    "<|end_of_text|>",
-    "<eos>",
-    "<|im_end|>",
-    "<|endoftext|>",
-];
+const BOS_NAMES: &[&str] = &["<s>", "<|begin_of_text|>", "<bos>", "<|im_start|>", "<|endoftext|>"];
+const EOS_NAMES: &[&str] = &["</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", "<|endoftext|>"];
 
 /// `inner` with special tokens' strings read as ordinary text.
 fn plain_text_twin(inner: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
@@ -145,18 +132,14 @@ impl Tokenizer {
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
         let tokenizer_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
         let model_config = read_json_if_present(&dir.join("config.json"))?;
-        Ok(Self::from_hf(
-            inner,
-            tokenizer_config.as_ref(),
-            model_config.as_ref(),
-        ))
+        Ok(Self::from_hf(inner, tokenizer_config.as_ref(), model_config.as_ref()))
     }
 
     /// Loads a `tokenizer.json` held in memory; BOS/EOS come from its special tokens by name (rule
     /// 3 of [`Tokenizer::from_file`]).
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
         Ok(Self::from_hf(inner, None, None))
     }
 
@@ -198,9 +181,7 @@ impl Tokenizer {
         let model = meta_str(ct, "tokenizer.ggml.model")?;
         let tokens = meta_strings(ct, "tokenizer.ggml.tokens")?;
         if tokens.is_empty() {
-            return Err(Error::Tokenizer(
-                "GGUF `tokenizer.ggml.tokens` is empty".into(),
-            ));
+            return Err(Error::Tokenizer("GGUF `tokenizer.ggml.tokens` is empty".into()));
         }
         let types = match ct.metadata.get("tokenizer.ggml.token_type") {
             Some(v) => {
@@ -248,15 +229,12 @@ impl Tokenizer {
     /// Token ids for `text`, with BOS in front when `add_bos`. Special tokens written in the text
     /// (`<s>`, `<|im_start|>`…) become their ids; nothing else is added.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
+        let enc = self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos {
-            ids.push(self.bos.ok_or_else(|| {
-                Error::Tokenizer("BOS requested but this tokenizer has no BOS token".into())
-            })?);
+            ids.push(
+                self.bos.ok_or_else(|| Error::Tokenizer("BOS requested but this tokenizer has no BOS token".into()))?,
+            );
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
@@ -281,7 +259,9 @@ impl Tokenizer {
         }
         let mut ids = Vec::new();
         if add_bos {
-            ids.push(self.bos.ok_or_else(|| Error::Tokenizer("BOS requested but this tokenizer has no BOS token".into()))?);
+            ids.push(
+                self.bos.ok_or_else(|| Error::Tokenizer("BOS requested but this tokenizer has no BOS token".into()))?,
+            );
         }
         let encode_plain = |piece: &str, ids: &mut Vec<u32>| -> Result<()> {
             if !piece.is_empty() {
@@ -325,9 +305,7 @@ impl Tokenizer {
                 self.vocab_size
             )));
         }
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))
+        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -408,13 +386,7 @@ pub struct TokenStream {
 
 impl TokenStream {
     pub fn new(tok: Tokenizer, skip_special: bool) -> Self {
-        Self {
-            tok,
-            skip_special,
-            ids: Vec::new(),
-            read: 0,
-            prefix: String::new(),
-        }
+        Self { tok, skip_special, ids: Vec::new(), read: 0, prefix: String::new() }
     }
 
     /// Adds one id; returns the text it completes, if any.
@@ -511,12 +483,7 @@ fn resolve_special(
         }
     }
     let added = inner.get_added_tokens_decoder();
-    names.iter().find_map(|name| {
-        added
-            .iter()
-            .find(|(_, t)| t.special && t.content == *name)
-            .map(|(id, _)| *id)
-    })
+    names.iter().find_map(|name| added.iter().find(|(_, t)| t.special && t.content == *name).map(|(id, _)| *id))
 }
 
 fn hf_vocab_size(inner: &tokenizers::Tokenizer) -> usize {
@@ -529,28 +496,19 @@ fn hf_vocab_size(inner: &tokenizers::Tokenizer) -> usize {
 // GGUF
 
 fn meta<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata has no `{key}`")))
+    ct.metadata.get(key).ok_or_else(|| Error::Tokenizer(format!("GGUF metadata has no `{key}`")))
 }
 
 fn meta_str(ct: &gguf_file::Content, key: &str) -> Result<String> {
-    meta(ct, key)?
-        .to_string()
-        .cloned()
-        .map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not a string")))
+    meta(ct, key)?.to_string().cloned().map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not a string")))
 }
 
 fn meta_strings(ct: &gguf_file::Content, key: &str) -> Result<Vec<String>> {
-    let arr = meta(ct, key)?
-        .to_vec()
-        .map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not an array")))?;
+    let arr = meta(ct, key)?.to_vec().map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not an array")))?;
     arr.iter()
         .enumerate()
         .map(|(i, v)| {
-            v.to_string()
-                .cloned()
-                .map_err(|_| Error::Tokenizer(format!("GGUF `{key}`[{i}] is not a string")))
+            v.to_string().cloned().map_err(|_| Error::Tokenizer(format!("GGUF `{key}`[{i}] is not a string")))
         })
         .collect()
 }
@@ -558,10 +516,7 @@ fn meta_strings(ct: &gguf_file::Content, key: &str) -> Result<Vec<String>> {
 fn meta_bool(ct: &gguf_file::Content, key: &str) -> Result<Option<bool>> {
     ct.metadata
         .get(key)
-        .map(|v| {
-            v.to_bool()
-                .map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not a bool")))
-        })
+        .map(|v| v.to_bool().map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not a bool"))))
         .transpose()
 }
 
@@ -581,15 +536,10 @@ fn value_int(v: &gguf_file::Value) -> Option<i64> {
 }
 
 fn value_ints(v: &gguf_file::Value, key: &str) -> Result<Vec<i64>> {
-    let arr = v
-        .to_vec()
-        .map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not an array")))?;
+    let arr = v.to_vec().map_err(|_| Error::Tokenizer(format!("GGUF `{key}` is not an array")))?;
     arr.iter()
         .enumerate()
-        .map(|(i, x)| {
-            value_int(x)
-                .ok_or_else(|| Error::Tokenizer(format!("GGUF `{key}`[{i}] is not an integer")))
-        })
+        .map(|(i, x)| value_int(x).ok_or_else(|| Error::Tokenizer(format!("GGUF `{key}`[{i}] is not an integer"))))
         .collect()
 }
 
@@ -599,15 +549,12 @@ fn meta_token_id(ct: &gguf_file::Content, key: &str, n_tokens: usize) -> Result<
     let Some(v) = ct.metadata.get(key) else {
         return Ok(None);
     };
-    let id =
-        value_int(v).ok_or_else(|| Error::Tokenizer(format!("GGUF `{key}` is not an integer")))?;
+    let id = value_int(v).ok_or_else(|| Error::Tokenizer(format!("GGUF `{key}` is not an integer")))?;
     if id < 0 {
         return Ok(None);
     }
     if id as u64 >= n_tokens as u64 {
-        return Err(Error::Tokenizer(format!(
-            "GGUF `{key}` = {id} is outside the vocabulary ({n_tokens} tokens)"
-        )));
+        return Err(Error::Tokenizer(format!("GGUF `{key}` = {id} is outside the vocabulary ({n_tokens} tokens)")));
     }
     Ok(Some(id as u32))
 }
@@ -635,18 +582,14 @@ fn build_spm(
 ) -> Result<tokenizers::Tokenizer> {
     let scores: Vec<f32> = match ct.metadata.get("tokenizer.ggml.scores") {
         Some(v) => {
-            let arr = v.to_vec().map_err(|_| {
-                Error::Tokenizer("GGUF `tokenizer.ggml.scores` is not an array".into())
-            })?;
+            let arr =
+                v.to_vec().map_err(|_| Error::Tokenizer("GGUF `tokenizer.ggml.scores` is not an array".into()))?;
             let scores = arr
                 .iter()
                 .enumerate()
                 .map(|(i, x)| {
-                    x.to_f32().map_err(|_| {
-                        Error::Tokenizer(format!(
-                            "GGUF `tokenizer.ggml.scores`[{i}] is not a float"
-                        ))
-                    })
+                    x.to_f32()
+                        .map_err(|_| Error::Tokenizer(format!("GGUF `tokenizer.ggml.scores`[{i}] is not a float")))
                 })
                 .collect::<Result<Vec<_>>>()?;
             if scores.len() != tokens.len() {
@@ -665,40 +608,24 @@ fn build_spm(
     let merges = spm_merges(tokens, &scores, &vocab);
 
     let unk_token = unk
-        .or_else(|| {
-            types
-                .iter()
-                .position(|&t| t == TYPE_UNKNOWN)
-                .map(|i| i as u32)
-        })
+        .or_else(|| types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| i as u32))
         .map(|id| tokens[id as usize].clone())
         .or_else(|| vocab.contains_key("<unk>").then(|| "<unk>".to_string()));
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .fuse_unk(true)
-        .byte_fallback(true);
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).fuse_unk(true).byte_fallback(true);
     if let Some(unk) = unk_token {
         builder = builder.unk_token(unk);
     }
-    let bpe = builder
-        .build()
-        .map_err(tok_err("building the SentencePiece BPE model"))?;
+    let bpe = builder.build().map_err(tok_err("building the SentencePiece BPE model"))?;
 
     let add_space_prefix = meta_bool(ct, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
     let replace_space = Replace::new(" ", SPIECE_SPACE).map_err(tok_err("normalizer"))?;
     let normalizer: NormalizerWrapper = if add_space_prefix {
-        NormalizerSequence::new(vec![
-            Prepend::new(SPIECE_SPACE.into()).into(),
-            replace_space.into(),
-        ])
-        .into()
+        NormalizerSequence::new(vec![Prepend::new(SPIECE_SPACE.into()).into(), replace_space.into()]).into()
     } else {
         replace_space.into()
     };
     let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new(SPIECE_SPACE, " ")
-            .map_err(tok_err("decoder"))?
-            .into(),
+        Replace::new(SPIECE_SPACE, " ").map_err(tok_err("decoder"))?.into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
     ];
@@ -708,9 +635,7 @@ fn build_spm(
     }
 
     let mut inner = tokenizers::Tokenizer::new(bpe);
-    inner
-        .with_normalizer(Some(normalizer))
-        .map_err(tok_err("normalizer"))?;
+    inner.with_normalizer(Some(normalizer)).map_err(tok_err("normalizer"))?;
     inner.with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(inner)
 }
@@ -728,16 +653,8 @@ fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Merges {
             }
         }
     }
-    merges.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then(a.1.cmp(&b.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(&b.3))
-    });
-    merges
-        .into_iter()
-        .map(|(_, _, _, _, l, r)| (l.to_string(), r.to_string()))
-        .collect()
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+    merges.into_iter().map(|(_, _, _, _, l, r)| (l.to_string(), r.to_string())).collect()
 }
 
 /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`).
@@ -749,11 +666,7 @@ fn build_byte_level(ct: &gguf_file::Content, tokens: &[String]) -> Result<tokeni
             // Byte-level symbols never contain a real space, so the first space separates the pair.
             m.split_once(' ')
                 .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| {
-                    Error::Tokenizer(format!(
-                        "GGUF `tokenizer.ggml.merges`[{i}] = {m:?} is not a pair"
-                    ))
-                })
+                .ok_or_else(|| Error::Tokenizer(format!("GGUF `tokenizer.ggml.merges`[{i}] = {m:?} is not a pair")))
         })
         .collect::<Result<Merges>>()?;
 
@@ -764,13 +677,9 @@ fn build_byte_level(ct: &gguf_file::Content, tokens: &[String]) -> Result<tokeni
     };
     let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex);
     let split = |regex: &str| -> Result<PreTokenizerWrapper> {
-        Ok(Split::new(
-            SplitPattern::Regex(regex.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(tok_err("pre-tokenizer"))?
-        .into())
+        Ok(Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(tok_err("pre-tokenizer"))?
+            .into())
     };
     let mut normalizer: Option<NormalizerWrapper> = None;
     let mut ignore_merges = false;
@@ -778,8 +687,7 @@ fn build_byte_level(ct: &gguf_file::Content, tokens: &[String]) -> Result<tokeni
         "gpt2" | "gpt-2" | "mpt" | "olmo" => byte_level(true).into(),
         // Digits one by one, then GPT-2's regex (SmolLM2's `tokenizer.json`).
         "smollm" | "starcoder" | "refact" | "codeshell" => {
-            PreTokenizerSequence::new(vec![Digits::new(true).into(), byte_level(true).into()])
-                .into()
+            PreTokenizerSequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
         }
         "llama3" | "llama-bpe" | "smaug-bpe" => {
             ignore_merges = true;
@@ -787,17 +695,13 @@ fn build_byte_level(ct: &gguf_file::Content, tokens: &[String]) -> Result<tokeni
         }
         "qwen2" => {
             normalizer = Some(NFC.into());
-            PreTokenizerSequence::new(vec![
-                split(REGEX_QWEN2)?,
-                ByteLevel::new(false, false, false).into(),
-            ])
-            .into()
+            PreTokenizerSequence::new(vec![split(REGEX_QWEN2)?, ByteLevel::new(false, false, false).into()]).into()
         }
         other => {
             return Err(Error::Tokenizer(format!(
-            "GGUF pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, starcoder, \
+                "GGUF pre-tokenizer `{other}` is not supported (supported: gpt2, smollm, starcoder, \
                  llama-bpe, qwen2); ids would not match the model's own tokenizer"
-        )))
+            )))
         }
     };
 
@@ -808,9 +712,7 @@ fn build_byte_level(ct: &gguf_file::Content, tokens: &[String]) -> Result<tokeni
         .map_err(tok_err("building the byte-level BPE model"))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
     if let Some(n) = normalizer {
-        inner
-            .with_normalizer(Some(n))
-            .map_err(tok_err("normalizer"))?;
+        inner.with_normalizer(Some(n)).map_err(tok_err("normalizer"))?;
     }
     inner.with_pre_tokenizer(Some(pre_tokenizer));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -835,22 +737,15 @@ fn register_added_tokens(
         if tok.is_empty() || !seen.insert(tok.as_str()) {
             continue;
         }
-        let forced = bos_eos.contains(&Some(i as u32))
-            && tok.len() > 2
-            && tok.starts_with('<')
-            && tok.ends_with('>');
+        let forced = bos_eos.contains(&Some(i as u32)) && tok.len() > 2 && tok.starts_with('<') && tok.ends_with('>');
         if ty == TYPE_CONTROL || ty == TYPE_UNKNOWN || forced {
             special.push(AddedToken::from(tok.clone(), true).normalized(false));
         } else if ty == TYPE_USER_DEFINED {
             plain.push(AddedToken::from(tok.clone(), false).normalized(false));
         }
     }
-    inner
-        .add_tokens(plain)
-        .map_err(tok_err("adding user-defined tokens"))?;
-    inner
-        .add_special_tokens(special)
-        .map_err(tok_err("adding special tokens"))?;
+    inner.add_tokens(plain).map_err(tok_err("adding user-defined tokens"))?;
+    inner.add_special_tokens(special).map_err(tok_err("adding special tokens"))?;
     // Added tokens whose text is already in the model vocabulary keep their ids; anything else
     // would have been given a new id past the vocabulary, which the model cannot embed.
     let added = inner.get_added_tokens_decoder();

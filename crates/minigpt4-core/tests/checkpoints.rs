@@ -19,10 +19,7 @@ fn truncated(src: &str, keep: usize, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn truncated_files_are_errors_naming_the_file() {
-    for (src, name) in [
-        ("llama/model.safetensors", "cut.safetensors"),
-        ("blip2/blip2_pretrained.pth", "cut.pth"),
-    ] {
+    for (src, name) in [("llama/model.safetensors", "cut.safetensors"), ("blip2/blip2_pretrained.pth", "cut.pth")] {
         let len = std::fs::metadata(fixture(src)).unwrap().len() as usize;
         for keep in [0, 7, len / 2, len - 1] {
             let p = truncated(src, keep, name);
@@ -72,11 +69,8 @@ fn hostile_gguf_headers_are_errors_not_crashes() {
     let src = common::fixture("llama/model-f32.gguf");
     let mut f = std::fs::File::open(&src).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
-    let tensors: Vec<(String, candle_core::quantized::QTensor)> = ct
-        .tensor_infos
-        .keys()
-        .map(|n| (n.clone(), ct.tensor(&mut f, n, &candle_core::Device::Cpu).unwrap()))
-        .collect();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> =
+        ct.tensor_infos.keys().map(|n| (n.clone(), ct.tensor(&mut f, n, &candle_core::Device::Cpu).unwrap())).collect();
     let dir = std::env::temp_dir().join(format!("minigpt4-gguf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
@@ -91,7 +85,10 @@ fn hostile_gguf_headers_are_errors_not_crashes() {
         let ts: Vec<(&str, &candle_core::quantized::QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let path = dir.join(name);
         gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &md, &ts).unwrap();
-        let err = minigpt4_core::llama::Llama::load_gguf(&path, &candle_core::Device::Cpu).err().expect("a hostile GGUF loaded").to_string();
+        let err = minigpt4_core::llama::Llama::load_gguf(&path, &candle_core::Device::Cpu)
+            .err()
+            .expect("a hostile GGUF loaded")
+            .to_string();
         assert!(err.contains(name), "{name}: {err}");
     }
     std::fs::remove_dir_all(&dir).unwrap();

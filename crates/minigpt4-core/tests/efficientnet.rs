@@ -134,7 +134,9 @@ fn tiny_default_names_a_cat_and_a_cup_of_coffee() {
     let mut cfg = p.default_generation();
     cfg.temperature = 0.0;
     cfg.max_new_tokens = 24;
-    for (photo, words) in [("cat.jpg", &["cat", "kitten"][..]), ("coffee.jpg", &["coffee", "cup", "espresso", "mug"][..])] {
+    for (photo, words) in
+        [("cat.jpg", &["cat", "kitten"][..]), ("coffee.jpg", &["coffee", "cup", "espresso", "mug"][..])]
+    {
         let bytes = std::fs::read(fixture(&format!("images/{photo}"))).unwrap();
         let img = p.image_embeds(&bytes, photo).unwrap();
         let mut conv = Conversation::new(p.template);
@@ -161,8 +163,10 @@ fn classifier_tokens_join_the_adapter_tokens() {
     let r = load_ref("efficientnet/reference.safetensors");
     // The fixture's pixels, renormalised as the other encoder (ImageNet statistics) would get them.
     let per_channel = |v: [f32; 3]| Tensor::from_vec(v.to_vec(), (1, 3, 1, 1), &dev).unwrap();
-    let raw = r["pixels"].broadcast_mul(&per_channel(lite.std)).unwrap().broadcast_add(&per_channel(lite.mean)).unwrap();
-    let pixels = raw.broadcast_sub(&per_channel(imagenet.mean)).unwrap().broadcast_div(&per_channel(imagenet.std)).unwrap();
+    let raw =
+        r["pixels"].broadcast_mul(&per_channel(lite.std)).unwrap().broadcast_add(&per_channel(lite.mean)).unwrap();
+    let pixels =
+        raw.broadcast_sub(&per_channel(imagenet.mean)).unwrap().broadcast_div(&per_channel(imagenet.std)).unwrap();
     let tokens = Tensor::ones((3, 4, 5), DType::F32, &dev).unwrap();
     let joined = classifier.join(&pixels, &tokens).unwrap();
     assert_eq!(joined.dims(), &[3, 2 + 4, 2000 + 5]);

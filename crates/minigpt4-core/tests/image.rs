@@ -13,9 +13,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use minigpt4_core::image::{
-    load_rgb, load_rgb_file, preprocess, resize_bicubic_pil, resize_bicubic_pil_with,
-    to_tensor, ImageConfig, Limits, PassOrder, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD,
-    MAX_SIZE,
+    load_rgb, load_rgb_file, preprocess, resize_bicubic_pil, resize_bicubic_pil_with, to_tensor, ImageConfig, Limits,
+    PassOrder, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, MAX_SIZE,
 };
 use minigpt4_core::Error;
 
@@ -82,18 +81,13 @@ fn input(name: &str) -> Vec<u8> {
 fn reference() -> &'static HashMap<String, Tensor> {
     static R: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
     R.get_or_init(|| {
-        candle_core::safetensors::load(
-            fixtures().join("preprocess/reference.safetensors"),
-            &Device::Cpu,
-        )
-        .expect("reference.safetensors (run scripts/make_image_fixtures.py)")
+        candle_core::safetensors::load(fixtures().join("preprocess/reference.safetensors"), &Device::Cpu)
+            .expect("reference.safetensors (run scripts/make_image_fixtures.py)")
     })
 }
 
 fn ref_tensor(name: &str) -> &'static Tensor {
-    reference()
-        .get(name)
-        .unwrap_or_else(|| panic!("reference tensor {name} missing"))
+    reference().get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
 }
 
 /// A u8 [H, W, 3] reference tensor as an image.
@@ -134,35 +128,18 @@ fn diff(a: &RgbImage, b: &RgbImage, what: &str) -> Diff {
         n += usize::from(d > 0);
     }
     let len = a.as_raw().len().max(1) as f64;
-    Diff {
-        max,
-        mean: sum as f64 / len,
-        differing: n as f64 / len,
-    }
+    Diff { max, mean: sum as f64 / len, differing: n as f64 / len }
 }
 
 fn assert_exact(ours: &RgbImage, theirs: &RgbImage, what: &str) {
     let d = diff(ours, theirs, what);
-    println!(
-        "{what}: max |diff| {} ({:.4}% of values differ)",
-        d.max,
-        d.differing * 100.0
-    );
+    println!("{what}: max |diff| {} ({:.4}% of values differ)", d.max, d.differing * 100.0);
     assert_eq!(d.max, 0, "{what}: not bit-identical to Pillow");
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -180,14 +157,7 @@ fn constants_match_torch_float32() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&ours), bits(&theirs), "{name}");
     }
-    assert_eq!(
-        ImageConfig::clip(224),
-        ImageConfig {
-            size: 224,
-            mean: CLIP_MEAN,
-            std: CLIP_STD
-        }
-    );
+    assert_eq!(ImageConfig::clip(224), ImageConfig { size: 224, mean: CLIP_MEAN, std: CLIP_STD });
     assert_eq!(ImageConfig::imagenet(518).mean, IMAGENET_MEAN);
 }
 
@@ -198,11 +168,7 @@ fn resize_is_bit_identical_to_pillow_on_a_photo() {
     assert_eq!(src.dimensions(), (451, 300));
     for s in [224u32, 56, 448] {
         let ours = resize_bicubic_pil(&src, s, s);
-        assert_exact(
-            &ours,
-            &ref_png(&format!("cat.{s}.png")),
-            &format!("cat {s}x{s} resize"),
-        );
+        assert_exact(&ours, &ref_png(&format!("cat.{s}.png")), &format!("cat {s}x{s} resize"));
     }
 }
 
@@ -210,16 +176,9 @@ fn resize_is_bit_identical_to_pillow_on_a_photo() {
 fn resize_is_bit_identical_to_pillow_on_synthetic_sizes() {
     let mut checked = 0;
     for (stem, src) in [("noise", load("noise.png")), ("tiny", load("tiny.png"))] {
-        for name in reference()
-            .keys()
-            .filter(|k| k.starts_with(&format!("{stem}.")) && k.ends_with(".u8"))
-        {
+        for name in reference().keys().filter(|k| k.starts_with(&format!("{stem}.")) && k.ends_with(".u8")) {
             let theirs = ref_u8(name);
-            let order = if name.ends_with(".legacy.u8") {
-                PassOrder::HorizontalFirst
-            } else {
-                PassOrder::Pillow13
-            };
+            let order = if name.ends_with(".legacy.u8") { PassOrder::HorizontalFirst } else { PassOrder::Pillow13 };
             let ours = resize_bicubic_pil_with(&src, theirs.width(), theirs.height(), order);
             assert_exact(&ours, &theirs, &format!("{name} ({order:?})"));
             checked += 1;
@@ -235,23 +194,11 @@ fn portrait_photos_follow_pillow_13_pass_order() {
     let portrait = image::imageops::rotate270(&ref_png("cat.src.png"));
     assert_eq!(portrait.dimensions(), (300, 451));
     let new = resize_bicubic_pil(&portrait, 224, 224);
-    assert_exact(
-        &new,
-        &ref_png("cat_portrait.224.png"),
-        "portrait 224 (Pillow 13)",
-    );
+    assert_exact(&new, &ref_png("cat_portrait.224.png"), "portrait 224 (Pillow 13)");
     let old = resize_bicubic_pil_with(&portrait, 224, 224, PassOrder::HorizontalFirst);
-    assert_exact(
-        &old,
-        &ref_png("cat_portrait.224.legacy.png"),
-        "portrait 224 (Pillow <= 12)",
-    );
+    assert_exact(&old, &ref_png("cat_portrait.224.legacy.png"), "portrait 224 (Pillow <= 12)");
     let d = diff(&new, &old, "order");
-    println!(
-        "portrait 224: Pillow 13 vs <= 12 order differ by max {} on {:.2}% of values",
-        d.max,
-        d.differing * 100.0
-    );
+    println!("portrait 224: Pillow 13 vs <= 12 order differ by max {} on {:.2}% of values", d.max, d.differing * 100.0);
     // The default is the Pillow 13 order.
     assert_eq!(PassOrder::default(), PassOrder::Pillow13);
 }
@@ -260,10 +207,7 @@ fn portrait_photos_follow_pillow_13_pass_order() {
 fn lossless_inputs_match_pillow_end_to_end() {
     // PNG decoding is exact, so load + resize must equal Pillow's pipeline exactly; the RGBA logo
     // also exercises compositing on white.
-    for (file, reference) in [
-        ("logo_rgba.png", "logo_rgba.224.png"),
-        ("camera_gray.png", "camera_gray.224.png"),
-    ] {
+    for (file, reference) in [("logo_rgba.png", "logo_rgba.224.png"), ("camera_gray.png", "camera_gray.224.png")] {
         let ours = resize_bicubic_pil(&load(file), 224, 224);
         assert_exact(&ours, &ref_png(reference), &format!("{file} -> 224"));
     }
@@ -293,10 +237,7 @@ fn jpeg_photos_match_pillow_exactly() {
 fn normalisation_matches_torchvision() {
     let src = ref_png("cat.src.png");
     let dev = Device::Cpu;
-    for (name, cfg) in [
-        ("cat.56.clip", ImageConfig::clip(56)),
-        ("cat.56.imagenet", ImageConfig::imagenet(56)),
-    ] {
+    for (name, cfg) in [("cat.56.clip", ImageConfig::clip(56)), ("cat.56.imagenet", ImageConfig::imagenet(56))] {
         let ours = to_tensor(&src, &cfg, &dev).unwrap();
         assert_eq!(ours.dims(), &[3, 56, 56]);
         assert_eq!(ours.dtype(), DType::F32);
@@ -308,10 +249,7 @@ fn normalisation_matches_torchvision() {
     // the fixture script computed with torchvision's arithmetic (and checked against the full
     // computation at 56).
     let r224 = ref_png("cat.224.png");
-    for (lut, cfg) in [
-        ("clip.lut", ImageConfig::clip(224)),
-        ("imagenet.lut", ImageConfig::imagenet(224)),
-    ] {
+    for (lut, cfg) in [("clip.lut", ImageConfig::clip(224)), ("imagenet.lut", ImageConfig::imagenet(224))] {
         let table = ref_tensor(lut).to_vec2::<f32>().unwrap();
         let plane = 224 * 224;
         let mut expect = vec![0f32; 3 * plane];
@@ -332,14 +270,7 @@ fn normalisation_matches_torchvision() {
 fn preprocess_runs_the_whole_pipeline() {
     let dev = Device::Cpu;
     let bytes = input("logo_rgba.png");
-    let t = preprocess(
-        &bytes,
-        "logo",
-        &ImageConfig::clip(224),
-        &Limits::default(),
-        &dev,
-    )
-    .unwrap();
+    let t = preprocess(&bytes, "logo", &ImageConfig::clip(224), &Limits::default(), &dev).unwrap();
     assert_eq!(t.dims(), &[3, 224, 224]);
     let table = ref_tensor("clip.lut").to_vec2::<f32>().unwrap();
     let r = ref_png("logo_rgba.224.png");
@@ -347,11 +278,7 @@ fn preprocess_runs_the_whole_pipeline() {
     for (i, p) in r.pixels().enumerate() {
         let (y, x) = (i / 224, i % 224);
         for c in 0..3 {
-            assert_eq!(
-                got[c][y][x].to_bits(),
-                table[c][usize::from(p.0[c])].to_bits(),
-                "({c},{y},{x})"
-            );
+            assert_eq!(got[c][y][x].to_bits(), table[c][usize::from(p.0[c])].to_bits(), "({c},{y},{x})");
         }
     }
 }
@@ -369,11 +296,7 @@ fn exif_orientation_every_value_like_pillow() {
         assert_eq!(ours.dimensions(), expect_dims, "orientation {o}");
         assert_exact(&ours, &theirs, &format!("PNG eXIf orientation {o}"));
     }
-    assert_exact(
-        &load("orient6.webp"),
-        &ref_u8("orient6_webp.u8"),
-        "WebP EXIF orientation 6",
-    );
+    assert_exact(&load("orient6.webp"), &ref_u8("orient6_webp.u8"), "WebP EXIF orientation 6");
     // The JPEG is stored 150 wide, 200 high with orientation 6: upright it is 200 x 150.
     assert_eq!(load("cat_exif6.jpg").dimensions(), (200, 150));
 }
@@ -396,33 +319,18 @@ fn alpha_is_composited_on_white() {
 
 #[test]
 fn sixteen_bit_and_other_containers_like_pillow() {
-    assert_exact(
-        &load("gray16.png"),
-        &ref_u8("gray16.u8"),
-        "16-bit grey (clamped like I;16)",
-    );
+    assert_exact(&load("gray16.png"), &ref_u8("gray16.u8"), "16-bit grey (clamped like I;16)");
     assert_exact(&load("small.bmp"), &ref_u8("small_bmp.u8"), "BMP");
     // image-webp's lossy decoder reproduces libwebp exactly, alpha included.
     assert_exact(&load("lossy.webp"), &ref_u8("lossy_webp.u8"), "lossy WebP");
-    assert_exact(
-        &load("lossy_alpha.webp"),
-        &ref_u8("lossy_alpha_webp.u8"),
-        "lossy WebP + alpha",
-    );
+    assert_exact(&load("lossy_alpha.webp"), &ref_u8("lossy_alpha_webp.u8"), "lossy WebP + alpha");
     for (file, name, tol) in [("gray.jpg", "gray_jpg.u8", 2u8), ("cmyk.jpg", "cmyk.u8", 6)] {
         let d = diff(&load(file), &ref_u8(name), file);
-        println!(
-            "{file}: max {} mean {:.4} differing {:.2}%",
-            d.max,
-            d.mean,
-            d.differing * 100.0
-        );
+        println!("{file}: max {} mean {:.4} differing {:.2}%", d.max, d.mean, d.differing * 100.0);
         assert!(d.max <= tol, "{file}: max {}", d.max);
     }
     // Greyscale is replicated into all three channels.
-    assert!(load("gray.jpg")
-        .pixels()
-        .all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]));
+    assert!(load("gray.jpg").pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,18 +340,11 @@ fn image_error_msg(r: minigpt4_core::Result<RgbImage>, what: &str) -> String {
     match r {
         Err(e @ Error::Image { .. }) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains(what),
-                "error does not name the input `{what}`: {msg}"
-            );
+            assert!(msg.contains(what), "error does not name the input `{what}`: {msg}");
             msg
         }
         Err(e) => panic!("expected Error::Image, got {e}"),
-        Ok(img) => panic!(
-            "expected an error, decoded {}x{}",
-            img.width(),
-            img.height()
-        ),
+        Ok(img) => panic!("expected an error, decoded {}x{}", img.width(), img.height()),
     }
 }
 
@@ -451,8 +352,7 @@ fn image_error_msg(r: minigpt4_core::Result<RgbImage>, what: &str) -> String {
 fn huge_header_is_refused_quickly_without_allocating() {
     let bytes = input("huge_header.png");
     let t = Instant::now();
-    let (r, largest) =
-        largest_allocation(|| load_rgb(&bytes, "huge_header.png", &Limits::default()));
+    let (r, largest) = largest_allocation(|| load_rgb(&bytes, "huge_header.png", &Limits::default()));
     let elapsed = t.elapsed();
     let msg = image_error_msg(r, "huge_header.png");
     println!("huge PNG header: {msg} ({elapsed:?}, largest allocation {largest} B)");
@@ -475,12 +375,7 @@ fn huge_header_is_refused_quickly_without_allocating() {
     bmp.extend([0u8; 24]);
     let mut webp = b"RIFF\x20\0\0\0WEBPVP8X\x0a\0\0\0\0\0\0\0".to_vec();
     webp.extend([0xff, 0x3f, 0, 0xff, 0x3f, 0]); // 16384 x 16384 canvas
-    for (what, bytes) in [
-        ("huge.jpg", jpeg),
-        ("huge.gif", gif),
-        ("huge.bmp", bmp),
-        ("huge.webp", webp),
-    ] {
+    for (what, bytes) in [("huge.jpg", jpeg), ("huge.gif", gif), ("huge.bmp", bmp), ("huge.webp", webp)] {
         let (r, largest) = largest_allocation(|| load_rgb(&bytes, what, &Limits::default()));
         let msg = image_error_msg(r, what);
         println!("{what}: {msg} (largest allocation {largest} B)");
@@ -492,29 +387,12 @@ fn huge_header_is_refused_quickly_without_allocating() {
 #[test]
 fn configurable_limits() {
     let bytes = input("cat.jpg");
-    let small = Limits {
-        max_pixels: 451 * 300 - 1,
-        ..Limits::default()
-    };
+    let small = Limits { max_pixels: 451 * 300 - 1, ..Limits::default() };
     let msg = image_error_msg(load_rgb(&bytes, "cat.jpg", &small), "cat.jpg");
-    assert!(
-        msg.contains("451x300") && msg.contains("over the limit"),
-        "{msg}"
-    );
-    assert!(load_rgb(
-        &bytes,
-        "cat.jpg",
-        &Limits {
-            max_pixels: 451 * 300,
-            ..Limits::default()
-        }
-    )
-    .is_ok());
+    assert!(msg.contains("451x300") && msg.contains("over the limit"), "{msg}");
+    assert!(load_rgb(&bytes, "cat.jpg", &Limits { max_pixels: 451 * 300, ..Limits::default() }).is_ok());
 
-    let tiny = Limits {
-        max_bytes: 1000,
-        ..Limits::default()
-    };
+    let tiny = Limits { max_bytes: 1000, ..Limits::default() };
     let msg = image_error_msg(load_rgb(&bytes, "cat.jpg", &tiny), "cat.jpg");
     assert!(msg.contains("bytes"), "{msg}");
     let path = fixtures().join("images/cat.jpg");
@@ -523,13 +401,7 @@ fn configurable_limits() {
 
     assert_eq!(Limits::default().max_pixels, 64 * 1024 * 1024);
     let parsed: Limits = serde_json::from_str(r#"{"max_pixels": 10}"#).unwrap();
-    assert_eq!(
-        parsed,
-        Limits {
-            max_pixels: 10,
-            ..Limits::default()
-        }
-    );
+    assert_eq!(parsed, Limits { max_pixels: 10, ..Limits::default() });
 }
 
 #[test]
@@ -548,16 +420,7 @@ fn truncated_files_are_errors() {
         let bytes = input(file);
         let n = bytes.len();
         let mut cuts: Vec<usize> = (0..24).map(|i| i * n / 24).collect();
-        cuts.extend([
-            1,
-            2,
-            7,
-            8,
-            16,
-            33,
-            n.saturating_sub(slack + 1),
-            n.saturating_sub(slack + 2),
-        ]);
+        cuts.extend([1, 2, 7, 8, 16, 33, n.saturating_sub(slack + 1), n.saturating_sub(slack + 2)]);
         for cut in cuts {
             if cut >= n - slack {
                 continue;
@@ -576,23 +439,13 @@ fn empty_random_and_unsupported_bytes_are_errors() {
     let msg = image_error_msg(load_rgb(&[], "upload #3", &Limits::default()), "upload #3");
     assert!(msg.contains("empty"), "{msg}");
 
-    let msg = image_error_msg(
-        load_rgb(b"hello, world", "note.txt", &Limits::default()),
-        "note.txt",
-    );
+    let msg = image_error_msg(load_rgb(b"hello, world", "note.txt", &Limits::default()), "note.txt");
     assert!(msg.contains("not a recognised image format"), "{msg}");
-    let msg = image_error_msg(
-        load_rgb(b"II*\0\x08\0\0\0\0\0", "scan.tif", &Limits::default()),
-        "scan.tif",
-    );
+    let msg = image_error_msg(load_rgb(b"II*\0\x08\0\0\0\0\0", "scan.tif", &Limits::default()), "scan.tif");
     assert!(msg.contains("not supported"), "{msg}");
 
     let msg = image_error_msg(
-        load_rgb(
-            &[0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'],
-            "sig-only.png",
-            &Limits::default(),
-        ),
+        load_rgb(&[0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'], "sig-only.png", &Limits::default()),
         "sig-only.png",
     );
     println!("signature only: {msg}");
@@ -606,14 +459,7 @@ fn empty_random_and_unsupported_bytes_are_errors() {
 
     // Random bytes, bare and behind every supported signature: always an error, never a panic.
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    let prefixes: [&[u8]; 6] = [
-        b"",
-        b"\x89PNG\r\n\x1a\n",
-        b"\xff\xd8\xff",
-        b"GIF89a",
-        b"BM",
-        b"RIFF\0\0\0\0WEBPVP8 ",
-    ];
+    let prefixes: [&[u8]; 6] = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF\0\0\0\0WEBPVP8 "];
     for prefix in prefixes {
         for i in 0..150 {
             let len = (rng.next() % 3000) as usize;
@@ -631,15 +477,7 @@ fn corrupted_files_never_panic() {
     // image), so only the absence of panics and of over-limit results is checked.
     let mut rng = XorShift(42);
     let limits = Limits::default();
-    for file in [
-        "cat.jpg",
-        "noise.png",
-        "orient6.webp",
-        "palette_trns.gif",
-        "small.bmp",
-        "cmyk.jpg",
-        "rgba16.png",
-    ] {
+    for file in ["cat.jpg", "noise.png", "orient6.webp", "palette_trns.gif", "small.bmp", "cmyk.jpg", "rgba16.png"] {
         let bytes = input(file);
         let (mut ok, mut err) = (0, 0);
         for _ in 0..120 {
@@ -681,37 +519,19 @@ fn bad_image_configs_are_rejected() {
     for cfg in [
         ImageConfig::clip(0),
         ImageConfig::clip(MAX_SIZE + 1),
-        ImageConfig {
-            std: [0.2, 0.0, 0.2],
-            ..ImageConfig::clip(224)
-        },
-        ImageConfig {
-            mean: [f32::NAN, 0.0, 0.0],
-            ..ImageConfig::clip(224)
-        },
+        ImageConfig { std: [0.2, 0.0, 0.2], ..ImageConfig::clip(224) },
+        ImageConfig { mean: [f32::NAN, 0.0, 0.0], ..ImageConfig::clip(224) },
     ] {
         match to_tensor(&img, &cfg, &dev) {
             Err(Error::Config(msg)) => println!("{cfg:?}: {msg}"),
             other => panic!("{cfg:?}: expected a config error, got {other:?}"),
         }
-        let r = preprocess(
-            &input("tiny.png"),
-            "tiny.png",
-            &cfg,
-            &Limits::default(),
-            &dev,
-        );
+        let r = preprocess(&input("tiny.png"), "tiny.png", &cfg, &Limits::default(), &dev);
         assert!(matches!(r, Err(Error::Config(_))), "{cfg:?}");
         assert!(cfg.validate().is_err());
     }
     // A zero size is refused even when the image itself is also broken.
-    let r = preprocess(
-        &[],
-        "empty",
-        &ImageConfig::clip(0),
-        &Limits::default(),
-        &dev,
-    );
+    let r = preprocess(&[], "empty", &ImageConfig::clip(0), &Limits::default(), &dev);
     assert!(matches!(r, Err(Error::Config(_))));
 
     let json = serde_json::to_string(&ImageConfig::clip(224)).unwrap();
@@ -726,11 +546,7 @@ fn resize_edge_cases() {
     let img = load("noise.png");
     assert_eq!(resize_bicubic_pil(&img, 0, 10).dimensions(), (0, 10));
     assert_eq!(resize_bicubic_pil(&img, 10, 0).dimensions(), (10, 0));
-    assert_eq!(
-        resize_bicubic_pil(&img, 97, 61),
-        img,
-        "same size is a copy, like Pillow"
-    );
+    assert_eq!(resize_bicubic_pil(&img, 97, 61), img, "same size is a copy, like Pillow");
     let empty = RgbImage::new(0, 0);
     assert_eq!(resize_bicubic_pil(&empty, 3, 2), RgbImage::new(3, 2));
     // Tall and thin extremes exercise windows clipped at both borders.

@@ -126,7 +126,12 @@ fn llama_logits_match_hf_untied_and_tied() {
     for dir in ["llama", "llama/tied"] {
         let r = load_ref(&format!("{dir}/reference.safetensors"));
         let model = hf_llama(dir);
-        assert_close(&format!("LlamaForCausalLM logits ({dir})"), &logits_for(&model, &r["input_ids"]), &r["logits"], TOL);
+        assert_close(
+            &format!("LlamaForCausalLM logits ({dir})"),
+            &logits_for(&model, &r["input_ids"]),
+            &r["logits"],
+            TOL,
+        );
         // The differentiable path computes the same function.
         let embeds = model.embed(&ids(&r["input_ids"])).unwrap();
         let slow = model.forward_all(&embeds, Mode::Differentiable).unwrap();
@@ -217,7 +222,9 @@ fn build_minigpt4(variant: &str) -> MiniGpt4 {
         _ => (VisionTower::load(&cfg.vision_config, 56, &w, false, 1e-5).unwrap(), Adapter::Merge(4)),
     };
     let in_dim = adapter.out_dim(32);
-    let proj = load_projection(&fixture(&format!("minigpt4/{variant}/minigpt4_proj.pth")), in_dim, 64, &CPU, DType::F32).unwrap();
+    let proj =
+        load_projection(&fixture(&format!("minigpt4/{variant}/minigpt4_proj.pth")), in_dim, 64, &CPU, DType::F32)
+            .unwrap();
     MiniGpt4::new(vision, adapter, proj, llm).unwrap()
 }
 
@@ -260,8 +267,9 @@ fn whole_minigpt4_greedy_generation_matches_reference() {
             repetition_penalty: 1.0,
             ..Default::default()
         };
-        let out = generate(&model.llm, &embeds, &cfg, &|_| Ok(String::new()), &mut |_| std::ops::ControlFlow::Continue(()))
-            .unwrap();
+        let out =
+            generate(&model.llm, &embeds, &cfg, &|_| Ok(String::new()), &mut |_| std::ops::ControlFlow::Continue(()))
+                .unwrap();
         assert_eq!(out.token_ids, want, "{variant}");
     }
 }

@@ -88,10 +88,12 @@ fn image_cache_is_bounded_in_bytes_and_keeps_what_is_reused() {
 #[test]
 fn colliding_cache_keys_never_hand_out_another_image() {
     let p = pipeline("merge4");
-    let fresh: Vec<Tensor> = (0..3).map(|i| {
-        p.clear_image_cache();
-        p.image_embeds(&tiny_png(i * 40), "fresh").unwrap()
-    }).collect();
+    let fresh: Vec<Tensor> = (0..3)
+        .map(|i| {
+            p.clear_image_cache();
+            p.image_embeds(&tiny_png(i * 40), "fresh").unwrap()
+        })
+        .collect();
     let gap = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(gap(&fresh[0], &fresh[1]) > 0.0 && gap(&fresh[1], &fresh[2]) > 0.0, "the test images must differ");
     p.force_image_cache_key_collisions(true);
@@ -120,7 +122,10 @@ fn missing_projection_says_how_to_get_one() {
     let mut spec = ModelSpec::from_file(&fixture("minigpt4/merge4/model.toml")).unwrap();
     spec.projection.weights = fixture("minigpt4/merge4/no-such-projection.safetensors");
     let err = Pipeline::load(&spec, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("projection") && err.contains("no-such-projection") && err.contains("minigpt4 train"), "{err}");
+    assert!(
+        err.contains("projection") && err.contains("no-such-projection") && err.contains("minigpt4 train"),
+        "{err}"
+    );
 }
 
 /// A projection holding NaN or ∞ is refused at load, naming the file and the tensor (it used to
@@ -128,7 +133,8 @@ fn missing_projection_says_how_to_get_one() {
 #[test]
 fn non_finite_projection_is_refused_at_load() {
     let mut spec = ModelSpec::from_file(&fixture("minigpt4/merge4/model.toml")).unwrap();
-    let w = minigpt4_core::weights::Weights::open(&spec.projection.weights, &Device::Cpu, candle_core::DType::F32).unwrap();
+    let w =
+        minigpt4_core::weights::Weights::open(&spec.projection.weights, &Device::Cpu, candle_core::DType::F32).unwrap();
     let good: std::collections::HashMap<String, candle_core::Tensor> =
         ["llama_proj.weight", "llama_proj.bias"].iter().map(|n| (n.to_string(), w.get_any(n).unwrap())).collect();
     let dir = std::env::temp_dir().join(format!("minigpt4-nan-{}", std::process::id()));
@@ -143,7 +149,12 @@ fn non_finite_projection_is_refused_at_load() {
         candle_core::safetensors::save(&tensors, &path).unwrap();
         spec.projection.weights = path;
         let err = Pipeline::load(&spec, &Device::Cpu).err().expect("a non-finite projection loaded").to_string();
-        assert!(err.contains(&format!("{bad}.safetensors")) && err.contains("llama_proj.weight") && err.contains("NaN or infinite"), "{err}");
+        assert!(
+            err.contains(&format!("{bad}.safetensors"))
+                && err.contains("llama_proj.weight")
+                && err.contains("NaN or infinite"),
+            "{err}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

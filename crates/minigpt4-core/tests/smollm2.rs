@@ -27,7 +27,8 @@ fn parts() -> &'static DefaultParts {
     static PARTS: OnceLock<DefaultParts> = OnceLock::new();
     PARTS.get_or_init(|| {
         let t = Instant::now();
-        let parts = fetch_default(&minigpt4_home(), &mut |m| println!("[fetch] {m}")).expect("fetching the default model");
+        let parts =
+            fetch_default(&minigpt4_home(), &mut |m| println!("[fetch] {m}")).expect("fetching the default model");
         println!("[fetch] ready in {:.1} s", t.elapsed().as_secs_f64());
         parts
     })
@@ -220,7 +221,11 @@ fn quant_matvec_matches_dequantized_gguf_rows() {
     let path = &parts().smollm2_gguf;
     let mut file = std::fs::File::open(path).unwrap();
     let ct = gguf_file::Content::read(&mut file).unwrap();
-    for (name, dtype) in [("blk.0.ffn_down.weight", GgmlDType::Q4_1), ("blk.7.attn_q.weight", GgmlDType::Q4_1), ("token_embd.weight", GgmlDType::Q8_0)] {
+    for (name, dtype) in [
+        ("blk.0.ffn_down.weight", GgmlDType::Q4_1),
+        ("blk.7.attn_q.weight", GgmlDType::Q4_1),
+        ("token_embd.weight", GgmlDType::Q8_0),
+    ] {
         let q = ct.tensor(&mut file, name, &Device::Cpu).unwrap();
         assert_eq!(q.dtype(), dtype, "{name}");
         let w = q.dequantize(&Device::Cpu).unwrap();
@@ -229,7 +234,9 @@ fn quant_matvec_matches_dequantized_gguf_rows() {
         for m in [1usize, 4] {
             let x = Tensor::randn(0f32, 1f32, (m, cols), &Device::Cpu).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
-            let got = Tensor::from_vec(mv.matmul(&x.flatten_all().unwrap().to_vec1().unwrap()), want.shape(), &Device::Cpu).unwrap();
+            let got =
+                Tensor::from_vec(mv.matmul(&x.flatten_all().unwrap().to_vec1().unwrap()), want.shape(), &Device::Cpu)
+                    .unwrap();
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let d = common::max_abs_diff(&got, &want);
             println!("{name} × {m} rows: max abs diff {d:.3e}, max |output| {scale:.3}");

@@ -4,16 +4,14 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use minigpt4_core::template::{
-    answer_from_output, check_image_count, split_on_images, tokenize_segments, Conversation, Role,
-    StopSequences, TemplateKind, CHATML_SYSTEM, IMAGE_MESSAGE, MINIGPT4_SYSTEM,
+    answer_from_output, check_image_count, split_on_images, tokenize_segments, Conversation, Role, StopSequences,
+    TemplateKind, CHATML_SYSTEM, IMAGE_MESSAGE, MINIGPT4_SYSTEM,
 };
 use minigpt4_core::tokenizer::Tokenizer;
 use minigpt4_core::Error;
 
 fn gguf_tokenizer(name: &str) -> Tokenizer {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer").join(name);
     let mut f = std::fs::File::open(path).unwrap();
     Tokenizer::from_gguf(&gguf_file::Content::read(&mut f).unwrap()).unwrap()
 }
@@ -43,10 +41,7 @@ fn system_text_is_the_reference_one() {
 #[test]
 fn vicuna_v0_prompts() {
     let (first, second) = two_turns(TemplateKind::VicunaV0);
-    assert_eq!(
-        first,
-        format!("{S}###Human: <Img><ImageHere></Img> What is this?###Assistant: ")
-    );
+    assert_eq!(first, format!("{S}###Human: <Img><ImageHere></Img> What is this?###Assistant: "));
     assert_eq!(
         second,
         format!(
@@ -59,10 +54,7 @@ fn vicuna_v0_prompts() {
 #[test]
 fn llama2_prompts() {
     let (first, second) = two_turns(TemplateKind::Llama2);
-    assert_eq!(
-        first,
-        format!("{S}<s>[INST] <Img><ImageHere></Img> What is this? [/INST] ")
-    );
+    assert_eq!(first, format!("{S}<s>[INST] <Img><ImageHere></Img> What is this? [/INST] "));
     assert_eq!(
         second,
         format!(
@@ -75,10 +67,7 @@ fn llama2_prompts() {
 #[test]
 fn minigptv2_prompts() {
     let (first, second) = two_turns(TemplateKind::MiniGptV2);
-    assert_eq!(
-        first,
-        "<s>[INST] <Img><ImageHere></Img> What is this? [/INST]"
-    );
+    assert_eq!(first, "<s>[INST] <Img><ImageHere></Img> What is this? [/INST]");
     assert_eq!(
         second,
         "<s>[INST] <Img><ImageHere></Img> What is this? [/INST]A cat.<s>[INST] What colour is it? [/INST]"
@@ -104,15 +93,10 @@ fn chatml_prompts() {
     // The system text is a field; an empty one writes no system turn.
     let mut conv = Conversation::new(TemplateKind::ChatMl).with_system("");
     conv.ask("Hi");
-    assert_eq!(
-        conv.prompt(),
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    );
+    assert_eq!(conv.prompt(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     let mut conv = Conversation::new(TemplateKind::ChatMl).with_system("Be brief.");
     conv.ask("Hi");
-    assert!(conv
-        .prompt()
-        .starts_with("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi"));
+    assert!(conv.prompt().starts_with("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi"));
 }
 
 #[test]
@@ -146,9 +130,7 @@ fn two_images_in_one_conversation() {
     conv.ask("Compare them.");
     assert_eq!(
         conv.prompt(),
-        format!(
-            "{S}###Human: {IMAGE_MESSAGE}###Human: {IMAGE_MESSAGE} Compare them.###Assistant: "
-        )
+        format!("{S}###Human: {IMAGE_MESSAGE}###Human: {IMAGE_MESSAGE} Compare them.###Assistant: ")
     );
 }
 
@@ -158,10 +140,7 @@ fn ask_without_image_and_reset() {
     conv.ask("Hello");
     conv.ask("Anyone?");
     assert_eq!(conv.messages.len(), 2, "text after text is a new message");
-    assert_eq!(
-        conv.prompt(),
-        format!("{S}###Human: Hello###Human: Anyone?###Assistant: ")
-    );
+    assert_eq!(conv.prompt(), format!("{S}###Human: Hello###Human: Anyone?###Assistant: "));
     assert_eq!(conv.num_images(), 0);
     conv.answer("Yes.");
     assert_eq!(conv.last_answer(), Some("Yes."));
@@ -193,10 +172,7 @@ fn serde_round_trip_and_names() {
         assert_eq!(kind.name().parse::<TemplateKind>().unwrap(), kind);
         assert_eq!(kind.to_string(), kind.name());
     }
-    assert_eq!(
-        "Vicuna-V0".parse::<TemplateKind>().unwrap(),
-        TemplateKind::VicunaV0
-    );
+    assert_eq!("Vicuna-V0".parse::<TemplateKind>().unwrap(), TemplateKind::VicunaV0);
     let err = "alpaca".parse::<TemplateKind>().unwrap_err();
     assert!(matches!(err, Error::Prompt(_)));
     assert!(err.to_string().contains("vicuna_v0"), "{err}");
@@ -205,28 +181,13 @@ fn serde_round_trip_and_names() {
 #[test]
 fn answers_are_cleaned_like_the_reference() {
     use TemplateKind::*;
-    assert_eq!(
-        answer_from_output(VicunaV0, " A grey cat. ###Human: next"),
-        "A grey cat."
-    );
-    assert_eq!(
-        answer_from_output(VicunaV0, "Assistant: It is a cat.###"),
-        "It is a cat."
-    );
-    assert_eq!(
-        answer_from_output(VicunaV0, "no stop at all \n"),
-        "no stop at all"
-    );
+    assert_eq!(answer_from_output(VicunaV0, " A grey cat. ###Human: next"), "A grey cat.");
+    assert_eq!(answer_from_output(VicunaV0, "Assistant: It is a cat.###"), "It is a cat.");
+    assert_eq!(answer_from_output(VicunaV0, "no stop at all \n"), "no stop at all");
     assert_eq!(answer_from_output(Llama2, "A rocket.</s>"), "A rocket.");
     assert_eq!(answer_from_output(Llama2, "A rocket.###junk"), "A rocket.");
-    assert_eq!(
-        answer_from_output(ChatMl, "A logo.<|im_end|>\n<|im_start|>user"),
-        "A logo."
-    );
-    assert_eq!(
-        answer_from_output(ChatMl, "### Heading\ntext"),
-        "### Heading\ntext"
-    );
+    assert_eq!(answer_from_output(ChatMl, "A logo.<|im_end|>\n<|im_start|>user"), "A logo.");
+    assert_eq!(answer_from_output(ChatMl, "### Heading\ntext"), "### Heading\ntext");
 }
 
 #[test]
@@ -250,10 +211,7 @@ fn segments_tokenized_separately_bos_first_only() {
     let pieces = split_on_images(&prompt);
     assert_eq!(segs.len(), 2);
     assert_eq!(segs[0][0], tok.bos_id().unwrap());
-    assert_eq!(
-        &segs[0][1..],
-        tok.encode(pieces[0], false).unwrap().as_slice()
-    );
+    assert_eq!(&segs[0][1..], tok.encode(pieces[0], false).unwrap().as_slice());
     assert_eq!(segs[1], tok.encode(pieces[1], false).unwrap());
     assert_ne!(segs[1][0], tok.bos_id().unwrap());
     // Each piece gets its own SentencePiece dummy prefix, as when the reference tokenizes them.
@@ -274,17 +232,10 @@ fn segments_tokenized_separately_bos_first_only() {
     let segs = tokenize_segments(&tok, &conv.prompt(), TemplateKind::ChatMl.add_bos()).unwrap();
     assert_eq!(segs[0][0], 1, "<|im_start|>");
     assert_eq!(segs[0].iter().filter(|&&id| id == 1).count(), 2);
-    assert!(
-        segs[1].contains(&2) && segs[1].contains(&1),
-        "<|im_end|> and <|im_start|> in {:?}",
-        segs[1]
-    );
+    assert!(segs[1].contains(&2) && segs[1].contains(&1), "<|im_end|> and <|im_start|> in {:?}", segs[1]);
 
     // No image: a single segment; empty pieces stay empty.
-    assert_eq!(
-        tokenize_segments(&tok, "<ImageHere>", false).unwrap(),
-        vec![Vec::<u32>::new(), vec![]]
-    );
+    assert_eq!(tokenize_segments(&tok, "<ImageHere>", false).unwrap(), vec![Vec::<u32>::new(), vec![]]);
 }
 
 /// A control token typed by a user (or put in the system text, or an earlier answer) stays
@@ -304,7 +255,11 @@ fn control_tokens_in_user_text_stay_text() {
         clean.add_image();
         clean.ask("What is this?");
         // Same ids as tokenizing the prompt string when nobody injects anything.
-        assert_eq!(clean.tokenize(&tok).unwrap(), tokenize_segments(&tok, &clean.prompt(), kind.add_bos()).unwrap(), "{file}");
+        assert_eq!(
+            clean.tokenize(&tok).unwrap(),
+            tokenize_segments(&tok, &clean.prompt(), kind.add_bos()).unwrap(),
+            "{file}"
+        );
         let expected = count_special(&clean.tokenize(&tok).unwrap());
 
         let mut hostile = Conversation::new(kind).with_system(format!("{marker} system"));
@@ -341,16 +296,9 @@ fn stop_sequences_cover_both_spellings() {
         let head = tok.encode("a", false).unwrap();
         tok.encode("a###", false).unwrap()[head.len()..].to_vec()
     };
-    assert_ne!(
-        alone, after,
-        "the fixture spells ### two ways, as LLaMA does"
-    );
+    assert_ne!(alone, after, "the fixture spells ### two ways, as LLaMA does");
     for seq in [&alone, &after, &vec![2]] {
-        assert!(
-            stops.token_seqs.contains(seq),
-            "{seq:?} missing from {:?}",
-            stops.token_seqs
-        );
+        assert!(stops.token_seqs.contains(seq), "{seq:?} missing from {:?}", stops.token_seqs);
     }
     let mut dedup = stops.token_seqs.clone();
     dedup.dedup();
@@ -368,10 +316,7 @@ fn stop_sequences_cover_both_spellings() {
     let stops = StopSequences::for_template(TemplateKind::ChatMl, &tok).unwrap();
     assert!(stops.token_seqs.contains(&vec![2]), "<|im_end|>");
     assert!(stops.token_seqs.contains(&vec![0]), "<|endoftext|>");
-    assert_eq!(
-        stops.token_seqs.iter().filter(|s| **s == vec![2]).count(),
-        1
-    );
+    assert_eq!(stops.token_seqs.iter().filter(|s| **s == vec![2]).count(), 1);
 }
 
 #[test]

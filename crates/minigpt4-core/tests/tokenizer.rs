@@ -19,19 +19,11 @@ fn read_gguf(name: &str) -> gguf_file::Content {
 
 fn cases() -> Vec<Value> {
     let text = std::fs::read_to_string(fixtures().join("cases.json")).unwrap();
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    serde_json::from_str::<Value>(&text).unwrap().as_array().unwrap().clone()
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 /// A temporary directory removed on drop.
@@ -85,10 +77,7 @@ fn spm_gguf_matches_hf_ids() {
         assert_eq!(t.token_to_id("<s>"), Some(1));
         assert_eq!(t.id_to_token(2).as_deref(), Some("</s>"));
         assert!(t.is_special(1) && t.is_special(2));
-        assert!(
-            !t.is_special(t.token_to_id("<tag>").unwrap()),
-            "user-defined is not special"
-        );
+        assert!(!t.is_special(t.token_to_id("<tag>").unwrap()), "user-defined is not special");
         assert!(!t.is_special(t.token_to_id("<0x0A>").unwrap()));
     }
     assert!(gguf.add_bos_default());
@@ -134,11 +123,7 @@ fn bos_eos_from_sibling_configs() {
     // config.json ids, eos given as a list.
     let dir = TempDir::new("config");
     std::fs::write(dir.0.join("tokenizer.json"), &src).unwrap();
-    std::fs::write(
-        dir.0.join("config.json"),
-        r#"{"bos_token_id": 0, "eos_token_id": [0, 2]}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("config.json"), r#"{"bos_token_id": 0, "eos_token_id": [0, 2]}"#).unwrap();
     let tok = Tokenizer::from_file(&dir.0.join("tokenizer.json")).unwrap();
     assert_eq!((tok.bos_id(), tok.eos_id()), (Some(0), Some(0)));
 
@@ -155,9 +140,7 @@ fn bos_eos_from_sibling_configs() {
 
     // A broken sibling config is reported with its path.
     std::fs::write(dir.0.join("tokenizer_config.json"), "{not json").unwrap();
-    let err = Tokenizer::from_file(&dir.0.join("tokenizer.json"))
-        .unwrap_err()
-        .to_string();
+    let err = Tokenizer::from_file(&dir.0.join("tokenizer.json")).unwrap_err().to_string();
     assert!(err.contains("tokenizer_config.json"), "{err}");
 }
 
@@ -168,51 +151,28 @@ fn bad_inputs_are_errors() {
     assert!(tok.decode(&[5, n], false).is_err());
     assert!(tok.stream(false).push(n + 7).is_err());
 
-    let err = Tokenizer::from_file(Path::new("/nonexistent/tokenizer.json"))
-        .unwrap_err()
-        .to_string();
+    let err = Tokenizer::from_file(Path::new("/nonexistent/tokenizer.json")).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/tokenizer.json"), "{err}");
 
     let mut ct = read_gguf("spm.gguf");
-    ct.metadata.insert(
-        "tokenizer.ggml.model".into(),
-        gguf_file::Value::String("rwkv".into()),
-    );
-    assert!(Tokenizer::from_gguf(&ct)
-        .unwrap_err()
-        .to_string()
-        .contains("rwkv"));
+    ct.metadata.insert("tokenizer.ggml.model".into(), gguf_file::Value::String("rwkv".into()));
+    assert!(Tokenizer::from_gguf(&ct).unwrap_err().to_string().contains("rwkv"));
 
     let mut ct = read_gguf("spm.gguf");
-    ct.metadata.insert(
-        "tokenizer.ggml.bos_token_id".into(),
-        gguf_file::Value::U32(100_000),
-    );
+    ct.metadata.insert("tokenizer.ggml.bos_token_id".into(), gguf_file::Value::U32(100_000));
     assert!(Tokenizer::from_gguf(&ct).is_err());
 
     let mut ct = read_gguf("spm.gguf");
-    ct.metadata.insert(
-        "tokenizer.ggml.token_type".into(),
-        gguf_file::Value::Array(vec![]),
-    );
+    ct.metadata.insert("tokenizer.ggml.token_type".into(), gguf_file::Value::Array(vec![]));
     assert!(Tokenizer::from_gguf(&ct).is_err());
 
     let mut ct = read_gguf("gpt2.gguf");
-    ct.metadata.insert(
-        "tokenizer.ggml.pre".into(),
-        gguf_file::Value::String("mystery".into()),
-    );
-    assert!(Tokenizer::from_gguf(&ct)
-        .unwrap_err()
-        .to_string()
-        .contains("mystery"));
+    ct.metadata.insert("tokenizer.ggml.pre".into(), gguf_file::Value::String("mystery".into()));
+    assert!(Tokenizer::from_gguf(&ct).unwrap_err().to_string().contains("mystery"));
 
     let mut ct = read_gguf("gpt2.gguf");
     ct.metadata.remove("tokenizer.ggml.merges");
-    assert!(Tokenizer::from_gguf(&ct)
-        .unwrap_err()
-        .to_string()
-        .contains("merges"));
+    assert!(Tokenizer::from_gguf(&ct).unwrap_err().to_string().contains("merges"));
 }
 
 fn stream_all(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> (String, Vec<String>) {
@@ -233,27 +193,16 @@ fn stream_all(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> (String, Vec<
 fn stream_concatenation_equals_decode() {
     let toks = [
         ("spm", Tokenizer::from_gguf(&read_gguf("spm.gguf")).unwrap()),
-        (
-            "gpt2",
-            Tokenizer::from_gguf(&read_gguf("gpt2.gguf")).unwrap(),
-        ),
+        ("gpt2", Tokenizer::from_gguf(&read_gguf("gpt2.gguf")).unwrap()),
     ];
     for (kind, tok) in &toks {
         for case in cases() {
             let ids = ids_of(&case[*kind]["ids"]);
             for skip in [false, true] {
                 let (text, pieces) = stream_all(tok, &ids, skip);
-                assert_eq!(
-                    text,
-                    tok.decode(&ids, skip).unwrap(),
-                    "{kind} {:?}",
-                    case["text"]
-                );
+                assert_eq!(text, tok.decode(&ids, skip).unwrap(), "{kind} {:?}", case["text"]);
                 for p in &pieces {
-                    assert!(
-                        !p.contains('\u{FFFD}'),
-                        "{kind}: partial character streamed in {p:?}"
-                    );
+                    assert!(!p.contains('\u{FFFD}'), "{kind}: partial character streamed in {p:?}");
                 }
             }
         }
@@ -264,10 +213,7 @@ fn stream_concatenation_equals_decode() {
 fn stream_holds_split_characters() {
     let tok = Tokenizer::from_gguf(&read_gguf("spm.gguf")).unwrap();
     // "€" = E2 82 AC, spelled as three byte-fallback tokens.
-    let bytes: Vec<u32> = ["<0xE2>", "<0x82>", "<0xAC>"]
-        .iter()
-        .map(|b| tok.token_to_id(b).unwrap())
-        .collect();
+    let bytes: Vec<u32> = ["<0xE2>", "<0x82>", "<0xAC>"].iter().map(|b| tok.token_to_id(b).unwrap()).collect();
     let mut stream = tok.stream(false);
     assert_eq!(stream.push(bytes[0]).unwrap(), None);
     assert_eq!(stream.push(bytes[1]).unwrap(), None);
@@ -286,10 +232,7 @@ fn stream_random_ids_never_fails() {
     // error, and must reproduce decode exactly whenever decode yields valid text.
     for (name, tok) in [
         ("spm", Tokenizer::from_gguf(&read_gguf("spm.gguf")).unwrap()),
-        (
-            "gpt2",
-            Tokenizer::from_gguf(&read_gguf("gpt2.gguf")).unwrap(),
-        ),
+        ("gpt2", Tokenizer::from_gguf(&read_gguf("gpt2.gguf")).unwrap()),
     ] {
         let n = tok.vocab_size() as u64;
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -297,9 +240,7 @@ fn stream_random_ids_never_fails() {
             let len = 1 + round % 40;
             let ids: Vec<u32> = (0..len)
                 .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     ((state >> 33) % n) as u32
                 })
                 .collect();
@@ -326,15 +267,10 @@ fn smollm2_gguf_when_available() {
     let tok = Tokenizer::from_gguf(&ct).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)));
-    let ids = tok
-        .encode("<|im_start|>user\nHi 123<|im_end|>\n", false)
-        .unwrap();
+    let ids = tok.encode("<|im_start|>user\nHi 123<|im_end|>\n", false).unwrap();
     assert_eq!(ids[0], 1);
     assert_eq!(ids[ids.len() - 2], 2);
-    assert_eq!(
-        tok.decode(&ids, false).unwrap(),
-        "<|im_start|>user\nHi 123<|im_end|>\n"
-    );
+    assert_eq!(tok.decode(&ids, false).unwrap(), "<|im_start|>user\nHi 123<|im_end|>\n");
 }
 
 /// `max_token_bytes` bounds the text one token covers, for both vocabulary kinds and both
@@ -354,7 +290,12 @@ fn no_token_covers_more_text_than_max_token_bytes() {
         assert!(tok.max_token_bytes() >= 1);
         for text in &texts {
             let n = tok.encode(text, false).unwrap().len();
-            assert!(n * tok.max_token_bytes() >= text.len(), "{} bytes in {n} tokens of at most {} bytes", text.len(), tok.max_token_bytes());
+            assert!(
+                n * tok.max_token_bytes() >= text.len(),
+                "{} bytes in {n} tokens of at most {} bytes",
+                text.len(),
+                tok.max_token_bytes()
+            );
         }
     }
 }

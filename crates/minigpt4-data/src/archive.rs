@@ -99,7 +99,10 @@ pub fn ar_members<'a>(bytes: &'a [u8], what: &Path) -> Result<Vec<(String, &'a [
         pos = end + (size & 1);
     }
     if bytes.len() > pos && bytes[pos..].iter().any(|b| !b.is_ascii_whitespace()) {
-        return Err(DataError::format(what, format!("ar archive ends inside a member header at byte {pos} (truncated download?)")));
+        return Err(DataError::format(
+            what,
+            format!("ar archive ends inside a member header at byte {pos} (truncated download?)"),
+        ));
     }
     Ok(out)
 }

@@ -49,8 +49,8 @@ pub fn with_article(phrase: &str) -> String {
     let first = p.split_whitespace().next().unwrap_or("").to_lowercase();
     let last = p.split_whitespace().last().unwrap_or("").to_lowercase();
     const DET: &[&str] = &[
-        "a", "an", "the", "some", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "many", "several",
-        "this", "that", "these", "those", "my", "his", "her", "our", "their", "its", "no",
+        "a", "an", "the", "some", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "many",
+        "several", "this", "that", "these", "those", "my", "his", "her", "our", "their", "its", "no",
     ];
     if p.is_empty() || DET.contains(&first.as_str()) || first.starts_with(|c: char| c.is_ascii_digit()) {
         return p.to_string();
@@ -58,7 +58,8 @@ pub fn with_article(phrase: &str) -> String {
     let plural = last.len() > 3
         && last.ends_with('s')
         && !["ss", "us", "is", "ys"].iter().any(|e| last.ends_with(e))
-        && !["bus", "gas", "lens", "chess", "species", "series", "news", "rhinoceros", "cactus", "iris"].contains(&last.as_str());
+        && !["bus", "gas", "lens", "chess", "species", "series", "news", "rhinoceros", "cactus", "iris"]
+            .contains(&last.as_str());
     if plural {
         return p.to_string();
     }

@@ -30,7 +30,8 @@ fn id_of(v: &serde_json::Value) -> Option<String> {
 pub fn import(dir: &Path, out: &Path, heldout: f64, progress: Progress) -> Result<Import> {
     let json_path = dir.join("filter_cap.json");
     let text = std::fs::read(&json_path).map_err(|e| DataError::io(&json_path, e))?;
-    let file: File = serde_json::from_slice(&text).map_err(|e| DataError::format(&json_path, format!("expected {{\"annotations\": [...]}}: {e}")))?;
+    let file: File = serde_json::from_slice(&text)
+        .map_err(|e| DataError::format(&json_path, format!("expected {{\"annotations\": [...]}}: {e}")))?;
     let mut import = Import::default();
     let n = file.annotations.len() as u64;
     for (i, a) in file.annotations.iter().enumerate() {

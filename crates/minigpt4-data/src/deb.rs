@@ -59,7 +59,10 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-            assert_eq!(seen, vec![("usr/share/x/a.txt".into(), b"A cat.".to_vec()), ("usr/share/x/b.png".into(), b"png".to_vec())]);
+            assert_eq!(
+                seen,
+                vec![("usr/share/x/a.txt".into(), b"A cat.".to_vec()), ("usr/share/x/b.png".into(), b"png".to_vec())]
+            );
         }
     }
 

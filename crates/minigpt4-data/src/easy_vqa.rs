@@ -33,8 +33,14 @@ impl Facts {
     /// Learns from one question and its answer.
     pub fn learn(&mut self, question: &str, answer: &str) {
         let answer = answer.trim().to_lowercase();
-        let words: Vec<String> = question.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(String::from).collect();
-        let mentioned: Vec<&String> = words.iter().filter(|w| SHAPES.contains(&w.as_str()) || COLORS.contains(&w.as_str())).collect();
+        let words: Vec<String> = question
+            .to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect();
+        let mentioned: Vec<&String> =
+            words.iter().filter(|w| SHAPES.contains(&w.as_str()) || COLORS.contains(&w.as_str())).collect();
         if SHAPES.contains(&answer.as_str()) || COLORS.contains(&answer.as_str()) {
             // "what color is the triangle?" → blue: both the answer and what was named hold.
             self.present.push(answer);
@@ -122,7 +128,11 @@ pub fn import(input: &Path, out: &Path, heldout: f64, progress: Progress) -> Res
         let qs: Vec<(String, String, u64)> =
             serde_json::from_slice(&text).map_err(|e| DataError::format(&whl, format!("{name}: {e}")))?;
         for (q, a, id) in qs {
-            items.entry((dir, id)).or_insert_with(|| Item { split_dir: dir, id, png: vec![], pairs: vec![] }).pairs.push((q, a));
+            items
+                .entry((dir, id))
+                .or_insert_with(|| Item { split_dir: dir, id, png: vec![], pairs: vec![] })
+                .pairs
+                .push((q, a));
         }
     }
     let names: Vec<String> =
@@ -140,7 +150,12 @@ pub fn import(input: &Path, out: &Path, heldout: f64, progress: Progress) -> Res
         });
         let Some(key) = parsed else { continue };
         match read_member(&mut zip, name) {
-            Ok(bytes) => items.entry(key).or_insert_with(|| Item { split_dir: key.0, id: key.1, png: vec![], pairs: vec![] }).png = bytes,
+            Ok(bytes) => {
+                items
+                    .entry(key)
+                    .or_insert_with(|| Item { split_dir: key.0, id: key.1, png: vec![], pairs: vec![] })
+                    .png = bytes
+            }
             Err(e) => import.skip(name.clone(), e),
         }
     }
@@ -173,12 +188,16 @@ pub fn import(input: &Path, out: &Path, heldout: f64, progress: Progress) -> Res
             *votes.entry(c).or_default().entry(px.color).or_default() += 1;
         }
     }
-    let palette: Vec<(String, [u8; 3])> =
-        votes.into_iter().filter_map(|(c, v)| v.into_iter().max_by_key(|(rgb, k)| (*k, *rgb)).map(|(rgb, _)| (c, rgb))).collect();
+    let palette: Vec<(String, [u8; 3])> = votes
+        .into_iter()
+        .filter_map(|(c, v)| v.into_iter().max_by_key(|(rgb, k)| (*k, *rgb)).map(|(rgb, _)| (c, rgb)))
+        .collect();
     let nearest = |rgb: [u8; 3]| {
         palette
             .iter()
-            .min_by_key(|(c, p)| (p.iter().zip(rgb).map(|(a, b)| (*a as i32 - b as i32).pow(2)).sum::<i32>(), c.clone()))
+            .min_by_key(|(c, p)| {
+                (p.iter().zip(rgb).map(|(a, b)| (*a as i32 - b as i32).pow(2)).sum::<i32>(), c.clone())
+            })
             .map(|(c, _)| c.clone())
     };
 
@@ -237,7 +256,11 @@ mod tests {
         assert_eq!(f.settle(SHAPES).as_deref(), Some("triangle"));
         assert_eq!(f.settle(COLORS).as_deref(), Some("blue"));
         // Shape only by elimination.
-        let f = facts(&[("is a rectangle present?", "no"), ("does the image not contain a circle?", "yes"), ("is no green shape present?", "yes")]);
+        let f = facts(&[
+            ("is a rectangle present?", "no"),
+            ("does the image not contain a circle?", "yes"),
+            ("is no green shape present?", "yes"),
+        ]);
         assert_eq!(f.settle(SHAPES).as_deref(), Some("triangle"));
         assert_eq!(f.settle(COLORS), None);
         let f = facts(&[("what is the blue shape?", "rectangle")]);
@@ -247,7 +270,13 @@ mod tests {
     #[test]
     fn shapes_from_pixels() {
         let draw = |inside: &dyn Fn(f32, f32) -> bool| {
-            let img = image::RgbImage::from_fn(64, 64, |x, y| if inside(x as f32, y as f32) { image::Rgb([0, 0, 255]) } else { image::Rgb([250, 240, 240]) });
+            let img = image::RgbImage::from_fn(64, 64, |x, y| {
+                if inside(x as f32, y as f32) {
+                    image::Rgb([0, 0, 255])
+                } else {
+                    image::Rgb([250, 240, 240])
+                }
+            });
             let mut out = std::io::Cursor::new(Vec::new());
             img.write_to(&mut out, image::ImageFormat::Png).unwrap();
             measure(&out.into_inner()).unwrap()

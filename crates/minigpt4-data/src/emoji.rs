@@ -77,8 +77,10 @@ pub struct Named {
 /// presentation selector U+FE0F and the tag terminator U+E007F, `-`-joined: `0023-FE0F-20E3`
 /// and `23-fe0f-20e3` → `23-20e3`; tag sequences written with `_` are split too.
 pub fn normalize_code(code: &str) -> Option<String> {
-    let parts: Option<Vec<u32>> = code.split(['-', '_']).filter(|p| !p.is_empty()).map(|p| u32::from_str_radix(p, 16).ok()).collect();
-    let parts: Vec<String> = parts?.into_iter().filter(|&c| c != 0xfe0f && c != 0xe007f).map(|c| format!("{c:x}")).collect();
+    let parts: Option<Vec<u32>> =
+        code.split(['-', '_']).filter(|p| !p.is_empty()).map(|p| u32::from_str_radix(p, 16).ok()).collect();
+    let parts: Vec<String> =
+        parts?.into_iter().filter(|&c| c != 0xfe0f && c != 0xe007f).map(|c| format!("{c:x}")).collect();
     (!parts.is_empty()).then(|| parts.join("-"))
 }
 
@@ -115,10 +117,21 @@ pub fn read_names(json: &[u8]) -> Result<HashMap<String, Named>, String> {
             continue;
         }
         let Some(base) = normalize_code(&e.unified) else { continue };
-        out.insert(base.clone(), Named { name: name.clone(), category: category.clone(), skin: None, base: base.clone() });
+        out.insert(
+            base.clone(),
+            Named { name: name.clone(), category: category.clone(), skin: None, base: base.clone() },
+        );
         for (key, v) in e.skin_variations.unwrap_or_default() {
             if let Some(code) = normalize_code(&v.unified) {
-                out.insert(code, Named { name: name.clone(), category: category.clone(), skin: skin_phrase(&key), base: base.clone() });
+                out.insert(
+                    code,
+                    Named {
+                        name: name.clone(),
+                        category: category.clone(),
+                        skin: skin_phrase(&key),
+                        base: base.clone(),
+                    },
+                );
             }
         }
     }
@@ -240,12 +253,18 @@ mod tests {
     fn captions_from_names() {
         let names = read_names(JSON.as_bytes()).unwrap();
         assert_eq!(names.len(), 5);
-        assert_eq!(caption(Set::Fluent3d, &names["1f600"]), "a 3D rendering of a grinning face emoji, from the smileys and emotion category");
+        assert_eq!(
+            caption(Set::Fluent3d, &names["1f600"]),
+            "a 3D rendering of a grinning face emoji, from the smileys and emotion category"
+        );
         assert_eq!(
             caption(Set::Google, &names["1f385-1f3fd"]),
             "a flat Noto-style drawing of a father christmas emoji with medium skin tone, from the people and body category"
         );
-        assert_eq!(caption(Set::Fluent3d, &names["1f1ec-1f1ea"]), "a 3D rendering of a flag of Georgia emoji, from the flags category");
+        assert_eq!(
+            caption(Set::Fluent3d, &names["1f1ec-1f1ea"]),
+            "a 3D rendering of a flag of Georgia emoji, from the flags category"
+        );
         assert_eq!(name_words("FAMILY: WOMAN, GIRL"), "family with woman, girl");
         assert_eq!(skin_phrase("1F3FB-1F3FC").unwrap(), "light and medium-light skin tones");
     }

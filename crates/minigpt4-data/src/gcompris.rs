@@ -291,7 +291,13 @@ pub fn import(input: &Path, out: &Path, heldout: f64, progress: Progress) -> Res
         }
         let image = format!("images/{}", crate::safe_rel(rel).replace("/resource", ""));
         put_file(out, &image, bytes)?;
-        import.records.push(Record { image: image.into(), caption, turns, source: SOURCE.into(), split: split_for(rel, heldout) });
+        import.records.push(Record {
+            image: image.into(),
+            caption,
+            turns,
+            source: SOURCE.into(),
+            split: split_for(rel, heldout),
+        });
     }
     for (path, _) in described.iter().filter(|(p, _)| !images.contains_key(p.as_str())) {
         import.skip(path.clone(), "described in a board but not in the archives");
@@ -339,10 +345,19 @@ QtObject {
 
     #[test]
     fn captions() {
-        assert_eq!(caption_from_title("explore_monuments", "Great Pyramid of Giza"), "a photograph of the Great Pyramid of Giza");
+        assert_eq!(
+            caption_from_title("explore_monuments", "Great Pyramid of Giza"),
+            "a photograph of the Great Pyramid of Giza"
+        );
         assert_eq!(caption_from_title("explore_world_animals", "Jaguar"), "a photograph of a jaguar");
-        assert_eq!(caption_from_title("explore_world_music", "Africa"), "a photograph illustrating the music of Africa");
-        assert_eq!(caption_from_title("explore_world_music", "European Classical Music"), "a photograph illustrating European Classical Music");
+        assert_eq!(
+            caption_from_title("explore_world_music", "Africa"),
+            "a photograph illustrating the music of Africa"
+        );
+        assert_eq!(
+            caption_from_title("explore_world_music", "European Classical Music"),
+            "a photograph illustrating European Classical Music"
+        );
         assert_eq!(caption_from_name(Naming::Name, "rhinoceros.webp"), "a photograph of a rhinoceros");
         assert_eq!(caption_from_name(Naming::Name, "northern_harrier.webp"), "a photograph of a northern harrier");
         assert_eq!(caption_from_name(Naming::Name, "scissors2.webp"), "a photograph of scissors");
@@ -372,22 +387,32 @@ QtObject {
             (&format!("{a}paintings/resource/image/monet.webp"), &big, 0),
         ]);
         let deb = crate::deb::make_deb(
-            &[("./usr/share/gcompris-qt/rcc/explore.rcc", &rcc1), ("./usr/share/gcompris-qt/rcc/broken.rcc", b"qres\0\0\0\x09")],
+            &[
+                ("./usr/share/gcompris-qt/rcc/explore.rcc", &rcc1),
+                ("./usr/share/gcompris-qt/rcc/broken.rcc", b"qres\0\0\0\x09"),
+            ],
             false,
         );
         let input = dir.join("in");
         std::fs::create_dir_all(&input).unwrap();
         std::fs::write(input.join(fetch::spec(SOURCE).unwrap().packages[0].file), deb).unwrap();
         let imp = crate::import(SOURCE, &input, &dir.join("out"), &mut crate::no_progress).unwrap();
-        let got: Vec<_> = imp.records.iter().map(|r| (r.image.to_str().unwrap(), r.caption.as_str(), r.turns.len())).collect();
+        let got: Vec<_> =
+            imp.records.iter().map(|r| (r.image.to_str().unwrap(), r.caption.as_str(), r.turns.len())).collect();
         assert_eq!(
             got,
             [
                 ("images/erase/northern_harrier.webp", "a photograph of a northern harrier", 0),
-                ("images/explore_monuments/egypt/greatPyramidOfGiza.webp", "a photograph of the Great Pyramid of Giza", 1),
+                (
+                    "images/explore_monuments/egypt/greatPyramidOfGiza.webp",
+                    "a photograph of the Great Pyramid of Giza",
+                    1
+                ),
             ]
         );
-        assert!(imp.records[1].turns[0].answer.starts_with("This is a photograph of the Great Pyramid of Giza. The Great Pyramid"));
+        assert!(imp.records[1].turns[0]
+            .answer
+            .starts_with("This is a photograph of the Great Pyramid of Giza. The Great Pyramid"));
         let skipped: Vec<_> = imp.skipped.iter().map(|s| s.item.as_str()).collect();
         assert_eq!(skipped.len(), 3, "{skipped:?}"); // broken.rcc, the small icon, jaguar.webp (described, absent)
     }

@@ -73,7 +73,8 @@ impl Import {
         let mut out: Vec<Record> = Vec::with_capacity(self.records.len());
         for r in self.records {
             if out.last().is_some_and(|l| l.image == r.image) {
-                self.skipped.push(Skipped { item: r.image.display().to_string(), reason: "duplicate image path".into() });
+                self.skipped
+                    .push(Skipped { item: r.image.display().to_string(), reason: "duplicate image path".into() });
             } else {
                 out.push(r);
             }
@@ -123,7 +124,8 @@ pub fn put_file(out: &Path, rel: &str, bytes: &[u8]) -> Result<PathBuf> {
 /// Checks that `bytes` are an image the `image` crate can open (header and size only) and
 /// returns its size.
 pub fn image_size(bytes: &[u8]) -> Result<(u32, u32), String> {
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     if reader.format().is_none() {
         return Err("not a known image format".into());
     }
@@ -256,7 +258,8 @@ pub(crate) mod testutil {
     /// The fetched source folder if it is there, else `None` after printing "skipped: not fetched".
     pub fn fetched(source: &str) -> Option<PathBuf> {
         let dir = crate::source_dir(&crate::minigpt4_home(), source);
-        let ok = crate::fetch::spec(source).is_some_and(|s| s.packages.iter().all(|p| dir.join(p.file_name()).exists()));
+        let ok =
+            crate::fetch::spec(source).is_some_and(|s| s.packages.iter().all(|p| dir.join(p.file_name()).exists()));
         if ok {
             Some(dir)
         } else {
@@ -291,7 +294,13 @@ mod tests {
 
     #[test]
     fn finish_sorts_and_reports_duplicates() {
-        let rec = |p: &str| Record { image: p.into(), caption: "c".into(), turns: vec![], source: "s".into(), split: Split::Train };
+        let rec = |p: &str| Record {
+            image: p.into(),
+            caption: "c".into(),
+            turns: vec![],
+            source: "s".into(),
+            split: Split::Train,
+        };
         let imp = Import { records: vec![rec("b"), rec("a"), rec("b")], skipped: vec![] }.finish();
         assert_eq!(imp.records.iter().map(|r| r.image.to_str().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(imp.skipped.len(), 1);

@@ -138,7 +138,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mg4-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("m.jsonl");
-        let good = Record { image: "a.png".into(), caption: "a cat".into(), turns: vec![], source: "t".into(), split: Split::Train };
+        let good = Record {
+            image: "a.png".into(),
+            caption: "a cat".into(),
+            turns: vec![],
+            source: "t".into(),
+            split: Split::Train,
+        };
         write(&p, std::slice::from_ref(&good)).unwrap();
         let mut text = std::fs::read_to_string(&p).unwrap();
         text.push_str("{not json\n{\"image\":\"b.png\",\"caption\":\" \",\"source\":\"t\",\"split\":\"train\"}\n");

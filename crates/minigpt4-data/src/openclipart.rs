@@ -32,7 +32,9 @@ pub struct Meta {
 /// name from an SVG's RDF metadata. Plain text search: many of these files are not strict XML.
 pub fn svg_meta(svg: &str) -> Meta {
     let Some(work) = between(svg, "<cc:Work", "</cc:Work>") else { return Meta::default() };
-    let creator = between(work, "<dc:creator>", "</dc:creator>").and_then(|c| between(c, "<dc:title>", "</dc:title>")).map(unescape);
+    let creator = between(work, "<dc:creator>", "</dc:creator>")
+        .and_then(|c| between(c, "<dc:title>", "</dc:title>"))
+        .map(unescape);
     let mut rest = work.to_string();
     for agent in ["dc:creator", "dc:publisher", "dc:rights", "dc:contributor"] {
         while let Some(s) = rest.find(&format!("<{agent}>")) {
@@ -61,7 +63,13 @@ fn unescape(s: &str) -> String {
         if !s.contains('&') {
             break;
         }
-        s = s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&#39;", "'").replace("&amp;", "&");
+        s = s
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&#39;", "'")
+            .replace("&amp;", "&");
     }
     s
 }
@@ -71,10 +79,24 @@ fn unescape(s: &str) -> String {
 pub fn title_is_specific(title: &str, uses: usize) -> bool {
     let t = title.to_lowercase();
     const COLLECTION: &[&str] = &[
-        "clipart by", "collection", "theme", "icons", "iconset", "svg", "http", "sibmission", "submission", "various", "untitled",
-        "cliparts", "hash(",
+        "clipart by",
+        "collection",
+        "theme",
+        "icons",
+        "iconset",
+        "svg",
+        "http",
+        "sibmission",
+        "submission",
+        "various",
+        "untitled",
+        "cliparts",
+        "hash(",
     ];
-    uses < 5 && !COLLECTION.iter().any(|c| t.contains(c)) && t.chars().any(|c| c.is_alphabetic()) && t.split_whitespace().count() <= 10
+    uses < 5
+        && !COLLECTION.iter().any(|c| t.contains(c))
+        && t.chars().any(|c| c.is_alphabetic())
+        && t.split_whitespace().count() <= 10
 }
 
 /// The file name without the author's name (as far as the 24-character cut left it) and
@@ -86,7 +108,11 @@ pub fn name_without_author(stem: &str, creator: Option<&str>, authors: &[String]
     let mut s = stem.to_lowercase();
     if let Some((head, tail)) = s.rsplit_once('_') {
         let digits = tail.trim_end_matches(|c: char| c.is_ascii_lowercase());
-        if !head.is_empty() && (1..=3).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) && tail.len() <= digits.len() + 1 {
+        if !head.is_empty()
+            && (1..=3).contains(&digits.len())
+            && digits.chars().all(|c| c.is_ascii_digit())
+            && tail.len() <= digits.len() + 1
+        {
             s = head.to_string();
         }
     }
@@ -104,7 +130,11 @@ pub fn name_without_author(stem: &str, creator: Option<&str>, authors: &[String]
         for (i, _) in s.match_indices('_') {
             let tail = &s[i..];
             let tail_trim = tail.trim_end_matches('_');
-            if i > 0 && tail_trim.len() >= 3.min(marker.len()) && marker.starts_with(tail_trim) && (s.len() >= 23 || tail_trim == marker) {
+            if i > 0
+                && tail_trim.len() >= 3.min(marker.len())
+                && marker.starts_with(tail_trim)
+                && (s.len() >= 23 || tail_trim == marker)
+            {
                 best = Some(i);
                 break;
             }
@@ -131,7 +161,8 @@ fn family_name(dir: &str, stem: &str) -> Option<String> {
                 return Some(format!("a {} joker playing card", if *rank == "r" { "red" } else { "black" }));
             }
             let suit = SUITS.iter().find(|(k, _)| k == suit)?.1;
-            let rank = RANKS.iter().find(|(k, _)| k == rank).map(|(_, v)| v.to_string()).unwrap_or_else(|| rank.to_string());
+            let rank =
+                RANKS.iter().find(|(k, _)| k == rank).map(|(_, v)| v.to_string()).unwrap_or_else(|| rank.to_string());
             return Some(format!("the {rank} of {suit} playing card"));
         }
         if s.starts_with("back") {
@@ -261,11 +292,20 @@ pub fn import(input: &Path, out: &Path, heldout: f64, progress: Progress) -> Res
         }
         let key = rel.strip_suffix(".png").unwrap_or(rel);
         let m = meta.get(key).cloned().unwrap_or_default();
-        let title = m.title.as_deref().filter(|t| title_is_specific(t, title_uses.get(&t.to_lowercase()).copied().unwrap_or(0)));
+        let title = m
+            .title
+            .as_deref()
+            .filter(|t| title_is_specific(t, title_uses.get(&t.to_lowercase()).copied().unwrap_or(0)));
         let caption = caption_for(rel, title, m.creator.as_deref(), &authors);
         let image = format!("images/{}", crate::safe_rel(rel));
         put_file(out, &image, bytes)?;
-        import.records.push(Record { image: image.into(), caption, turns: vec![], source: SOURCE.into(), split: split_for(rel, heldout) });
+        import.records.push(Record {
+            image: image.into(),
+            caption,
+            turns: vec![],
+            source: SOURCE.into(),
+            split: split_for(rel, heldout),
+        });
     }
     progress(n, n);
     Ok(import)
@@ -277,9 +317,16 @@ mod tests {
     use crate::testutil::{png, tmpdir};
 
     fn authors() -> Vec<String> {
-        ["architetto_francesco_rollandin", "benji_park", "nicu_buculei", "gerald_g.", "jean-victor_balin", "dan_gerhards"]
-            .map(String::from)
-            .to_vec()
+        [
+            "architetto_francesco_rollandin",
+            "benji_park",
+            "nicu_buculei",
+            "gerald_g.",
+            "jean-victor_balin",
+            "dan_gerhards",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     #[test]
@@ -287,7 +334,10 @@ mod tests {
         let a = authors();
         assert_eq!(name_without_author("chemistry_flask_matthew__02", Some("Matthew Wardrop"), &a), "chemistry flask");
         assert_eq!(name_without_author("medicina_dottore_archite_01", None, &a), "medicina dottore");
-        assert_eq!(name_without_author("mondo_architetto_frances_01", Some("Architetto Francesco Rollandin"), &a), "mondo");
+        assert_eq!(
+            name_without_author("mondo_architetto_frances_01", Some("Architetto Francesco Rollandin"), &a),
+            "mondo"
+        );
         assert_eq!(name_without_author("cfbulb_notlit_benji_park_", Some("Benji Park"), &a), "cfbulb notlit");
         assert_eq!(name_without_author("jupiter_dan_gerhards_01", None, &a), "jupiter");
         assert_eq!(name_without_author("flying_wasp_gerald_g._02", Some("Gerald G."), &a), "flying wasp");
@@ -302,7 +352,12 @@ mod tests {
     fn captions_from_real_looking_paths() {
         let a = authors();
         assert_eq!(
-            caption_for("science/chemistry_flask_matthew__02.png", Some("Chemistry Flask"), Some("Matthew Wardrop"), &a),
+            caption_for(
+                "science/chemistry_flask_matthew__02.png",
+                Some("Chemistry Flask"),
+                Some("Matthew Wardrop"),
+                &a
+            ),
             "a clip-art drawing of a chemistry flask, filed under science"
         );
         assert_eq!(
@@ -313,7 +368,10 @@ mod tests {
             caption_for("recreation/games/cards/bordered/bordered_c_k.png", Some("card"), None, &a),
             "a clip-art drawing of the king of clubs playing card, filed under recreation, games, cards, bordered"
         );
-        assert_eq!(caption_for("shapes/stars/star_67pt11step.png", None, None, &a), "a clip-art drawing of a 67-pointed star, filed under shapes, stars");
+        assert_eq!(
+            caption_for("shapes/stars/star_67pt11step.png", None, None, &a),
+            "a clip-art drawing of a 67-pointed star, filed under shapes, stars"
+        );
         assert_eq!(
             caption_for("shapes/jigsaw/jigsaw_red_03.png", Some("Clipart by Nicu Buculei - jigsaw_red_10"), None, &a),
             "a clip-art drawing of a red jigsaw puzzle piece, filed under shapes, jigsaw"
@@ -324,7 +382,12 @@ mod tests {
         );
         assert_eq!(caption_for("unsorted/ape_miele.png", None, None, &a), "a clip-art drawing of an ape miele");
         assert_eq!(
-            caption_for("transportation/boating/sailing_capsize5.png", Some("Capsized Sailing Illustration 6"), None, &a),
+            caption_for(
+                "transportation/boating/sailing_capsize5.png",
+                Some("Capsized Sailing Illustration 6"),
+                None,
+                &a
+            ),
             "a clip-art drawing of a capsized sailing illustration, filed under transportation, boating"
         );
     }
@@ -345,7 +408,10 @@ mod tests {
             <dc:publisher><cc:Agent><dc:title>Open Clip Art Library</dc:title></cc:Agent></dc:publisher>
             <dc:creator><cc:Agent><dc:title>Matthew Wardrop</dc:title></cc:Agent></dc:creator>
             </cc:Work></rdf:RDF></metadata></svg>"#;
-        assert_eq!(svg_meta(svg), Meta { title: Some("Chemistry & Flask".into()), creator: Some("Matthew Wardrop".into()) });
+        assert_eq!(
+            svg_meta(svg),
+            Meta { title: Some("Chemistry & Flask".into()), creator: Some("Matthew Wardrop".into()) }
+        );
         let svg2 = r#"<cc:Work><dc:publisher><cc:Agent><dc:title>Open Clip Art Library</dc:title></cc:Agent></dc:publisher></cc:Work>"#;
         assert_eq!(svg_meta(svg2).title, None);
         assert_eq!(svg_meta("<svg/>"), Meta::default());
@@ -358,10 +424,19 @@ mod tests {
         std::fs::create_dir_all(&input).unwrap();
         let p = png(4, 4);
         let data = crate::archive::tests::make_tar(
-            &[("./usr/share/openclipart/png/science/chemistry_flask_matthew__02.png", &p), ("./usr/share/openclipart/png/food/bad.png", b"xx")],
-            &[("./usr/share/openclipart/png/education/chemistry_flask_matthew__02.png", "../science/chemistry_flask_matthew__02.png")],
+            &[
+                ("./usr/share/openclipart/png/science/chemistry_flask_matthew__02.png", &p),
+                ("./usr/share/openclipart/png/food/bad.png", b"xx"),
+            ],
+            &[(
+                "./usr/share/openclipart/png/education/chemistry_flask_matthew__02.png",
+                "../science/chemistry_flask_matthew__02.png",
+            )],
         );
-        let deb = crate::archive::write_ar(&[("debian-binary", b"2.0\n"), ("data.tar.xz", &crate::archive::tests::xz(&data))]);
+        let deb = crate::archive::write_ar(&[
+            ("debian-binary", b"2.0\n"),
+            ("data.tar.xz", &crate::archive::tests::xz(&data)),
+        ]);
         let spec = fetch::spec(SOURCE).unwrap();
         std::fs::write(input.join(spec.packages[0].file), deb).unwrap();
         let imp = crate::import(SOURCE, &input, &dir.join("out"), &mut crate::no_progress).unwrap();

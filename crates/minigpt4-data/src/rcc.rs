@@ -29,7 +29,9 @@ fn be_u16(b: &[u8], at: usize) -> Result<u16, String> {
 }
 
 fn be_u32(b: &[u8], at: usize) -> Result<u32, String> {
-    b.get(at..at + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]])).ok_or_else(|| format!("offset {at} past the end"))
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or_else(|| format!("offset {at} past the end"))
 }
 
 /// Lists every file of the archive with its uncompressed contents. A broken header or tree is

@@ -153,7 +153,10 @@ mod tests {
     #[test]
     fn description_is_the_first_untagged_line() {
         assert_eq!(description(TXT).unwrap(), "A US 25 cent piece ($.25) called a quarter.");
-        assert_eq!(description("\u{feff}\n  A calculator.  6x7=42\nde.utf8=Ein Rechner\n").unwrap(), "A calculator. 6x7=42");
+        assert_eq!(
+            description("\u{feff}\n  A calculator.  6x7=42\nde.utf8=Ein Rechner\n").unwrap(),
+            "A calculator. 6x7=42"
+        );
         assert_eq!(description("fr.utf8=Un chat\n"), None);
     }
 
@@ -194,7 +197,8 @@ mod tests {
         let caps: Vec<_> = imp.records.iter().map(|r| (r.image.to_str().unwrap(), r.caption.as_str())).collect();
         assert_eq!(caps, [("images/animals/cat.png", "A cat."), ("images/shapes/box.png", "A red box.")]);
         assert_eq!(std::fs::read(out.join("images/animals/cat.png")).unwrap(), p);
-        let reasons: Vec<_> = imp.skipped.iter().map(|s| (s.item.as_str(), s.reason.split(':').next().unwrap())).collect();
+        let reasons: Vec<_> =
+            imp.skipped.iter().map(|s| (s.item.as_str(), s.reason.split(':').next().unwrap())).collect();
         assert_eq!(
             reasons,
             [

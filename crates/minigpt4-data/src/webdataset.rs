@@ -133,7 +133,13 @@ pub fn import(pattern: &str, out: &Path, heldout: f64, progress: Progress) -> Re
             let rel = format!("{shard_stem}/{key}");
             let image = format!("images/{}.{ext}", crate::safe_rel(&rel));
             put_file(out, &image, bytes)?;
-            import.records.push(Record { image: image.into(), caption, turns: vec![], source: SOURCE.into(), split: split_for(&rel, heldout) });
+            import.records.push(Record {
+                image: image.into(),
+                caption,
+                turns: vec![],
+                source: SOURCE.into(),
+                split: split_for(&rel, heldout),
+            });
         }
     }
     progress(n, n);
@@ -168,7 +174,9 @@ mod tests {
         let dir = crate::testutil::tmpdir("wds");
         let p = crate::testutil::png(6, 6);
         let mut jpg = std::io::Cursor::new(Vec::new());
-        image::RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10])).write_to(&mut jpg, image::ImageFormat::Jpeg).unwrap();
+        image::RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10]))
+            .write_to(&mut jpg, image::ImageFormat::Jpeg)
+            .unwrap();
         let jpg = jpg.into_inner();
         let shard0 = make_tar(
             &[
@@ -196,7 +204,11 @@ mod tests {
         let got: Vec<_> = imp.records.iter().map(|r| (r.image.to_str().unwrap(), r.caption.as_str())).collect();
         assert_eq!(
             got,
-            [("images/00000/000000.jpg", "a red square"), ("images/00000/000001.png", "a gradient"), ("images/00001/000010.jpg", "another red square")]
+            [
+                ("images/00000/000000.jpg", "a red square"),
+                ("images/00000/000001.png", "a gradient"),
+                ("images/00001/000010.jpg", "another red square")
+            ]
         );
         let reasons: Vec<_> = imp.skipped.iter().map(|s| format!("{}: {}", s.item, s.reason)).collect();
         assert_eq!(reasons.len(), 5, "{reasons:#?}");

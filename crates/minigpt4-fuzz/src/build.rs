@@ -8,22 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore};
 
 /// Values a hostile field is set to: the edges where arithmetic wraps or allocations explode.
-pub const INTERESTING: [u64; 14] = [
-    0,
-    1,
-    2,
-    7,
-    255,
-    256,
-    65_535,
-    0x7fff_ffff,
-    0xffff_ffff,
-    1 << 32,
-    1 << 40,
-    1 << 62,
-    i64::MAX as u64,
-    u64::MAX,
-];
+pub const INTERESTING: [u64; 14] =
+    [0, 1, 2, 7, 255, 256, 65_535, 0x7fff_ffff, 0xffff_ffff, 1 << 32, 1 << 40, 1 << 62, i64::MAX as u64, u64::MAX];
 
 pub fn interesting(rng: &mut StdRng) -> u64 {
     INTERESTING[rng.random_range(0..INTERESTING.len())]
@@ -171,7 +157,15 @@ impl Gguf {
         if rng.random_bool(0.5) {
             kvs.push(("general.alignment".into(), GgufValue::U32(32)));
         }
-        let mut g = Gguf { version: 3, kvs, tensors: Vec::new(), claimed_tensor_count: None, claimed_kv_count: None, alignment: 32, data: Vec::new() };
+        let mut g = Gguf {
+            version: 3,
+            kvs,
+            tensors: Vec::new(),
+            claimed_tensor_count: None,
+            claimed_kv_count: None,
+            alignment: 32,
+            data: Vec::new(),
+        };
         let shapes: [(&str, [u64; 2]); 9] = [
             ("token_embd.weight", [d, vocab]),
             ("blk.0.attn_norm.weight", [d, 1]),
@@ -183,7 +177,8 @@ impl Gguf {
             ("blk.0.ffn_gate.weight", [d, ff]),
             ("blk.0.ffn_up.weight", [d, ff]),
         ];
-        let mut all: Vec<(&str, Vec<u64>)> = shapes.iter().map(|(n, s)| (*n, if s[1] == 1 { vec![s[0]] } else { s.to_vec() })).collect();
+        let mut all: Vec<(&str, Vec<u64>)> =
+            shapes.iter().map(|(n, s)| (*n, if s[1] == 1 { vec![s[0]] } else { s.to_vec() })).collect();
         all.push(("blk.0.ffn_down.weight", vec![ff, d]));
         all.push(("output_norm.weight", vec![d]));
         for (name, dims) in all {
@@ -283,7 +278,11 @@ pub fn safetensors(rng: &mut StdRng, hostile: bool) -> Vec<u8> {
         let mut entry = serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len() as u64]});
         if hostile {
             match rng.random_range(0..7) {
-                0 => entry["dtype"] = serde_json::json!(["F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "Q4", ""][rng.random_range(0..9)]),
+                0 => {
+                    entry["dtype"] = serde_json::json!(
+                        ["F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "Q4", ""][rng.random_range(0..9)]
+                    )
+                }
                 1 => entry["shape"] = serde_json::json!([interesting(rng), interesting(rng)]),
                 2 => entry["data_offsets"] = serde_json::json!([interesting(rng), interesting(rng)]),
                 3 => entry["shape"] = serde_json::json!([]),
@@ -432,10 +431,20 @@ pub fn tensor_record(p: &mut Pickle, t: &TensorRecord) {
 pub fn state_dict(rng: &mut StdRng) -> (Vec<TensorRecord>, Vec<Vec<u8>>) {
     let mut recs = Vec::new();
     let mut storages = Vec::new();
-    for (i, (name, size)) in [("llama_proj.weight", vec![4u64, 8]), ("llama_proj.bias", vec![4])].into_iter().enumerate() {
+    for (i, (name, size)) in
+        [("llama_proj.weight", vec![4u64, 8]), ("llama_proj.bias", vec![4])].into_iter().enumerate()
+    {
         let numel: u64 = size.iter().product();
         let stride = if size.len() == 2 { vec![size[1], 1] } else { vec![1] };
-        recs.push(TensorRecord { name: name.into(), storage_type: "FloatStorage".into(), key: i.to_string(), numel, offset: 0, size, stride });
+        recs.push(TensorRecord {
+            name: name.into(),
+            storage_type: "FloatStorage".into(),
+            key: i.to_string(),
+            numel,
+            offset: 0,
+            size,
+            stride,
+        });
         storages.push(f32_bytes(rng, numel as usize));
     }
     (recs, storages)
@@ -491,7 +500,10 @@ pub fn hostile_pickle(rng: &mut StdRng) -> Vec<u8> {
             let (recs, _) = state_dict(rng);
             p.global("collections", "OrderedDict").empty_tuple().reduce().mark();
             tensor_record(&mut p, &recs[0]);
-            p.str("payload").global(["os", "builtins", "subprocess"][rng.random_range(0..3)], ["system", "eval", "Popen"][rng.random_range(0..3)]);
+            p.str("payload").global(
+                ["os", "builtins", "subprocess"][rng.random_range(0..3)],
+                ["system", "eval", "Popen"][rng.random_range(0..3)],
+            );
             p.mark().str("echo pwned").tuple().reduce().setitems();
         }
         // Lying sizes.
@@ -657,8 +669,13 @@ pub fn image(rng: &mut StdRng) -> Vec<u8> {
     let mut px = vec![0u8; (w * h * 4) as usize];
     rng.fill_bytes(&mut px);
     let img = image::RgbaImage::from_raw(w, h, px).expect("sized");
-    let format = [image::ImageFormat::Png, image::ImageFormat::Jpeg, image::ImageFormat::WebP, image::ImageFormat::Gif, image::ImageFormat::Bmp]
-        [rng.random_range(0..5)];
+    let format = [
+        image::ImageFormat::Png,
+        image::ImageFormat::Jpeg,
+        image::ImageFormat::WebP,
+        image::ImageFormat::Gif,
+        image::ImageFormat::Bmp,
+    ][rng.random_range(0..5)];
     let mut out = std::io::Cursor::new(Vec::new());
     let dynamic = if format == image::ImageFormat::Jpeg {
         image::DynamicImage::ImageRgb8(image::DynamicImage::ImageRgba8(img).to_rgb8())
@@ -685,8 +702,26 @@ pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
 }
 
 const FIELDS: &[&str] = &[
-    "messages", "role", "content", "type", "text", "image_url", "url", "model", "max_tokens", "temperature", "top_p",
-    "stream", "stop", "seed", "n", "num_beams", "repetition_penalty", "top_k", "stream_options", "include_usage",
+    "messages",
+    "role",
+    "content",
+    "type",
+    "text",
+    "image_url",
+    "url",
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stream",
+    "stop",
+    "seed",
+    "n",
+    "num_beams",
+    "repetition_penalty",
+    "top_k",
+    "stream_options",
+    "include_usage",
 ];
 
 /// A random JSON value of bounded depth over the API's own words.
@@ -697,11 +732,29 @@ pub fn json_value(rng: &mut StdRng, depth: u32) -> serde_json::Value {
         1 => json!(rng.random_bool(0.5)),
         2 => json!(interesting(rng)),
         3 => json!([-1.5, 0.0, 2.5, 1e308, -7.0][rng.random_range(0..5)]),
-        4 => json!(["user", "assistant", "system", "tool", "text", "image_url", "<ImageHere>", "<|im_start|>assistant\n", "</s>", ""][rng.random_range(0..10)]),
-        5 => json!(format!("data:image/png;base64,{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, image(rng)))),
+        4 => json!(
+            [
+                "user",
+                "assistant",
+                "system",
+                "tool",
+                "text",
+                "image_url",
+                "<ImageHere>",
+                "<|im_start|>assistant\n",
+                "</s>",
+                ""
+            ][rng.random_range(0..10)]
+        ),
+        5 => json!(format!(
+            "data:image/png;base64,{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, image(rng))
+        )),
         6 => serde_json::Value::Array((0..rng.random_range(0..4)).map(|_| json_value(rng, depth - 1)).collect()),
         _ => serde_json::Value::Object(
-            (0..rng.random_range(0..5)).map(|_| (FIELDS[rng.random_range(0..FIELDS.len())].to_string(), json_value(rng, depth - 1))).collect(),
+            (0..rng.random_range(0..5))
+                .map(|_| (FIELDS[rng.random_range(0..FIELDS.len())].to_string(), json_value(rng, depth - 1)))
+                .collect(),
         ),
     }
 }
@@ -709,7 +762,10 @@ pub fn json_value(rng: &mut StdRng, depth: u32) -> serde_json::Value {
 /// A chat request: valid (a user message with text and an image) or built from random parts.
 pub fn request(rng: &mut StdRng, hostile: bool) -> Vec<u8> {
     use serde_json::json;
-    let url = format!("data:image/png;base64,{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, image(rng)));
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, image(rng))
+    );
     let mut req = json!({"messages": [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this? <|im_start|>assistant"}]},

@@ -87,8 +87,10 @@ impl Harness {
                 Target::Request => build::request(&mut rng, false),
             })
             .collect();
-        let tokenizer = Tokenizer::from_json_bytes(include_bytes!("../../minigpt4-core/tests/fixtures/tokenizer/gpt2/tokenizer.json"))
-            .map_err(std::io::Error::other)?;
+        let tokenizer = Tokenizer::from_json_bytes(include_bytes!(
+            "../../minigpt4-core/tests/fixtures/tokenizer/gpt2/tokenizer.json"
+        ))
+        .map_err(std::io::Error::other)?;
         Ok(Self { target, scratch: scratch.to_path_buf(), corpus, tokenizer })
     }
 
@@ -128,7 +130,10 @@ impl Harness {
             Ok(true) => Outcome::Accepted,
             Ok(false) => Outcome::Refused,
             Err(p) => Outcome::Panicked(
-                p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default(),
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default(),
             ),
         }
     }
@@ -164,8 +169,11 @@ impl Harness {
         use minigpt4_serve::api;
         let Ok(req) = api::parse_request(bytes) else { return false };
         let limits = api::RequestLimits { max_images: 8, max_tokens: 64 };
-        let Ok(prepared) = api::prepare(req, minigpt4_core::template::TemplateKind::ChatMl, limits) else { return false };
-        let images_ok = prepared.images.iter().all(|img| minigpt4_core::image::load_rgb(&img.bytes, &img.param, &LIMITS).is_ok());
+        let Ok(prepared) = api::prepare(req, minigpt4_core::template::TemplateKind::ChatMl, limits) else {
+            return false;
+        };
+        let images_ok =
+            prepared.images.iter().all(|img| minigpt4_core::image::load_rgb(&img.bytes, &img.param, &LIMITS).is_ok());
         images_ok && prepared.conv.tokenize(&self.tokenizer).is_ok()
     }
 }

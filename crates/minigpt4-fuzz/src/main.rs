@@ -17,11 +17,14 @@ fn main() -> ExitCode {
     };
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
     let num = |name: &str, default: u64| flag(name).map_or(Some(default), |v| v.replace('_', "").parse().ok());
-    let (Some(inputs), Some(seed), Some(start)) = (num("--inputs", 1_000_000), num("--seed", 1), num("--start", 0)) else {
+    let (Some(inputs), Some(seed), Some(start)) = (num("--inputs", 1_000_000), num("--seed", 1), num("--start", 0))
+    else {
         eprintln!("{usage}");
         return ExitCode::from(2);
     };
-    let scratch = flag("--scratch").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join(format!("minigpt4-fuzz-{}", target.name())));
+    let scratch = flag("--scratch")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("minigpt4-fuzz-{}", target.name())));
     let h = match Harness::new(target, &scratch) {
         Ok(h) => h,
         Err(e) => {
@@ -39,7 +42,13 @@ fn main() -> ExitCode {
     eprintln!("fuzzing {} with seed {seed}: inputs {start}..{}", target.name(), start + inputs);
     let report = run(&h, seed, start, inputs, |i, r| {
         if (i + 1) % 100_000 == 0 {
-            eprintln!("  {} inputs: {} accepted, {} refused, {} crashes", r.inputs, r.accepted, r.refused, r.crashes.len());
+            eprintln!(
+                "  {} inputs: {} accepted, {} refused, {} crashes",
+                r.inputs,
+                r.accepted,
+                r.refused,
+                r.crashes.len()
+            );
         }
     });
     println!(

@@ -25,7 +25,14 @@ fn short_seeded_runs_find_no_crash() {
         let h = Harness::new(target, &scratch(target.name())).unwrap();
         let n = if target == Target::Gguf { 3_000 } else { 20_000 };
         let r = run(&h, 7, 0, n, |_, _| {});
-        eprintln!("{}: {} inputs in {:.1?}: {} accepted, {} refused", target.name(), r.inputs, r.elapsed, r.accepted, r.refused);
+        eprintln!(
+            "{}: {} inputs in {:.1?}: {} accepted, {} refused",
+            target.name(),
+            r.inputs,
+            r.elapsed,
+            r.accepted,
+            r.refused
+        );
         assert!(r.crashes.is_empty(), "{}: crashes {:?}", target.name(), r.crashes);
         assert!(r.accepted > 0 && r.refused > 0, "{}: {} accepted, {} refused", target.name(), r.accepted, r.refused);
     }
@@ -159,7 +166,10 @@ fn the_pth_files_that_broke_the_loader_are_errors() {
     big[0].numel = 1 << 40;
     cases.push(("a storage of 2^40 elements".into(), build::state_dict_pickle(&big, false), ""));
     for (name, pickle, needle) in cases {
-        for (layout, bytes) in [("zip", build::torch_zip(pickle.clone(), &storages, false)), ("legacy", build::torch_legacy(pickle, &storages))] {
+        for (layout, bytes) in [
+            ("zip", build::torch_zip(pickle.clone(), &storages, false)),
+            ("legacy", build::torch_legacy(pickle, &storages)),
+        ] {
             let p = write(&dir, "hostile.pth", &bytes);
             eprintln!("{name} ({layout})");
             let e = weights_error(&p);
@@ -196,7 +206,8 @@ fn hostile_safetensors_and_images_are_errors() {
 
     // A PNG claiming 100,000 × 100,000 pixels is refused from its header, at once.
     let t = Instant::now();
-    let e = minigpt4_core::image::load_rgb(&build::png_claiming(100_000, 100_000), "huge.png", &Default::default()).unwrap_err();
+    let e = minigpt4_core::image::load_rgb(&build::png_claiming(100_000, 100_000), "huge.png", &Default::default())
+        .unwrap_err();
     assert!(t.elapsed() < Duration::from_millis(100) && e.to_string().contains("huge.png"), "{e}");
 }
 

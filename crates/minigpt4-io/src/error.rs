@@ -29,8 +29,15 @@ pub enum Error {
     #[error("prompt: {0}")]
     Prompt(String),
 
+    /// Generation settings or a prompt the model cannot serve (empty, no room left in the
+    /// context, an out-of-range sampling value): the request's fault.
     #[error("generation: {0}")]
     Generation(String),
+
+    /// A fault of this program or of the model's weights, never of the request: a poisoned lock,
+    /// tensors of the wrong shape between our own parts, NaN logits from non-finite weights.
+    #[error("internal error: {0}")]
+    Internal(String),
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -41,6 +48,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// Whether the input of one request or command caused this (an image that is not an image,
+    /// a prompt or settings that cannot be served), as opposed to the model's files, the
+    /// configuration, the machine or a bug. A server answers the first 4xx and the rest 5xx.
+    pub fn is_input_error(&self) -> bool {
+        matches!(self, Error::Image { .. } | Error::Prompt(_) | Error::Generation(_))
     }
 }
 
@@ -63,7 +77,6 @@ pub fn guard_reader<T>(file: &str, read: impl FnOnce() -> Result<T>) -> Result<T
         Err(Error::BadCheckpoint { file: file.to_string(), msg: format!("malformed file ({why})") })
     })
 }
-
 
 thread_local! {
     /// Set while this thread runs a reader inside [`guard_reader`].

@@ -69,7 +69,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-
 /// Where fetched parts, presets' files and caches live: `$MINIGPT4_HOME`, else
 /// `$XDG_CACHE_HOME/minigpt4`, else `~/.cache/minigpt4`.
 pub fn minigpt4_home() -> PathBuf {

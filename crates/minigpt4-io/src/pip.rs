@@ -33,9 +33,7 @@ impl FetchOptions {
 pub fn parse_pip_command(s: &str) -> Result<Vec<String>> {
     let parts: Vec<String> = s.split_whitespace().map(str::to_string).collect();
     if parts.is_empty() {
-        return Err(Error::Config(format!(
-            "{PIP_ENV} is empty; set it to a pip command such as `python3 -m pip`"
-        )));
+        return Err(Error::Config(format!("{PIP_ENV} is empty; set it to a pip command such as `python3 -m pip`")));
     }
     Ok(parts)
 }
@@ -59,10 +57,7 @@ impl<'a> PipResolver<'a> {
         }
         let candidates: Vec<Vec<String>> = match &self.opts.pip {
             Some(cmd) => vec![cmd.clone()],
-            None => ["python3", "python"]
-                .iter()
-                .map(|py| vec![py.to_string(), "-m".into(), "pip".into()])
-                .collect(),
+            None => ["python3", "python"].iter().map(|py| vec![py.to_string(), "-m".into(), "pip".into()]).collect(),
         };
         let mut tried = Vec::new();
         for cmd in candidates {
@@ -96,12 +91,13 @@ impl<'a> PipResolver<'a> {
 
 /// Runs `cmd --version`; the error says why it is not usable.
 pub fn probe_pip(cmd: &[String]) -> std::result::Result<(), String> {
-    let out = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| if e.kind() == io::ErrorKind::NotFound { "not found".to_string() } else { e.to_string() })?;
+    let out = Command::new(&cmd[0]).args(&cmd[1..]).arg("--version").stdin(Stdio::null()).output().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            "not found".to_string()
+        } else {
+            e.to_string()
+        }
+    })?;
     if out.status.success() {
         return Ok(());
     }
@@ -123,7 +119,6 @@ pub fn shell_quote(s: &str) -> String {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
-
 
 /// An error about a fetch that has no better variant: shown as `path: message`.
 pub fn fetch_error(path: &Path, msg: String) -> Error {

@@ -108,7 +108,11 @@ enum Value {
     Dict(Rc<Container<(Value, Value)>>),
     Global(&'static str, &'static str),
     StorageClass(StorageType),
-    Storage { key: String, kind: StorageType, numel: usize },
+    Storage {
+        key: String,
+        kind: StorageType,
+        numel: usize,
+    },
     Tensor(TensorRef),
     Mark,
 }
@@ -173,12 +177,17 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn bad(&self, msg: impl Into<String>) -> Error {
-        Error::BadCheckpoint { file: self.file.to_string(), msg: format!("{}, byte {}: {}", self.what, self.pos, msg.into()) }
+        Error::BadCheckpoint {
+            file: self.file.to_string(),
+            msg: format!("{}, byte {}: {}", self.what, self.pos, msg.into()),
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.data.len() - self.pos {
-            return Err(self.bad(format!("wants {n} bytes but the file ends {} bytes later", self.data.len() - self.pos)));
+            return Err(
+                self.bad(format!("wants {n} bytes but the file ends {} bytes later", self.data.len() - self.pos))
+            );
         }
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
@@ -381,7 +390,8 @@ fn pop(r: &Reader, stack: &mut Vec<Value>) -> Result<Value> {
 }
 
 fn pop_mark(r: &Reader, stack: &mut Vec<Value>) -> Result<Vec<Value>> {
-    let mark = stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| r.bad("no mark on the pickle stack"))?;
+    let mark =
+        stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| r.bad("no mark on the pickle stack"))?;
     let items = stack.split_off(mark + 1);
     stack.pop();
     Ok(items)
@@ -411,11 +421,11 @@ fn global(r: &Reader, module: &str, name: &str) -> Result<Value> {
             return Ok(Value::StorageClass(kind));
         }
     }
-    ALLOWED
-        .iter()
-        .find(|(m, n)| *m == module && *n == name)
-        .map(|(m, n)| Value::Global(m, n))
-        .ok_or_else(|| r.bad(format!("refuses to load `{module}.{name}`: a state dict needs only tensors (this file may try to run code)")))
+    ALLOWED.iter().find(|(m, n)| *m == module && *n == name).map(|(m, n)| Value::Global(m, n)).ok_or_else(|| {
+        r.bad(format!(
+            "refuses to load `{module}.{name}`: a state dict needs only tensors (this file may try to run code)"
+        ))
+    })
 }
 
 fn storage(r: &Reader, pid: Value) -> Result<Value> {
@@ -519,9 +529,12 @@ pub fn read_bytes(data: &[u8], file: &str, device: &Device, dtype: DType) -> Res
 
     let mut out = HashMap::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let &(start, count) = storages.get(&t.key).ok_or_else(|| r.bad(format!("`{name}`: storage {} is missing", t.key)))?;
+        let &(start, count) =
+            storages.get(&t.key).ok_or_else(|| r.bad(format!("`{name}`: storage {} is missing", t.key)))?;
         if t.numel != count {
-            return Err(r.bad(format!("`{name}`: storage {} holds {count} elements, its record says {}", t.key, t.numel)));
+            return Err(
+                r.bad(format!("`{name}`: storage {} holds {count} elements, its record says {}", t.key, t.numel))
+            );
         }
         let tensor = to_tensor(&data[start..start + count * t.kind.size()], &t, &name, file, device, dtype)?;
         out.insert(name, tensor);
@@ -614,7 +627,13 @@ impl TorchZip {
             read_entry(&mut archive, &entry, want as u64, &self.file, self.file_len)?
         };
         if bytes.len() != want {
-            return Err(bad(format!("storage {} holds {} bytes, its record says {} elements of {} bytes", t.key, bytes.len(), t.numel, t.kind.size())));
+            return Err(bad(format!(
+                "storage {} holds {} bytes, its record says {} elements of {} bytes",
+                t.key,
+                bytes.len(),
+                t.numel,
+                t.kind.size()
+            )));
         }
         to_tensor(&bytes, t, name, &self.file, &Device::Cpu, DType::F32).map(Some)
     }
@@ -622,7 +641,13 @@ impl TorchZip {
 
 /// The entry's bytes, at most `limit`; never inflated past its declared size, and a declared
 /// size out of proportion to the compressed bytes (a zip bomb) is refused before reading.
-fn read_entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str, limit: u64, file: &str, file_len: u64) -> Result<Vec<u8>> {
+fn read_entry(
+    archive: &mut zip::ZipArchive<std::fs::File>,
+    name: &str,
+    limit: u64,
+    file: &str,
+    file_len: u64,
+) -> Result<Vec<u8>> {
     let bad = |msg: String| Error::BadCheckpoint { file: file.to_string(), msg: format!("zip entry `{name}`: {msg}") };
     let entry = archive.by_name(name).map_err(|e| bad(e.to_string()))?;
     let (size, packed) = (entry.size(), entry.compressed_size());
@@ -632,7 +657,9 @@ fn read_entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str, limit: u
     if packed > file_len {
         return Err(bad(format!("claims {packed} compressed bytes in a file of {file_len}")));
     }
-    if entry.compression() != zip::CompressionMethod::Stored && size > packed.saturating_mul(MAX_INFLATE_RATIO).max(4096) {
+    if entry.compression() != zip::CompressionMethod::Stored
+        && size > packed.saturating_mul(MAX_INFLATE_RATIO).max(4096)
+    {
         return Err(bad(format!("{packed} compressed bytes inflate to {size}: refused as a zip bomb")));
     }
     let mut out = Vec::with_capacity(size as usize);
@@ -673,7 +700,8 @@ fn gather(bytes: &[u8], t: &TensorRef) -> Option<Vec<f32>> {
     let count = bytes.len() / t.kind.size();
     let n: usize = t.size.iter().try_fold(1usize, |a, &s| a.checked_mul(s))?;
     if n > 0 {
-        let last = t.size.iter().zip(&t.stride).try_fold(t.offset, |a, (&s, &st)| a.checked_add((s - 1).checked_mul(st)?))?;
+        let last =
+            t.size.iter().zip(&t.stride).try_fold(t.offset, |a, (&s, &st)| a.checked_add((s - 1).checked_mul(st)?))?;
         if last >= count {
             return None;
         }

@@ -79,10 +79,8 @@ impl Weights {
         let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
         let bad = |msg: String| Error::BadCheckpoint { file: index.display().to_string(), msg };
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        let map =
+            json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object".into()))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut files: Vec<PathBuf> = Vec::new();
         for shard in map.values() {
@@ -193,7 +191,10 @@ impl Weights {
         // A NaN or ∞ in a weight would run silently: the quantized kernels turn it into finite
         // garbage, and a NaN projection gave an empty answer with exit status 0.
         if !all_finite(&t)? {
-            return Err(Error::BadCheckpoint { file: self.origin.clone(), msg: format!("`{raw}` holds NaN or infinite values") });
+            return Err(Error::BadCheckpoint {
+                file: self.origin.clone(),
+                msg: format!("`{raw}` holds NaN or infinite values"),
+            });
         }
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }

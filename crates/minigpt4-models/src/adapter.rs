@@ -4,8 +4,8 @@
 
 use candle_core::{Tensor, D};
 
-use crate::{Error, Result};
 use crate::qformer::QFormer;
+use crate::{Error, Result};
 
 pub enum Adapter {
     QFormer(Box<QFormer>),
@@ -14,7 +14,10 @@ pub enum Adapter {
     /// `p` in its t-th block of a `slots·C`-wide vector and zeros elsewhere, so the one linear
     /// projection gives each slot its own map from class evidence to an LLM embedding (slot t of
     /// class c can become the t-th token of c's name).
-    Classes { slots: usize, temperature: f64 },
+    Classes {
+        slots: usize,
+        temperature: f64,
+    },
 }
 
 impl Adapter {

@@ -10,11 +10,11 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::LayerNorm;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
 use crate::eva_vit::interpolate_pos_embed;
 use crate::vit_layers::{PatchEmbed, VitEmbeddings};
-use minigpt4_ops::vit_ops::{attention, Dense, Epilogue};
+use crate::{Error, Result};
 use minigpt4_io::weights::Scope;
+use minigpt4_ops::vit_ops::{attention, Dense, Epilogue};
 
 /// Mirrors Hugging Face's `Dinov2Config`. The defaults are DINOv2-S/14 as published
 /// (`facebook/dinov2-small`: 384 wide, 12 layers, 6 heads, pos-embed for 518 px = 37×37), not
@@ -96,7 +96,9 @@ impl Dinov2Config {
             return Err(Error::Config(format!("DINOv2 hidden_act `{}` is not supported (gelu)", self.hidden_act)));
         }
         if self.use_swiglu_ffn {
-            return Err(Error::Config("DINOv2 with a SwiGLU MLP (use_swiglu_ffn, the giant model) is not supported".into()));
+            return Err(Error::Config(
+                "DINOv2 with a SwiGLU MLP (use_swiglu_ffn, the giant model) is not supported".into(),
+            ));
         }
         if self.num_channels != 3 {
             return Err(Error::Config(format!("DINOv2 num_channels {} is not supported (3)", self.num_channels)));

@@ -131,7 +131,8 @@ struct Depthwise {
 impl Depthwise {
     fn load(w: &Scope, channels: usize, kernel: usize, stride: usize, eps: f64) -> Result<Self> {
         let (weight, b) = folded_conv(w, "_depthwise_conv", "_bn1", [channels, 1, kernel, kernel], eps)?;
-        let w_hwc = weight.reshape((channels, kernel * kernel))?.t()?.reshape((kernel, kernel, channels))?.contiguous()?;
+        let w_hwc =
+            weight.reshape((channels, kernel * kernel))?.t()?.reshape((kernel, kernel, channels))?.contiguous()?;
         Ok(Self { w_hwc, w_oihw: weight, b, kernel, stride })
     }
 
@@ -165,11 +166,8 @@ struct MbConv {
 impl MbConv {
     fn load(w: &Scope, args: &StageArgs, input: usize, stride: usize, eps: f64) -> Result<Self> {
         let hidden = input * args.expand;
-        let expand = if args.expand == 1 {
-            None
-        } else {
-            Some(Pointwise::load(w, "_expand_conv", "_bn0", input, hidden, eps)?)
-        };
+        let expand =
+            if args.expand == 1 { None } else { Some(Pointwise::load(w, "_expand_conv", "_bn0", input, hidden, eps)?) };
         Ok(Self {
             expand,
             depthwise: Depthwise::load(w, hidden, args.kernel, stride, eps)?,
@@ -209,7 +207,8 @@ impl EfficientNet {
         for stage in &cfg.stages {
             for r in 0..stage.repeats {
                 // As in efficientnet_pytorch: a stage's first block changes width and stride.
-                let (input, stride) = if r == 0 { (stage.input_filters, stage.stride) } else { (stage.output_filters, 1) };
+                let (input, stride) =
+                    if r == 0 { (stage.input_filters, stage.stride) } else { (stage.output_filters, 1) };
                 blocks.push(MbConv::load(&w.pp(format!("_blocks.{}", blocks.len())), stage, input, stride, eps)?);
             }
         }
@@ -269,7 +268,13 @@ pub struct Classifier {
 impl Classifier {
     /// `pixels_mean`/`pixels_std`: the normalisation of the pixels it will be given (the main
     /// encoder's); they are mapped to EfficientNet-Lite's `(x − 127) / 128` on the way in.
-    pub fn new(net: EfficientNet, slots: usize, temperature: f64, pixels_mean: [f32; 3], pixels_std: [f32; 3]) -> Result<Self> {
+    pub fn new(
+        net: EfficientNet,
+        slots: usize,
+        temperature: f64,
+        pixels_mean: [f32; 3],
+        pixels_std: [f32; 3],
+    ) -> Result<Self> {
         let scale: Vec<f32> = (0..3).map(|c| pixels_std[c] / PIXEL_STD).collect();
         let shift: Vec<f32> = (0..3).map(|c| (pixels_mean[c] - PIXEL_MEAN) / PIXEL_STD).collect();
         let dev = net.fc_w.device().clone();
@@ -331,7 +336,8 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (2, h, w, c), &dev).unwrap();
             let weight = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
-            let w_hwc = weight.reshape((c, k * k)).unwrap().t().unwrap().reshape((k, k, c)).unwrap().contiguous().unwrap();
+            let w_hwc =
+                weight.reshape((c, k * k)).unwrap().t().unwrap().reshape((k, k, c)).unwrap().contiguous().unwrap();
             let dw = Depthwise { w_hwc, w_oihw: weight, b, kernel: k, stride: s };
             let fast = dw.forward(&x).unwrap();
             let reference = dw.forward_grouped(&x).unwrap();

@@ -9,8 +9,8 @@ use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
 use crate::vit_layers::{multi_head_attention, PatchEmbed, VitEmbeddings};
+use crate::{Error, Result};
 use minigpt4_io::weights::Scope;
 
 /// Mirrors Hugging Face's `Blip2VisionConfig` (defaults: EVA ViT-g/14 at 224 px, 39 blocks).
@@ -146,7 +146,10 @@ impl EvaVit {
     pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &Scope) -> Result<Self> {
         cfg.validate()?;
         if image_size == 0 || !image_size.is_multiple_of(cfg.patch_size) {
-            return Err(Error::Config(format!("image size {image_size} is not a multiple of patch size {}", cfg.patch_size)));
+            return Err(Error::Config(format!(
+                "image size {image_size} is not a multiple of patch size {}",
+                cfg.patch_size
+            )));
         }
         let (d, p) = (cfg.hidden_size, cfg.patch_size);
         let emb = w.pp("embeddings");

@@ -16,11 +16,11 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
 use crate::names;
+use crate::{Error, Result};
+use minigpt4_io::weights::Scope;
 use minigpt4_ops::quant_matvec::QuantMatvec;
 use minigpt4_ops::train_ops;
-use minigpt4_io::weights::Scope;
 
 /// Mirrors the fields of a Hugging Face `LlamaConfig` (`config.json`) that inference needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,7 +143,8 @@ impl LlamaConfig {
         let md = |key: &str| ct.metadata.get(key);
         let arch = md("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or("llama".into());
         let get = |key: &str| {
-            md(&format!("{arch}.{key}")).ok_or_else(|| Error::Config(format!("GGUF metadata `{arch}.{key}` is missing")))
+            md(&format!("{arch}.{key}"))
+                .ok_or_else(|| Error::Config(format!("GGUF metadata `{arch}.{key}` is missing")))
         };
         let int = |key: &str| -> Result<usize> {
             let v = get(key)?;
@@ -166,7 +167,11 @@ impl LlamaConfig {
         let hidden = int("embedding_length")?;
         let id = |key: &str| md(key).and_then(|v| v.to_u32().ok());
         Ok(Self {
-            vocab_size: *embd.shape.dims().first().ok_or_else(|| Error::Config("GGUF token_embd.weight has no dimensions".into()))?,
+            vocab_size: *embd
+                .shape
+                .dims()
+                .first()
+                .ok_or_else(|| Error::Config("GGUF token_embd.weight has no dimensions".into()))?,
             hidden_size: hidden,
             intermediate_size: int("feed_forward_length")?,
             num_hidden_layers: int("block_count")?,
@@ -312,7 +317,10 @@ impl Source<'_> {
             });
         }
         if !minigpt4_ops::quant_matvec::all_finite_blocks(&q)? {
-            return Err(Error::BadCheckpoint { file: file_name, msg: format!("`{gname}` holds NaN or infinite values") });
+            return Err(Error::BadCheckpoint {
+                file: file_name,
+                msg: format!("`{gname}` holds NaN or infinite values"),
+            });
         }
         Ok(q)
     }
@@ -494,7 +502,13 @@ impl Llama {
         Ok((model, ct))
     }
 
-    fn build(cfg: &LlamaConfig, src: &mut Source, device: &Device, dtype: DType, interleaved_rope: bool) -> Result<Self> {
+    fn build(
+        cfg: &LlamaConfig,
+        src: &mut Source,
+        device: &Device,
+        dtype: DType,
+        interleaved_rope: bool,
+    ) -> Result<Self> {
         cfg.validate()?;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_kv_heads());
@@ -608,7 +622,7 @@ impl Llama {
     /// Token embeddings [1, T, D]. Ids outside the vocabulary are an error, not a panic.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
-            return Err(Error::Generation(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
+            return Err(Error::Internal(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
         }
         Ok(self.embed_tokens.rows(ids, &self.device, self.dtype)?.unsqueeze(0)?)
     }
@@ -641,7 +655,10 @@ impl Llama {
     fn hidden(&self, embeds: &Tensor, mut cache: Option<&mut LlamaCache>, mode: Mode) -> Result<Tensor> {
         let (_, t, d) = embeds.dims3()?;
         if d != self.cfg.hidden_size {
-            return Err(Error::Generation(format!("input embeddings have width {d}, the LLM expects {}", self.cfg.hidden_size)));
+            return Err(Error::Internal(format!(
+                "input embeddings have width {d}, the LLM expects {}",
+                self.cfg.hidden_size
+            )));
         }
         let pos = cache.as_ref().map_or(0, |c| c.pos);
         if pos + t > self.cos.dim(0)? {
@@ -797,10 +814,15 @@ pub fn read_gguf(path: &Path) -> Result<(std::fs::File, gguf_file::Content)> {
         let bytes = elems
             .filter(|e| e % block == 0)
             .and_then(|e| (e / block).checked_mul(info.ggml_dtype.type_size() as u64))
-            .ok_or_else(|| bad(format!("shape {:?} is not a whole number of {:?} blocks", info.shape.dims(), info.ggml_dtype)))?;
+            .ok_or_else(|| {
+                bad(format!("shape {:?} is not a whole number of {:?} blocks", info.shape.dims(), info.ggml_dtype))
+            })?;
         let end = ct.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes));
         if end.is_none_or(|end| end > file_len) {
-            return Err(bad(format!("its {bytes} bytes at offset {} reach past the end of the {file_len}-byte file", info.offset)));
+            return Err(bad(format!(
+                "its {bytes} bytes at offset {} reach past the end of the {file_len}-byte file",
+                info.offset
+            )));
         }
     }
     Ok((file, ct))

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::Adapter;
 use crate::dinov2::Dinov2;
 use crate::efficientnet_lite::{Classifier, EfficientNet};
-use crate::{Error, Result};
 use crate::eva_vit::{EvaVit, EvaVitConfig};
 use crate::llama::Llama;
 use crate::projector::Projector;
 use crate::qformer::QFormerConfig;
+use crate::{Error, Result};
 use minigpt4_io::weights::Weights;
 
 /// Mirrors the vision/Q-Former part of Hugging Face's `Blip2Config`.
@@ -213,7 +213,12 @@ impl MiniGpt4 {
 }
 
 /// Pixels → the projection's input tokens: the adapter's, after the classifier's when there is one.
-pub fn image_features(vision: &VisionTower, adapter: &Adapter, classifier: Option<&Classifier>, pixels: &Tensor) -> Result<Tensor> {
+pub fn image_features(
+    vision: &VisionTower,
+    adapter: &Adapter,
+    classifier: Option<&Classifier>,
+    pixels: &Tensor,
+) -> Result<Tensor> {
     let tokens = adapter.forward(&vision.forward(pixels)?)?;
     match classifier {
         Some(c) => c.join(pixels, &tokens),

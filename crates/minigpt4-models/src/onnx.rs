@@ -34,7 +34,6 @@ use crate::dinov2::Dinov2Config;
 use crate::{Error, Result};
 use minigpt4_io::weights::Weights;
 
-
 /// The few ONNX protobuf messages the converter reads, written by hand (field numbers from
 /// `onnx.proto`) so that no `protoc` is needed to build. Fields not declared here are skipped
 /// by the decoder.
@@ -143,8 +142,9 @@ pub fn read_model(path: &Path) -> Result<proto::ModelProto> {
     if data.is_empty() {
         return Err(bad("the file is empty, not an ONNX model".into()));
     }
-    let model = proto::ModelProto::decode(prost::bytes::Bytes::from(data))
-        .map_err(|e| bad(format!("not a readable ONNX model (truncated or not ONNX): protobuf decoding failed: {e}")))?;
+    let model = proto::ModelProto::decode(prost::bytes::Bytes::from(data)).map_err(|e| {
+        bad(format!("not a readable ONNX model (truncated or not ONNX): protobuf decoding failed: {e}"))
+    })?;
     if model.graph.is_none() {
         return Err(bad("not an ONNX model: no graph in the file (truncated or not ONNX?)".into()));
     }
@@ -244,12 +244,12 @@ pub fn converted_config(safetensors_path: &Path) -> Result<Dinov2Config> {
     }
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header).map_err(|e| bad(format!("reading the safetensors header: {e}")))?;
-    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header: {e}")))?;
-    let config = json
-        .get("__metadata__")
-        .and_then(|m| m.get("config"))
-        .and_then(|c| c.as_str())
-        .ok_or_else(|| bad("no `config` in the safetensors metadata (not written by convert_dinov2_onnx?)".into()))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header: {e}")))?;
+    let config =
+        json.get("__metadata__").and_then(|m| m.get("config")).and_then(|c| c.as_str()).ok_or_else(|| {
+            bad("no `config` in the safetensors metadata (not written by convert_dinov2_onnx?)".into())
+        })?;
     serde_json::from_str(config).map_err(|e| bad(format!("metadata `config`: {e}")))
 }
 
@@ -308,7 +308,10 @@ impl<'a> Graph<'a> {
     fn dims(&self, t: &TensorProto) -> Result<Vec<usize>> {
         t.dims
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| self.err(format!("initializer `{}` has a negative dimension {d}", t.name))))
+            .map(|&d| {
+                usize::try_from(d)
+                    .map_err(|_| self.err(format!("initializer `{}` has a negative dimension {d}", t.name)))
+            })
             .collect()
     }
 
@@ -321,10 +324,13 @@ impl<'a> Graph<'a> {
             }
         }
         if t.data_location == proto::EXTERNAL {
-            return Err(self.err(format!("initializer `{}` keeps its data in an external file, which is not supported", t.name)));
+            return Err(self
+                .err(format!("initializer `{}` keeps its data in an external file, which is not supported", t.name)));
         }
         if t.data_type != proto::FLOAT {
-            return Err(self.err(format!("initializer `{}` has ONNX data type {}, expected 1 (float32)", t.name, t.data_type)));
+            return Err(
+                self.err(format!("initializer `{}` has ONNX data type {}, expected 1 (float32)", t.name, t.data_type))
+            );
         }
         let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let n = n.ok_or_else(|| self.err(format!("initializer `{}` has an impossible shape {dims:?}", t.name)))?;
@@ -380,10 +386,16 @@ impl<'a> Graph<'a> {
         let cls_dims = self.dims(cls)?;
         let d = match cls_dims[..] {
             [1, 1, d] if d > 0 => d,
-            _ => return Err(self.err(format!("`backbone.embeddings.cls_token` has shape {cls_dims:?}, expected [1, 1, D]"))),
+            _ => {
+                return Err(
+                    self.err(format!("`backbone.embeddings.cls_token` has shape {cls_dims:?}, expected [1, 1, D]"))
+                )
+            }
         };
         let patch = self.patch_size(d)?;
-        let layers = (0..).take_while(|i| self.inits.contains_key(format!("{PREFIX}encoder.layer.{i}.norm1.weight").as_str())).count();
+        let layers = (0..)
+            .take_while(|i| self.inits.contains_key(format!("{PREFIX}encoder.layer.{i}.norm1.weight").as_str()))
+            .count();
         if layers == 0 {
             return Err(self.err("no encoder layers (`backbone.encoder.layer.0.norm1.weight` not found)"));
         }
@@ -417,11 +429,19 @@ impl<'a> Graph<'a> {
                 ("mlp.fc2", d),
             ] {
                 let name = format!("{l}.{module}");
-                let w = linears.get(&name).ok_or_else(|| self.err(format!("no MatMul feeding `{PREFIX}{name}.bias`")))?;
+                let w =
+                    linears.get(&name).ok_or_else(|| self.err(format!("no MatMul feeding `{PREFIX}{name}.bias`")))?;
                 t.insert(format!("{name}.weight"), w.clone());
                 t.insert(format!("{name}.bias"), self.named(&format!("{name}.bias"), &[out])?);
             }
-            for name in ["norm1.weight", "norm1.bias", "layer_scale1.lambda1", "norm2.weight", "norm2.bias", "layer_scale2.lambda1"] {
+            for name in [
+                "norm1.weight",
+                "norm1.bias",
+                "layer_scale1.lambda1",
+                "norm2.weight",
+                "norm2.bias",
+                "layer_scale2.lambda1",
+            ] {
                 let name = format!("{l}.{name}");
                 t.insert(name.clone(), self.named(&name, &[d])?);
             }
@@ -510,7 +530,9 @@ impl<'a> Graph<'a> {
             self.check_linear_input(n, module, layers)?;
             let (dims, data) = self.floats(w, None)?;
             let [din, dout] = dims[..] else {
-                return Err(self.err(format!("MatMul weight `{}` for `{bias}` has shape {dims:?}, expected 2-D", w.name)));
+                return Err(
+                    self.err(format!("MatMul weight `{}` for `{bias}` has shape {dims:?}, expected 2-D", w.name))
+                );
             };
             // [in, out] → [out, in]
             let mut t = vec![0f32; data.len()];
@@ -548,7 +570,10 @@ impl<'a> Graph<'a> {
             .map(|&i| &self.nodes[i])
             .is_some_and(|p| p.op_type == "Add" && p.input.contains(&want));
         if !ok {
-            return Err(self.err(format!("{} (`{PREFIX}{module}`) does not read the output of `{want}`'s LayerNorm", Self::node_desc(n))));
+            return Err(self.err(format!(
+                "{} (`{PREFIX}{module}`) does not read the output of `{want}`'s LayerNorm",
+                Self::node_desc(n)
+            )));
         }
         Ok(())
     }
@@ -571,19 +596,29 @@ impl<'a> Graph<'a> {
             }
             if let Some(t) = self.inits.get(tensor) {
                 if found.is_some() {
-                    return Err(self.err("more than one Resize of an initializer; cannot tell which is the position embedding"));
+                    return Err(
+                        self.err("more than one Resize of an initializer; cannot tell which is the position embedding")
+                    );
                 }
                 found = Some((n, *t));
             }
         }
-        let (resize, grid_init) = found.ok_or_else(|| self.err("no Resize node resizes a position-embedding initializer"))?;
+        let (resize, grid_init) =
+            found.ok_or_else(|| self.err("no Resize node resizes a position-embedding initializer"))?;
         let dims = self.dims(grid_init)?;
         let g = match dims[..] {
             [1, n, dd] if dd == d && n > 0 => (n as f64).sqrt().round() as usize,
-            _ => return Err(self.err(format!("position-embedding grid `{}` has shape {dims:?}, expected [1, g², {d}]", grid_init.name))),
+            _ => {
+                return Err(self.err(format!(
+                    "position-embedding grid `{}` has shape {dims:?}, expected [1, g², {d}]",
+                    grid_init.name
+                )))
+            }
         };
         if g * g != dims[1] {
-            return Err(self.err(format!("position-embedding grid `{}` has {} entries, not a square", grid_init.name, dims[1])));
+            return Err(
+                self.err(format!("position-embedding grid `{}` has {} entries, not a square", grid_init.name, dims[1]))
+            );
         }
         self.check_resize(resize)?;
 
@@ -600,10 +635,14 @@ impl<'a> Graph<'a> {
                 _ => break,
             }
         }
-        let (concat, resized) = concat.ok_or_else(|| self.err(format!("the output of {} never reaches a Concat", Self::node_desc(resize))))?;
+        let (concat, resized) = concat
+            .ok_or_else(|| self.err(format!("the output of {} never reaches a Concat", Self::node_desc(resize))))?;
         let ok_order = concat.input.len() == 2 && concat.input[1] == resized;
         let cls = self.inits.get(concat.input[0].as_str()).filter(|_| ok_order).ok_or_else(|| {
-            self.err(format!("{} does not put a [1, 1, {d}] initializer in front of the resized grid", Self::node_desc(concat)))
+            self.err(format!(
+                "{} does not put a [1, 1, {d}] initializer in front of the resized grid",
+                Self::node_desc(concat)
+            ))
         })?;
         let (_, mut data) = self.floats(cls, Some(&[1, 1, d]))?;
         let (_, grid) = self.floats(grid_init, Some(&[1, g * g, d]))?;
@@ -639,9 +678,22 @@ impl<'a> Graph<'a> {
     /// Heads, from the Reshape of layer 0's keys to [B, N, heads, head_dim]: its shape is a
     /// Concat whose last two parts are constants.
     fn attention_heads(&self, d: usize) -> Option<usize> {
-        let add = self.consumers.get("backbone.encoder.layer.0.attention.attention.key.bias")?.first().map(|&i| &self.nodes[i])?;
-        let reshape = self.consumers.get(add.output.first()?.as_str())?.iter().map(|&i| &self.nodes[i]).find(|n| n.op_type == "Reshape")?;
-        let concat = self.producer.get(reshape.input.get(1)?.as_str()).map(|&i| &self.nodes[i]).filter(|n| n.op_type == "Concat")?;
+        let add = self
+            .consumers
+            .get("backbone.encoder.layer.0.attention.attention.key.bias")?
+            .first()
+            .map(|&i| &self.nodes[i])?;
+        let reshape = self
+            .consumers
+            .get(add.output.first()?.as_str())?
+            .iter()
+            .map(|&i| &self.nodes[i])
+            .find(|n| n.op_type == "Reshape")?;
+        let concat = self
+            .producer
+            .get(reshape.input.get(1)?.as_str())
+            .map(|&i| &self.nodes[i])
+            .filter(|n| n.op_type == "Concat")?;
         let [.., heads, head_dim] = concat.input.as_slice() else { return None };
         let (heads, head_dim) = (self.int_scalar(heads)?, self.int_scalar(head_dim)?);
         (heads > 0 && heads.checked_mul(head_dim)? == d as i64).then_some(heads as usize)

@@ -23,7 +23,11 @@ impl Projector {
     pub fn from_tensors(weight: Tensor, bias: Tensor) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
         if bias.dims() != [out_dim] {
-            return Err(Error::Config(format!("projection bias {:?} does not match weight {:?}", bias.dims(), weight.dims())));
+            return Err(Error::Config(format!(
+                "projection bias {:?} does not match weight {:?}",
+                bias.dims(),
+                weight.dims()
+            )));
         }
         Ok(Self { linear: Linear::new(weight, Some(bias)), in_dim, out_dim })
     }

@@ -6,8 +6,8 @@ use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
 use crate::vit_layers::multi_head_attention;
+use crate::{Error, Result};
 use minigpt4_io::weights::Scope;
 
 /// Mirrors Hugging Face's `Blip2QFormerConfig` (defaults: the BLIP-2 Q-Former of MiniGPT-4).

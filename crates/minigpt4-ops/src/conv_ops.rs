@@ -16,7 +16,13 @@ pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize
 
 /// `relu6(depthwise_conv(x, w) + b)` with TensorFlow "same" padding: `x` [B, H, W, C] f32 on the
 /// CPU, `w` [k, k, C], `b` [C] → [B, ⌈H/s⌉, ⌈W/s⌉, C].
-pub fn depthwise_conv_relu6(x: &Tensor, w_hwc: &Tensor, b: &Tensor, kernel: usize, stride: usize) -> candle_core::Result<Tensor> {
+pub fn depthwise_conv_relu6(
+    x: &Tensor,
+    w_hwc: &Tensor,
+    b: &Tensor,
+    kernel: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op3_no_bwd(w_hwc, b, &DepthwiseOp { kernel, stride })
 }
 
@@ -75,4 +81,3 @@ impl CustomOp3 for DepthwiseOp {
         Ok((CpuStorage::F32(out), Shape::from_dims(&[batch, oh, ow, c])))
     }
 }
-

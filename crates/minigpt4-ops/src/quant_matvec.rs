@@ -378,7 +378,9 @@ pub fn all_finite_blocks(q: &QTensor) -> candle_core::Result<bool> {
     if data.len() % block != 0 {
         candle_core::bail!("{} bytes are not whole {:?} blocks", data.len(), q.dtype());
     }
-    Ok(data.chunks_exact(block).all(|b| halves.iter().all(|&at| f16_at(b, at)) && floats.iter().all(|&at| f32_at(b, at))))
+    Ok(data
+        .chunks_exact(block)
+        .all(|b| halves.iter().all(|&at| f16_at(b, at)) && floats.iter().all(|&at| f32_at(b, at))))
 }
 
 #[cfg(test)]
@@ -407,9 +409,12 @@ mod tests {
     #[test]
     fn matches_dequantized_reference_on_random_data() {
         let dev = Device::Cpu;
-        for (dtype, rows, cols) in
-            [(GgmlDType::Q4_1, 1536, 576), (GgmlDType::Q8_0, 4099, 576), (GgmlDType::Q4_1, 7, 64), (GgmlDType::Q8_0, 5, 96)]
-        {
+        for (dtype, rows, cols) in [
+            (GgmlDType::Q4_1, 1536, 576),
+            (GgmlDType::Q8_0, 4099, 576),
+            (GgmlDType::Q4_1, 7, 64),
+            (GgmlDType::Q8_0, 5, 96),
+        ] {
             let w = Tensor::from_vec(random(rows * cols, 1), (rows, cols), &dev).unwrap();
             let mv = QuantMatvec::new(Arc::new(QTensor::quantize(&w, dtype).unwrap())).unwrap();
             for m in [1, 3] {
@@ -479,13 +484,24 @@ mod tests {
                 let b = 2 * block; // some block in the middle
                 d[b + at..b + at + nan.len()].copy_from_slice(nan);
                 let shape = q.shape().clone();
-                QTensor::new(candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(d), &Device::Cpu, dtype).unwrap(), shape).unwrap()
+                QTensor::new(
+                    candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(d), &Device::Cpu, dtype)
+                        .unwrap(),
+                    shape,
+                )
+                .unwrap()
             };
             for &at in halves {
-                assert!(!all_finite_blocks(&poisoned(at, &half::f16::NAN.to_le_bytes())).unwrap(), "{dtype:?} f16 at {at}");
+                assert!(
+                    !all_finite_blocks(&poisoned(at, &half::f16::NAN.to_le_bytes())).unwrap(),
+                    "{dtype:?} f16 at {at}"
+                );
             }
             for &at in floats {
-                assert!(!all_finite_blocks(&poisoned(at, &f32::INFINITY.to_le_bytes())).unwrap(), "{dtype:?} f32 at {at}");
+                assert!(
+                    !all_finite_blocks(&poisoned(at, &f32::INFINITY.to_le_bytes())).unwrap(),
+                    "{dtype:?} f32 at {at}"
+                );
             }
         }
     }

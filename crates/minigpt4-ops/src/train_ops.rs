@@ -62,7 +62,6 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
 
-
 /// Runs `$body` with `$t` bound to the element type of `$s` (f32 or f64).
 macro_rules! with_float {
     ($s:expr, $op:expr, $t:ident => $body:expr) => {
@@ -177,7 +176,13 @@ impl CustomOp2 for RmsNormGrad<'_> {
         "fused-rms-norm-grad"
     }
 
-    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sg: &CpuStorage, lg: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         same_shape(lx, lg, self.name())?;
         let n = last_dim(lx);
         with_float!(sx, self.name(), T => {
@@ -245,7 +250,13 @@ impl CustomOp2 for SoftmaxGrad {
         "fused-causal-softmax-grad"
     }
 
-    fn cpu_fwd(&self, sy: &CpuStorage, ly: &Layout, sg: &CpuStorage, lg: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         same_shape(ly, lg, self.name())?;
         with_float!(sy, self.name(), T => {
             let sqrt_d = T::from_f64(self.sqrt_d);
@@ -323,7 +334,13 @@ impl CustomOp2 for SwiGlu {
         "fused-swiglu"
     }
 
-    fn cpu_fwd(&self, sg: &CpuStorage, lg: &Layout, su: &CpuStorage, lu: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        sg: &CpuStorage,
+        lg: &Layout,
+        su: &CpuStorage,
+        lu: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         same_shape(lg, lu, self.name())?;
         with_float!(sg, self.name(), T => {
             let inputs = [slice::<T>(sg, lg, self.name())?, slice::<T>(su, lu, self.name())?];
@@ -336,7 +353,13 @@ impl CustomOp2 for SwiGlu {
         })
     }
 
-    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dg = g.apply_op3_no_bwd(u, &dy, &SwiGluGrad::Gate)?;
         let du = g.apply_op3_no_bwd(u, &dy, &SwiGluGrad::Up)?;
@@ -425,9 +448,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let m = layout.shape().elem_count() / k;
         let rows = candle_core::Layout::contiguous_with_offset((m, k), layout.start_offset());
         let (w, wl) = self.wt.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*w else {
-            candle_core::bail!("frozen-matmul: weight is not on the CPU")
-        };
+        let candle_core::Storage::Cpu(w) = &*w else { candle_core::bail!("frozen-matmul: weight is not on the CPU") };
         let out = x.matmul(w, (1, m, n, k), &rows, wl)?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank checked above") = n;
@@ -470,7 +491,12 @@ mod tests {
 
     /// Compares `fused` and `reference` (functions of the same inputs) in value and in the
     /// gradient of every input.
-    fn check(name: &str, inputs: &[Tensor], fused: impl Fn(&[Tensor]) -> Tensor, reference: impl Fn(&[Tensor]) -> Tensor) {
+    fn check(
+        name: &str,
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> Tensor,
+        reference: impl Fn(&[Tensor]) -> Tensor,
+    ) {
         let dtype = inputs[0].dtype();
         let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
@@ -536,7 +562,10 @@ mod tests {
                     if interleaved { "rope-i" } else { "rope" },
                     &[randn(&[2, 3, t, hd], dtype)],
                     |x| rope(&x[0], &cos, &sin, interleaved).unwrap(),
-                    |x| if interleaved { r::rope_i_slow(&x[0], &cos, &sin) } else { r::rope_slow(&x[0], &cos, &sin) }.unwrap(),
+                    |x| {
+                        if interleaved { r::rope_i_slow(&x[0], &cos, &sin) } else { r::rope_slow(&x[0], &cos, &sin) }
+                            .unwrap()
+                    },
                 );
             }
         }

@@ -64,7 +64,8 @@ impl Dense {
             Epilogue::Residual(r) => Some(r.contiguous()?),
             _ => None,
         };
-        let op = DenseOp { w: &self.w, b: &self.b, gelu: matches!(epilogue, Epilogue::Gelu), residual: residual.as_ref() };
+        let op =
+            DenseOp { w: &self.w, b: &self.b, gelu: matches!(epilogue, Epilogue::Gelu), residual: residual.as_ref() };
         x.contiguous()?.apply_op1_no_bwd(&op)
     }
 }
@@ -79,7 +80,6 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     }
     qkv.contiguous()?.apply_op1_no_bwd(&AttentionOp { heads })
 }
-
 
 /// A contiguous CPU f32 tensor's elements, read under `guard` (from `storage_and_layout`).
 fn held<'a>(guard: &'a Storage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -106,9 +106,25 @@ unsafe fn gemm_f32(
 ) {
     // gemm's dst = α·dst + β·lhs·rhs: its α is the accumulate switch, its β our scale.
     gemm::gemm(
-        m, n, k, c, 1, c_rs as isize, accumulate,
-        a, a_cs as isize, a_rs as isize, b, b_cs as isize, b_rs as isize,
-        1.0, alpha, false, false, false, par,
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
+        accumulate,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        par,
     );
 }
 
@@ -180,7 +196,18 @@ impl CustomOp1 for DenseOp<'_> {
             let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
             let x = &x[r0 * k..(r0 + rows) * k];
             // SAFETY: x is [rows, k], w [k, n] and y [rows, n], all contiguous and distinct.
-            unsafe { gemm_f32((rows, n, k), y.as_mut_ptr(), n, true, (x.as_ptr(), k, 1), (w.as_ptr(), n, 1), 1.0, Parallelism::None) };
+            unsafe {
+                gemm_f32(
+                    (rows, n, k),
+                    y.as_mut_ptr(),
+                    n,
+                    true,
+                    (x.as_ptr(), k, 1),
+                    (w.as_ptr(), n, 1),
+                    1.0,
+                    Parallelism::None,
+                )
+            };
             if self.gelu {
                 gelu_in_place(y);
             }
@@ -250,10 +277,28 @@ impl CustomOp1 for AttentionOp {
                 // [rows, n] fit the scratch, and this task's output rectangle (rows r0.., columns
                 // head·hd..+hd) is written by no other task.
                 unsafe {
-                    gemm_f32((rows, n, hd), scores.as_mut_ptr(), n, false, (q.as_ptr(), d3, 1), (k.as_ptr(), 1, d3), scale, Parallelism::None);
+                    gemm_f32(
+                        (rows, n, hd),
+                        scores.as_mut_ptr(),
+                        n,
+                        false,
+                        (q.as_ptr(), d3, 1),
+                        (k.as_ptr(), 1, d3),
+                        scale,
+                        Parallelism::None,
+                    );
                     softmax_rows(&mut scores[..rows * n], n);
                     let o = ptr.at((image * n + r0) * d + head * hd);
-                    gemm_f32((rows, hd, n), o, d, false, (scores.as_ptr(), n, 1), (v.as_ptr(), d3, 1), 1.0, Parallelism::None);
+                    gemm_f32(
+                        (rows, hd, n),
+                        o,
+                        d,
+                        false,
+                        (scores.as_ptr(), n, 1),
+                        (v.as_ptr(), d3, 1),
+                        1.0,
+                        Parallelism::None,
+                    );
                 }
             },
         );
@@ -288,8 +333,19 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 fn erf<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs().min(3.925);
     let horner = |cs: &[f32], r: f32| cs[1..].iter().fold(cs[0], |p, &c| madd::<FMA>(p, r, c));
-    let small = madd::<FMA>(horner(&[-5.991_05e-4, 4.993_396e-3, -2.676_673_4e-2, 0.112_818_03, -0.376_124_86, 0.128_379_15], a * a), a, a);
-    let big = madd::<FMA>(horner(&[1.729_489_3e-5, -3.832_087e-4, 3.883_934_4e-3, -2.425_456e-2, 0.106_777_85, 0.634_846_7, 0.128_717_51], a), a, a);
+    let small = madd::<FMA>(
+        horner(&[-5.991_05e-4, 4.993_396e-3, -2.676_673_4e-2, 0.112_818_03, -0.376_124_86, 0.128_379_15], a * a),
+        a,
+        a,
+    );
+    let big = madd::<FMA>(
+        horner(
+            &[1.729_489_3e-5, -3.832_087e-4, 3.883_934_4e-3, -2.425_456e-2, 0.106_777_85, 0.634_846_7, 0.128_717_51],
+            a,
+        ),
+        a,
+        a,
+    );
     let big = 1.0 - exp_nonpositive::<FMA>(-big);
     (if a < 0.921_875 { small } else { big }).copysign(x)
 }
@@ -335,7 +391,8 @@ fn softmax_kernel<const FMA: bool>(x: &mut [f32], n: usize) {
                 acc[i] = acc[i].max(c[i]);
             }
         }
-        let max = chunks.remainder().iter().fold(acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
+        let max =
+            chunks.remainder().iter().fold(acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
         for v in row.iter_mut() {
             *v = exp_nonpositive::<FMA>(*v - max);
         }
@@ -395,9 +452,8 @@ pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) ->
     let (b, n, d) = q.dims3()?;
     let m = k.dim(1)?;
     let hd = d / heads;
-    let split = |t: &Tensor, len: usize| -> Result<Tensor> {
-        t.reshape((b, len, heads, hd))?.transpose(1, 2)?.contiguous()
-    };
+    let split =
+        |t: &Tensor, len: usize| -> Result<Tensor> { t.reshape((b, len, heads, hd))?.transpose(1, 2)?.contiguous() };
     let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
     let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
     let ctx = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
@@ -489,7 +545,12 @@ mod tests {
         let mut g = xs.clone();
         gelu_in_place(&mut g);
         // Relative to max(1, |x|): the f32 product rounds at that scale.
-        let worst = g.iter().zip(&gelu_ref).zip(&xs).map(|((&g, &r), &x)| (g as f64 - r).abs() / (x.abs() as f64).max(1.0)).fold(0.0, f64::max);
+        let worst = g
+            .iter()
+            .zip(&gelu_ref)
+            .zip(&xs)
+            .map(|((&g, &r), &x)| (g as f64 - r).abs() / (x.abs() as f64).max(1.0))
+            .fold(0.0, f64::max);
         assert!(worst < 2e-7, "gelu is off by {worst:e} (relative)");
     }
 

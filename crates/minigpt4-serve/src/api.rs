@@ -130,8 +130,7 @@ pub fn parse_request(body: &[u8]) -> ApiResult<ChatRequest> {
             });
         }
     };
-    de.end()
-        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")).code("invalid_json"))?;
+    de.end().map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")).code("invalid_json"))?;
     Ok(req)
 }
 
@@ -143,7 +142,9 @@ pub fn prepare(req: ChatRequest, template: TemplateKind, limits: RequestLimits) 
 
     let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
         None => None,
-        Some(0) => return Err(ApiError::invalid("max_tokens must be at least 1").param("max_tokens").code("invalid_value")),
+        Some(0) => {
+            return Err(ApiError::invalid("max_tokens must be at least 1").param("max_tokens").code("invalid_value"))
+        }
         Some(m) if m > limits.max_tokens as u64 => {
             return Err(ApiError::invalid(format!(
                 "max_tokens is {m}, above this server's limit of {}",
@@ -274,7 +275,9 @@ fn build_conversation(
     max_images: usize,
 ) -> ApiResult<(Conversation, Vec<ImageInput>)> {
     if messages.is_empty() {
-        return Err(ApiError::invalid("messages must hold at least one message").param("messages").code("invalid_value"));
+        return Err(ApiError::invalid("messages must hold at least one message")
+            .param("messages")
+            .code("invalid_value"));
     }
     let mut conv = Conversation::new(template);
     let mut system: Vec<String> = Vec::new();
@@ -315,7 +318,10 @@ fn build_conversation(
             "assistant" => {
                 let has = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
                 if has(&m.tool_calls) || has(&m.function_call) {
-                    return Err(unsupported(&format!("{at}.tool_calls"), "tool calls are not supported by this server"));
+                    return Err(unsupported(
+                        &format!("{at}.tool_calls"),
+                        "tool calls are not supported by this server",
+                    ));
                 }
                 let parts = parse_content(&m.content, &at, false)?;
                 conv.answer(join_text(&parts).trim());
@@ -495,10 +501,7 @@ pub fn decode_image_url(url: &str, param: &str) -> ApiResult<Vec<u8>> {
     let mut fields = meta.split(';');
     let mime = fields.next().unwrap_or("").trim().to_ascii_lowercase();
     if !fields.any(|f| f.trim().eq_ignore_ascii_case("base64")) {
-        return Err(bad(
-            "invalid_image_url",
-            format!("{param} must be base64-encoded (data:image/png;base64,…)"),
-        ));
+        return Err(bad("invalid_image_url", format!("{param} must be base64-encoded (data:image/png;base64,…)")));
     }
     if !(mime.is_empty() || mime.starts_with("image/") || mime == "application/octet-stream") {
         return Err(bad(
@@ -513,9 +516,8 @@ pub fn decode_image_url(url: &str, param: &str) -> ApiResult<Vec<u8>> {
     } else {
         data
     };
-    let bytes = BASE64
-        .decode(data)
-        .map_err(|e| bad("invalid_image_url", format!("{param} holds invalid base64: {e}")))?;
+    let bytes =
+        BASE64.decode(data).map_err(|e| bad("invalid_image_url", format!("{param} holds invalid base64: {e}")))?;
     if bytes.is_empty() {
         return Err(bad("invalid_image", format!("{param} holds an empty image")));
     }
@@ -554,8 +556,12 @@ mod tests {
         let body = br#"{"messages":[{"role":"system","content":"S"},{"role":"user","content":[
             {"type":"text","text":"What is it?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAEC"}}]},
             {"role":"assistant","content":"A cat."},{"role":"user","content":"Sure?"}]}"#;
-        let p = prepare(parse_request(body).unwrap(), TemplateKind::VicunaV0, RequestLimits { max_images: 4, max_tokens: 100 })
-            .unwrap();
+        let p = prepare(
+            parse_request(body).unwrap(),
+            TemplateKind::VicunaV0,
+            RequestLimits { max_images: 4, max_tokens: 100 },
+        )
+        .unwrap();
         assert_eq!(p.images.len(), 1);
         assert_eq!(p.images[0].param, "messages[1].content[1]");
         assert_eq!(

@@ -8,8 +8,8 @@
 //! disconnected, so axum dropped the response) the worker's callback returns `Break` and the
 //! worker is free for the next request.
 
-use std::convert::Infallible;
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,10 +34,17 @@ use crate::{unix_now, AppState};
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// The images are encoded and the prompt fits; generation starts.
-    Ready { prompt_tokens: usize },
+    Ready {
+        prompt_tokens: usize,
+    },
     /// A streamed piece of the answer.
     Text(String),
-    Done { text: String, finish_reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    Done {
+        text: String,
+        finish_reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
     Error(ApiError),
 }
 
@@ -90,9 +97,8 @@ pub async fn chat_completions(
         .code("context_length_exceeded"));
     }
 
-    let admission = Arc::clone(&state.admission)
-        .try_acquire_owned()
-        .map_err(|_| ApiError::busy(state.config.retry_after_secs))?;
+    let admission =
+        Arc::clone(&state.admission).try_acquire_owned().map_err(|_| ApiError::busy(state.config.retry_after_secs))?;
     let worker = tokio::select! {
         permit = Arc::clone(&state.workers).acquire_owned() => permit.map_err(|_| ApiError::shutting_down())?,
         _ = state.shutdown_started() => return Err(ApiError::shutting_down()),
@@ -356,8 +362,6 @@ fn sse_response(
     let mut state = SseState { meta, rx, include_usage, pending: VecDeque::new(), finished: false };
     let first = state.chunk(json!({ "role": "assistant", "content": "" }), None);
     state.pending.push_back(first);
-    let stream = futures_util::stream::unfold(state, |mut s| async move {
-        s.next_event().await.map(|ev| (Ok(ev), s))
-    });
+    let stream = futures_util::stream::unfold(state, |mut s| async move { s.next_event().await.map(|ev| (Ok(ev), s)) });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

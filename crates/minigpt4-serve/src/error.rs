@@ -85,16 +85,19 @@ impl ApiError {
         })
     }
 
-    /// A core error met while handling a request: bad images and prompts are the client's
-    /// fault (400), the rest is ours (500).
+    /// A core error met while handling a request: what the request caused is a 400
+    /// ([`CoreError::is_input_error`]), everything else (the model's files, a bug) a 500.
     pub fn from_core(e: CoreError, param: Option<String>) -> Self {
-        let (mut err, code) = match &e {
-            CoreError::Image { .. } => (Self::invalid(e.to_string()), "invalid_image"),
-            CoreError::Prompt(_) => (Self::invalid(e.to_string()), "invalid_prompt"),
-            CoreError::Generation(_) | CoreError::Tokenizer(_) => (Self::invalid(e.to_string()), "invalid_value"),
-            _ => (Self::server(format!("internal error: {e}")), "internal_error"),
+        if !e.is_input_error() {
+            tracing::error!("internal error while answering: {e}");
+            return Self::server(format!("internal error: {e}")).code("internal_error");
+        }
+        let code = match &e {
+            CoreError::Image { .. } => "invalid_image",
+            CoreError::Prompt(_) => "invalid_prompt",
+            _ => "invalid_value",
         };
-        err.code = Some(code);
+        let mut err = Self::invalid(e.to_string()).code(code);
         err.param = param;
         err
     }
@@ -117,5 +120,30 @@ impl IntoResponse for ApiError {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the request caused is a 400; the model's files, the machine and our bugs are 500s.
+    #[test]
+    fn whose_fault_decides_the_status() {
+        let cases = [
+            (CoreError::Image { what: "image 1".into(), msg: "not an image".into() }, 400, "invalid_image"),
+            (CoreError::Prompt("two placeholders".into()), 400, "invalid_prompt"),
+            (CoreError::Generation("no room left in the context".into()), 400, "invalid_value"),
+            (CoreError::Internal("image cache poisoned".into()), 500, "internal_error"),
+            (CoreError::BadCheckpoint { file: "llm.gguf".into(), msg: "truncated".into() }, 500, "internal_error"),
+            (CoreError::Tokenizer("encoding failed".into()), 500, "internal_error"),
+            (CoreError::Config("bad model file".into()), 500, "internal_error"),
+        ];
+        for (e, status, code) in cases {
+            let what = e.to_string();
+            let api = ApiError::from_core(e, Some("messages".into()));
+            assert_eq!((api.status.as_u16(), api.code), (status, Some(code)), "{what}");
+            assert_eq!(api.param.is_some(), status == 400, "{what}");
+        }
     }
 }

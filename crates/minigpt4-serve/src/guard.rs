@@ -75,7 +75,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")).code("invalid_body"))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")).code("invalid_body"))?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::too_large(limit));
         }

@@ -104,7 +104,10 @@ async fn streams_an_answer_as_openai_chunks() {
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
     let (p, c) = check_usage(&usage["usage"], "stream");
-    assert_eq!((p, c), (plain["usage"]["prompt_tokens"].as_u64().unwrap(), plain["usage"]["completion_tokens"].as_u64().unwrap()));
+    assert_eq!(
+        (p, c),
+        (plain["usage"]["prompt_tokens"].as_u64().unwrap(), plain["usage"]["completion_tokens"].as_u64().unwrap())
+    );
     let finish = &chunks[chunks.len() - 2]["choices"][0];
     assert_eq!(finish["finish_reason"], plain["choices"][0]["finish_reason"]);
     assert_eq!(finish["delta"], json!({}));
@@ -117,7 +120,11 @@ async fn streams_an_answer_as_openai_chunks() {
         }
     }
     assert!(chunks.len() > 4, "the answer came in pieces: {}", chunks.len());
-    assert_eq!(text.trim(), plain["choices"][0]["message"]["content"].as_str().unwrap(), "streamed = non-streamed (greedy)");
+    assert_eq!(
+        text.trim(),
+        plain["choices"][0]["message"]["content"].as_str().unwrap(),
+        "streamed = non-streamed (greedy)"
+    );
 
     // Without include_usage there is no usage anywhere.
     body["stream_options"] = Value::Null;
@@ -172,7 +179,8 @@ fn malformed_requests() -> Vec<(String, Vec<u8>, u16)> {
     let cat = cat_url();
     let png = image_bytes("logo_rgba.png");
     let ok_msg = |content: Value| json!({"messages": [{"role": "user", "content": content}], "max_tokens": 4});
-    let img = |url: String| ok_msg(json!([{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"}]));
+    let img =
+        |url: String| ok_msg(json!([{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"}]));
     let mut cases: Vec<(String, Value, u16)> = vec![
         ("empty messages".into(), json!({"messages": []}), 400),
         ("no messages".into(), json!({"model": "x"}), 400),
@@ -181,7 +189,11 @@ fn malformed_requests() -> Vec<(String, Vec<u8>, u16)> {
         ("role missing".into(), json!({"messages": [{"content": "hi"}]}), 400),
         ("unknown role".into(), json!({"messages": [{"role": "wizard", "content": "hi"}]}), 400),
         ("tool role".into(), json!({"messages": [{"role": "tool", "content": "hi", "tool_call_id": "1"}]}), 400),
-        ("last is assistant".into(), json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}), 400),
+        (
+            "last is assistant".into(),
+            json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}),
+            400,
+        ),
         ("only system".into(), json!({"messages": [{"role": "system", "content": "be nice"}]}), 400),
         ("content null".into(), json!({"messages": [{"role": "user", "content": null}]}), 400),
         ("content number".into(), ok_msg(json!(5)), 400),
@@ -198,11 +210,33 @@ fn malformed_requests() -> Vec<(String, Vec<u8>, u16)> {
         ("image_url number".into(), ok_msg(json!([{"type": "image_url", "image_url": 3}])), 400),
         ("image_url url missing".into(), ok_msg(json!([{"type": "image_url", "image_url": {}}])), 400),
         ("placeholder in text".into(), ok_msg(json!("look <ImageHere> here")), 400),
-        ("placeholder in system".into(), json!({"messages": [{"role": "system", "content": "<ImageHere>"}, {"role": "user", "content": "hi"}]}), 400),
-        ("placeholders vs images".into(), img(cat.clone()).tap(|v| v["messages"][0]["content"][1]["text"] = json!("<ImageHere><ImageHere>")), 400),
-        ("image in assistant".into(), json!({"messages": [{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": cat}}]}, {"role": "user", "content": "hi"}]}), 400),
-        ("assistant tool_calls".into(), json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}, {"role": "user", "content": "hi"}]}), 400),
-        ("too many images".into(), ok_msg(Value::Array((0..9).map(|_| json!({"type": "image_url", "image_url": {"url": cat.clone()}})).collect())), 400),
+        (
+            "placeholder in system".into(),
+            json!({"messages": [{"role": "system", "content": "<ImageHere>"}, {"role": "user", "content": "hi"}]}),
+            400,
+        ),
+        (
+            "placeholders vs images".into(),
+            img(cat.clone()).tap(|v| v["messages"][0]["content"][1]["text"] = json!("<ImageHere><ImageHere>")),
+            400,
+        ),
+        (
+            "image in assistant".into(),
+            json!({"messages": [{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": cat}}]}, {"role": "user", "content": "hi"}]}),
+            400,
+        ),
+        (
+            "assistant tool_calls".into(),
+            json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}, {"role": "user", "content": "hi"}]}),
+            400,
+        ),
+        (
+            "too many images".into(),
+            ok_msg(Value::Array(
+                (0..9).map(|_| json!({"type": "image_url", "image_url": {"url": cat.clone()}})).collect(),
+            )),
+            400,
+        ),
         ("n=2".into(), ok_msg(json!("hi")).tap(|v| v["n"] = json!(2)), 400),
         ("n=0".into(), ok_msg(json!("hi")).tap(|v| v["n"] = json!(0)), 400),
         ("n negative".into(), ok_msg(json!("hi")).tap(|v| v["n"] = json!(-1)), 400),
@@ -224,8 +258,19 @@ fn malformed_requests() -> Vec<(String, Vec<u8>, u16)> {
         ("stop five".into(), ok_msg(json!("hi")).tap(|v| v["stop"] = json!(["a", "b", "c", "d", "e"])), 400),
         ("stop number".into(), ok_msg(json!("hi")).tap(|v| v["stop"] = json!(5)), 400),
         ("stream string".into(), ok_msg(json!("hi")).tap(|v| v["stream"] = json!("yes")), 400),
-        ("stream_options without stream".into(), ok_msg(json!("hi")).tap(|v| v["stream_options"] = json!({"include_usage": true})), 400),
-        ("stream_options unknown".into(), ok_msg(json!("hi")).tap(|v| { v["stream"] = json!(true); v["stream_options"] = json!({"x": 1}) }), 400),
+        (
+            "stream_options without stream".into(),
+            ok_msg(json!("hi")).tap(|v| v["stream_options"] = json!({"include_usage": true})),
+            400,
+        ),
+        (
+            "stream_options unknown".into(),
+            ok_msg(json!("hi")).tap(|v| {
+                v["stream"] = json!(true);
+                v["stream_options"] = json!({"x": 1})
+            }),
+            400,
+        ),
         ("unknown field".into(), ok_msg(json!("hi")).tap(|v| v["temprature"] = json!(1)), 400),
         ("frequency_penalty".into(), ok_msg(json!("hi")).tap(|v| v["frequency_penalty"] = json!(0.5)), 400),
         ("presence_penalty".into(), ok_msg(json!("hi")).tap(|v| v["presence_penalty"] = json!(-0.5)), 400),
@@ -233,7 +278,11 @@ fn malformed_requests() -> Vec<(String, Vec<u8>, u16)> {
         ("logit_bias".into(), ok_msg(json!("hi")).tap(|v| v["logit_bias"] = json!({"50": 10})), 400),
         ("tools".into(), ok_msg(json!("hi")).tap(|v| v["tools"] = json!([{"type": "function"}])), 400),
         ("tool_choice".into(), ok_msg(json!("hi")).tap(|v| v["tool_choice"] = json!("required")), 400),
-        ("response_format json".into(), ok_msg(json!("hi")).tap(|v| v["response_format"] = json!({"type": "json_object"})), 400),
+        (
+            "response_format json".into(),
+            ok_msg(json!("hi")).tap(|v| v["response_format"] = json!({"type": "json_object"})),
+            400,
+        ),
         ("model number".into(), ok_msg(json!("hi")).tap(|v| v["model"] = json!(1)), 400),
         ("seed string".into(), ok_msg(json!("hi")).tap(|v| v["seed"] = json!("x")), 400),
         // Image URLs.
@@ -264,9 +313,26 @@ fn malformed_requests() -> Vec<(String, Vec<u8>, u16)> {
         cases.push((format!("jpeg cut at {cut}"), img(data_url("image/jpeg", &jpeg[..cut])), 400));
     }
     // Every field with wrong types.
-    for field in ["messages", "max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "num_beams", "repetition_penalty", "top_k", "model", "stream_options"] {
+    for field in [
+        "messages",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "n",
+        "stream",
+        "num_beams",
+        "repetition_penalty",
+        "top_k",
+        "model",
+        "stream_options",
+    ] {
         for bad in [json!("text"), json!({"a": 1}), json!([1, 2]), json!(true), json!(-7.5)] {
-            if (field == "model" && bad.is_string()) || (field == "stop" && bad.is_string()) || (field == "stream" && bad.is_boolean()) {
+            if (field == "model" && bad.is_string())
+                || (field == "stop" && bad.is_string())
+                || (field == "stream" && bad.is_boolean())
+            {
                 continue;
             }
             let mut v = ok_msg(json!("hi"));
@@ -317,7 +383,8 @@ async fn malformed_requests_get_openai_errors_and_the_server_lives_on() {
     assert!(cases.len() >= 250, "{} cases", cases.len());
     let started = Instant::now();
     for (name, body, status) in &cases {
-        let r = request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], body).await;
+        let r =
+            request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], body).await;
         let e = r.openai_error(*status, name);
         if name.starts_with("remote") {
             assert_eq!(e["code"], "remote_image_not_supported", "{name}: {e}");
@@ -338,12 +405,23 @@ async fn malformed_requests_get_openai_errors_and_the_server_lives_on() {
     // Only JSON is read: a cross-origin page can POST text/plain without a CORS preflight.
     let valid = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).to_string();
     for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
-        let e = request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", ct)], valid.as_bytes()).await.openai_error(415, ct);
+        let e = request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", ct)], valid.as_bytes())
+            .await
+            .openai_error(415, ct);
         assert_eq!(e["code"], "unsupported_media_type");
     }
-    let e = request(server.addr, "POST", "/v1/chat/completions", &[], valid.as_bytes()).await.openai_error(415, "no content type");
+    let e = request(server.addr, "POST", "/v1/chat/completions", &[], valid.as_bytes())
+        .await
+        .openai_error(415, "no content type");
     assert_eq!(e["code"], "unsupported_media_type");
-    let r = request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json; charset=utf-8")], valid.as_bytes()).await;
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json; charset=utf-8")],
+        valid.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 200, "JSON with a charset parameter: {}", r.text());
 
     // Still alive and answering.
@@ -361,9 +439,16 @@ async fn an_oversized_body_gets_413() {
     cfg.max_body_bytes = 1024 * 1024;
     let server = start(cfg).await;
     let big = vec![b'A'; 3 * 1024 * 1024];
-    let body = [br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,"#.as_slice(), &big, br#""}}]}]}"#].concat();
+    let body = [
+        br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,"#
+            .as_slice(),
+        &big,
+        br#""}}]}]}"#,
+    ]
+    .concat();
     for _ in 0..3 {
-        let r = request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], &body).await;
+        let r =
+            request(server.addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], &body).await;
         let e = r.openai_error(413, "oversized body");
         assert_eq!(e["code"], "request_too_large");
     }
@@ -388,13 +473,17 @@ async fn token_limits() {
     cfg.max_tokens = 50;
     let server = start(cfg).await;
     // Above the server's max_tokens.
-    let e = server.chat(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 51})).await.openai_error(400, "max_tokens > limit");
+    let e = server
+        .chat(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 51}))
+        .await
+        .openai_error(400, "max_tokens > limit");
     assert_eq!(e["param"], "max_tokens");
     // A text longer than the context could hold even at the longest token per position is
     // refused before it is tokenized.
     let t = Instant::now();
     let huge = "word ".repeat(400_000);
-    let e = server.chat(&json!({"messages": [{"role": "user", "content": huge}]})).await.openai_error(400, "2 MB of text");
+    let e =
+        server.chat(&json!({"messages": [{"role": "user", "content": huge}]})).await.openai_error(400, "2 MB of text");
     assert_eq!(e["code"], "context_length_exceeded");
     assert!(e["message"].as_str().unwrap().contains("bytes of text"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5), "refusing 2 MB took {:?}", t.elapsed());
@@ -406,7 +495,8 @@ async fn token_limits() {
     assert_eq!(e["code"], "context_length_exceeded", "{e}");
     // A prompt that fills the context on its own.
     let long = "word ".repeat(200);
-    let e = server.chat(&json!({"messages": [{"role": "user", "content": long}]})).await.openai_error(400, "long prompt");
+    let e =
+        server.chat(&json!({"messages": [{"role": "user", "content": long}]})).await.openai_error(400, "long prompt");
     assert_eq!(e["code"], "context_length_exceeded", "{e}");
     // Without max_tokens the answer gets the room that is left.
     let r = server.chat(&json!({"messages": [{"role": "user", "content": "hi"}], "seed": 1})).await;
@@ -425,7 +515,8 @@ async fn a_full_queue_gets_429_while_admitted_requests_finish() {
     cfg.queue = 1;
     cfg.throttle = Some(Duration::from_millis(20));
     let server = start(cfg).await;
-    let slow = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 60, "seed": seed, "stream": true});
+    let slow =
+        json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 60, "seed": seed, "stream": true});
 
     // A: running (its first piece of text has arrived).
     let mut a = EventStream::open(server.addr, &slow).await;
@@ -436,7 +527,16 @@ async fn a_full_queue_gets_429_while_admitted_requests_finish() {
     // B: admitted, waits in the queue.
     let addr = server.addr;
     let b_body = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 60, "seed": seed});
-    let b = tokio::spawn(async move { request(addr, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], b_body.to_string().as_bytes()).await });
+    let b = tokio::spawn(async move {
+        request(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            b_body.to_string().as_bytes(),
+        )
+        .await
+    });
     let t = Instant::now();
     while server.state.queued() < 1 {
         assert!(t.elapsed() < Duration::from_secs(10), "B was not queued");
@@ -479,7 +579,8 @@ async fn a_client_that_disconnects_frees_its_worker() {
     cfg.queue = 0;
     cfg.throttle = Some(Duration::from_millis(25)); // 400 tokens: 10 s if not cancelled
     let server = start(cfg).await;
-    let slow = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "seed": seed, "stream": true});
+    let slow =
+        json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "seed": seed, "stream": true});
 
     for round in 0..2 {
         let mut s = EventStream::open(server.addr, &slow).await;
@@ -489,13 +590,17 @@ async fn a_client_that_disconnects_frees_its_worker() {
         }
         assert_eq!(server.state.busy(), 1);
         // While it runs, the single worker is taken and there is no queue.
-        server.chat(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})).await.openai_error(429, "busy");
+        server
+            .chat(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+            .await
+            .openai_error(429, "busy");
         drop(s);
         let freed = server.wait_idle(Duration::from_secs(3)).await;
         eprintln!("round {round}: worker freed {freed:?} after the client hung up");
     }
     // A non-streaming client that hangs up cancels too.
-    let body = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "seed": seed}).to_string();
+    let body =
+        json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "seed": seed}).to_string();
     let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
     conn.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
@@ -524,7 +629,8 @@ async fn graceful_shutdown_finishes_then_cancels() {
     cfg.throttle = Some(Duration::from_millis(20));
     cfg.shutdown_grace = Duration::from_secs(20);
     let mut server = start(cfg).await;
-    let short = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 30, "seed": seed, "stream": true});
+    let short =
+        json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 30, "seed": seed, "stream": true});
     let mut s = EventStream::open(server.addr, &short).await;
     s.next().await.unwrap();
     server.begin_stop();
@@ -543,7 +649,8 @@ async fn graceful_shutdown_finishes_then_cancels() {
     cfg.throttle = Some(Duration::from_millis(25));
     cfg.shutdown_grace = Duration::ZERO;
     let mut server = start(cfg).await;
-    let long = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 400, "seed": seed, "stream": true});
+    let long =
+        json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 400, "seed": seed, "stream": true});
     let mut s = EventStream::open(server.addr, &long).await;
     s.next().await.unwrap();
     s.next().await.unwrap();
@@ -585,7 +692,11 @@ async fn models_health_and_the_page() {
     assert_eq!(page.status, 200);
     assert!(page.header("content-type").unwrap().starts_with("text/html"));
     let html = page.text();
-    assert!(html.contains("<title>MiniGPT-4</title>") && html.contains("/assets/app.js") && html.contains("/assets/style.css"));
+    assert!(
+        html.contains("<title>MiniGPT-4</title>")
+            && html.contains("/assets/app.js")
+            && html.contains("/assets/style.css")
+    );
     assert!(!html.contains("http://") && !html.contains("https://"), "no CDN");
     let js = server.get("/assets/app.js").await;
     assert_eq!(js.status, 200);
@@ -603,32 +714,78 @@ async fn cross_origin_posts_are_refused_unless_allowed() {
     // A page elsewhere can send a "simple" text/plain POST with no preflight, or any POST once
     // its preflight is (not) answered: both are refused before anything runs.
     for ct in ["text/plain", "application/json"] {
-        let r = request(server.addr, "POST", "/v1/chat/completions", &[("Origin", "http://evil.example"), ("Content-Type", ct)], body.as_bytes()).await;
+        let r = request(
+            server.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("Origin", "http://evil.example"), ("Content-Type", ct)],
+            body.as_bytes(),
+        )
+        .await;
         let e = r.openai_error(403, ct);
         assert_eq!(e["code"], "cross_origin_request");
         assert!(e["message"].as_str().unwrap().contains("--cors-origin http://evil.example"), "{e}");
     }
-    let r = request(server.addr, "OPTIONS", "/v1/chat/completions", &[("Origin", "http://evil.example"), ("Access-Control-Request-Method", "POST")], b"").await;
+    let r = request(
+        server.addr,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[("Origin", "http://evil.example"), ("Access-Control-Request-Method", "POST")],
+        b"",
+    )
+    .await;
     assert!(r.header("access-control-allow-origin").is_none(), "a preflight from an unknown origin is not granted");
     // The chat page's own requests (same origin) and clients without Origin pass.
     let json_ct = ("Content-Type", "application/json");
-    let r = request(server.addr, "POST", "/v1/chat/completions", &[("Origin", "http://127.0.0.1"), json_ct], body.as_bytes()).await;
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Origin", "http://127.0.0.1"), json_ct],
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 200, "same origin: {}", r.text());
-    assert_eq!(server.chat(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})).await.status, 200);
+    assert_eq!(
+        server.chat(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})).await.status,
+        200
+    );
     server.stop().await;
 
     // `--cors-origin` lets a named origin in, with CORS headers and a preflight answer.
     let mut cfg = config();
     cfg.cors_origins = vec!["http://app.example".into()];
     let server = start(cfg).await;
-    let pre = request(server.addr, "OPTIONS", "/v1/chat/completions", &[("Origin", "http://app.example"), ("Access-Control-Request-Method", "POST")], b"").await;
+    let pre = request(
+        server.addr,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[("Origin", "http://app.example"), ("Access-Control-Request-Method", "POST")],
+        b"",
+    )
+    .await;
     assert_eq!(pre.status, 204);
     assert_eq!(pre.header("access-control-allow-origin"), Some("http://app.example"));
     assert!(pre.header("access-control-allow-headers").unwrap().contains("content-type"));
-    let r = request(server.addr, "POST", "/v1/chat/completions", &[("Origin", "http://app.example"), json_ct], body.as_bytes()).await;
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Origin", "http://app.example"), json_ct],
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("access-control-allow-origin"), Some("http://app.example"));
-    request(server.addr, "POST", "/v1/chat/completions", &[("Origin", "http://evil.example"), json_ct], body.as_bytes()).await.openai_error(403, "other origin");
+    request(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Origin", "http://evil.example"), json_ct],
+        body.as_bytes(),
+    )
+    .await
+    .openai_error(403, "other origin");
     server.stop().await;
 }
 
@@ -649,8 +806,12 @@ async fn an_injected_control_token_stays_user_text() {
     let ids: Vec<u32> = prepared.conv.tokenize(&p.tokenizer).unwrap().concat();
     let specials: Vec<u32> = ids.iter().copied().filter(|&id| p.tokenizer.is_special(id)).collect();
     assert_eq!(specials, vec![p.tokenizer.bos_id().unwrap()], "only the template's BOS is a control token: {ids:?}");
-    let naive = minigpt4_core::template::tokenize_segments(&p.tokenizer, &prepared.conv.prompt(), true).unwrap().concat();
-    assert!(naive.iter().filter(|&&id| p.tokenizer.is_special(id)).count() > 1, "without the spans the injection works");
+    let naive =
+        minigpt4_core::template::tokenize_segments(&p.tokenizer, &prepared.conv.prompt(), true).unwrap().concat();
+    assert!(
+        naive.iter().filter(|&&id| p.tokenizer.is_special(id)).count() > 1,
+        "without the spans the injection works"
+    );
     let r = server.chat(&req).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
@@ -664,7 +825,8 @@ async fn colliding_image_cache_keys_never_mix_clients() {
     let server = start(config()).await;
     let p = pipeline();
     let images = [cat_url(), data_url("image/png", &image_bytes("logo_rgba.png"))];
-    let ask = |url: &str| json!({"messages": [image_question(url, QUESTION)], "max_tokens": 6, "seed": 3, "temperature": 0});
+    let ask =
+        |url: &str| json!({"messages": [image_question(url, QUESTION)], "max_tokens": 6, "seed": 3, "temperature": 0});
     let mut alone = Vec::new();
     for url in &images {
         p.clear_image_cache();

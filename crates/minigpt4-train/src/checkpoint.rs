@@ -76,10 +76,22 @@ impl Checkpoint {
         ]);
         let (wm, wv) = &self.weight_moments;
         let (bm, bv) = &self.bias_moments;
-        let names = [m_name("exp_avg", WEIGHT), m_name("exp_avg_sq", WEIGHT), m_name("exp_avg", BIAS), m_name("exp_avg_sq", BIAS)];
+        let names = [
+            m_name("exp_avg", WEIGHT),
+            m_name("exp_avg_sq", WEIGHT),
+            m_name("exp_avg", BIAS),
+            m_name("exp_avg_sq", BIAS),
+        ];
         io::save_safetensors(
             &self.path,
-            &[(WEIGHT, &self.weight), (BIAS, &self.bias), (&names[0], wm), (&names[1], wv), (&names[2], bm), (&names[3], bv)],
+            &[
+                (WEIGHT, &self.weight),
+                (BIAS, &self.bias),
+                (&names[0], wm),
+                (&names[1], wv),
+                (&names[2], bm),
+                (&names[3], bv),
+            ],
             meta,
         )
     }
@@ -90,13 +102,15 @@ impl Checkpoint {
             bail!("{}: not a training checkpoint (format `{}`)", path.display(), l.meta("format")?);
         }
         let parse = |k: &str| -> Result<String> { Ok(l.meta(k)?.to_string()) };
-        let config: TrainConfig =
-            serde_json::from_str(l.meta("config")?).with_context(|| format!("{}: bad `config` metadata", path.display()))?;
+        let config: TrainConfig = serde_json::from_str(l.meta("config")?)
+            .with_context(|| format!("{}: bad `config` metadata", path.display()))?;
         let get = |n: &str| -> Result<Tensor> { Ok(l.tensor(n)?.clone()) };
         Ok(Self {
             path: path.to_path_buf(),
             step: parse("step")?.parse().with_context(|| format!("{}: bad `step`", path.display()))?,
-            samples_seen: parse("samples_seen")?.parse().with_context(|| format!("{}: bad `samples_seen`", path.display()))?,
+            samples_seen: parse("samples_seen")?
+                .parse()
+                .with_context(|| format!("{}: bad `samples_seen`", path.display()))?,
             elapsed_s: parse("elapsed_s")?.parse().unwrap_or(0.0),
             config,
             data_digest: parse("data_digest")?,

@@ -243,11 +243,17 @@ mod tests {
         o.stage = Some(Stage::One);
         let c = resolve(&o, None).unwrap();
         assert_eq!((c.steps, c.batch, c.grad_accum, c.max_txt_len), (20_000, 32, 8, 32));
-        assert_eq!(c.schedule, LrSchedule { warmup_lr: 1e-6, lr: 1e-4, min_lr: 8e-5, warmup_steps: 5000, total_steps: 20_000 });
+        assert_eq!(
+            c.schedule,
+            LrSchedule { warmup_lr: 1e-6, lr: 1e-4, min_lr: 8e-5, warmup_steps: 5000, total_steps: 20_000 }
+        );
         o.stage = Some(Stage::Two);
         let c = resolve(&o, None).unwrap();
         assert_eq!((c.steps, c.batch, c.grad_accum, c.max_txt_len), (1000, 12, 1, 160));
-        assert_eq!(c.schedule, LrSchedule { warmup_lr: 1e-6, lr: 3e-5, min_lr: 1e-5, warmup_steps: 200, total_steps: 1000 });
+        assert_eq!(
+            c.schedule,
+            LrSchedule { warmup_lr: 1e-6, lr: 3e-5, min_lr: 1e-5, warmup_steps: 200, total_steps: 1000 }
+        );
         assert_eq!(c.adamw, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 });
         o.steps = Some(100);
         assert_eq!(resolve(&o, None).unwrap().schedule.warmup_steps, 20);

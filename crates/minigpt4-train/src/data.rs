@@ -128,7 +128,9 @@ impl Sequence {
     /// target token at `p + 1`, `None` on prompt positions.
     pub fn labels(&self, image_tokens: usize) -> Vec<Option<u32>> {
         let p = self.prompt_len(image_tokens);
-        (0..self.input_len(image_tokens)).map(|i| if i + 1 >= p { Some(self.target[i + 1 - p]) } else { None }).collect()
+        (0..self.input_len(image_tokens))
+            .map(|i| if i + 1 >= p { Some(self.target[i + 1 - p]) } else { None })
+            .collect()
     }
 }
 
@@ -145,7 +147,14 @@ pub struct Texts {
 }
 
 impl Texts {
-    pub fn new(stage: Stage, tokenizer: Tokenizer, template: TemplateKind, bos: Option<u32>, max_txt_len: usize, max_words: usize) -> Result<Self> {
+    pub fn new(
+        stage: Stage,
+        tokenizer: Tokenizer,
+        template: TemplateKind,
+        bos: Option<u32>,
+        max_txt_len: usize,
+        max_words: usize,
+    ) -> Result<Self> {
         if stage == Stage::One && bos.is_none() {
             bail!("stage 1 puts BOS before the image, but neither the tokenizer nor the LLM config names a BOS token");
         }
@@ -204,7 +213,11 @@ impl Texts {
             match self.stage {
                 Stage::One => match self.stage1_target(&r.caption)? {
                     Some(target) => samples.push(Sample { image, prompt: Prompt::Bos, target }),
-                    None => skipped.push(format!("{}: caption `{}` is empty after processing", r.image.display(), r.caption)),
+                    None => skipped.push(format!(
+                        "{}: caption `{}` is empty after processing",
+                        r.image.display(),
+                        r.caption
+                    )),
                 },
                 Stage::Two => {
                     match self.stage2_target(&r.caption)? {
@@ -218,7 +231,11 @@ impl Texts {
                                 let segs = self.prompt_segments(instruction)?;
                                 samples.push(Sample { image, prompt: Prompt::Fixed(segs), target });
                             }
-                            _ => skipped.push(format!("{}: turn {} has an empty or unusable instruction or answer", r.image.display(), k + 1)),
+                            _ => skipped.push(format!(
+                                "{}: turn {} has an empty or unusable instruction or answer",
+                                r.image.display(),
+                                k + 1
+                            )),
                         }
                     }
                 }

@@ -220,7 +220,10 @@ pub fn load_pipeline(spec: &ModelSpec, opts: &EvalOptions) -> Result<(Pipeline, 
         (None, Some(seed)) => ProjectionSource::Random { seed },
         (None, None) => ProjectionSource::Model { path: spec.projection.weights.clone() },
     };
-    let load = |spec: &ModelSpec| Pipeline::load(spec, &opts.device).with_context(|| format!("loading model `{}`", spec.name.as_deref().unwrap_or("?")));
+    let load = |spec: &ModelSpec| {
+        Pipeline::load(spec, &opts.device)
+            .with_context(|| format!("loading model `{}`", spec.name.as_deref().unwrap_or("?")))
+    };
     let pipeline = match &source {
         ProjectionSource::Model { path } if !path.exists() => bail!(
             "the model's projection {} does not exist: pass --projection FILE (what `minigpt4 train` writes) \
@@ -234,7 +237,8 @@ pub fn load_pipeline(spec: &ModelSpec, opts: &EvalOptions) -> Result<(Pipeline, 
         }
         ProjectionSource::Random { seed } => {
             let (in_dim, out_dim) = model::projection_dims(&spec)?;
-            let tmp = std::env::temp_dir().join(format!("minigpt4-eval-random-{}-{seed}.safetensors", std::process::id()));
+            let tmp =
+                std::env::temp_dir().join(format!("minigpt4-eval-random-{}-{seed}.safetensors", std::process::id()));
             model::write_random_projection(&tmp, in_dim, out_dim, *seed, &Device::Cpu)?;
             spec.projection.weights = tmp.clone();
             let p = load(&spec);
@@ -265,12 +269,19 @@ pub fn generation_config(pipeline: &Pipeline, max_new_tokens: usize) -> Result<G
 /// sees every image once; the cache would only grow).
 fn image_tokens(pipeline: &Pipeline, path: &Path) -> Result<Tensor> {
     let bytes = image::read_file(path, &pipeline.limits)?;
-    let pixels = image::preprocess(&bytes, &path.display().to_string(), &pipeline.image, &pipeline.limits, pipeline.device())?;
+    let pixels =
+        image::preprocess(&bytes, &path.display().to_string(), &pipeline.image, &pipeline.limits, pipeline.device())?;
     Ok(pipeline.model.encode_image(&pixels.unsqueeze(0)?)?)
 }
 
 /// Describes each record's image; failures become items with an error.
-pub fn describe_all(pipeline: &Pipeline, records: &[Record], prompt: &str, cfg: &GenerationConfig, progress: Progress) -> Vec<Item> {
+pub fn describe_all(
+    pipeline: &Pipeline,
+    records: &[Record],
+    prompt: &str,
+    cfg: &GenerationConfig,
+    progress: Progress,
+) -> Vec<Item> {
     let bar = progress.bar(records.len() as u64, "eval");
     let every = (records.len() / 10).max(1);
     let mut failed = 0;
@@ -352,7 +363,8 @@ pub fn score(items: &mut [Item]) -> (Option<Metrics>, Counts) {
     if scored.is_empty() {
         return (None, counts);
     }
-    let cands: Vec<String> = scored.iter().map(|&i| metrics::normalize(items[i].generated.as_deref().unwrap_or(""))).collect();
+    let cands: Vec<String> =
+        scored.iter().map(|&i| metrics::normalize(items[i].generated.as_deref().unwrap_or(""))).collect();
     let refs: Vec<String> = scored.iter().map(|&i| metrics::normalize(&items[i].reference)).collect();
     let cand_refs: Vec<&str> = cands.iter().map(String::as_str).collect();
     let ref_lists: Vec<Vec<&str>> = refs.iter().map(|r| vec![r.as_str()]).collect();
@@ -373,7 +385,10 @@ pub fn score(items: &mut [Item]) -> (Option<Metrics>, Counts) {
 
 /// A label as a file-name part: letters, digits and `. _ + -`, everything else `_`.
 pub fn file_label(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') { c } else { '_' }).collect()
+    label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') { c } else { '_' })
+        .collect()
 }
 
 /// Runs the evaluation and writes `eval.json`, `eval-<label>.json` and `eval.md` in `opts.out`.
@@ -461,7 +476,8 @@ pub fn read_reports(dir: &Path, warn: &mut dyn FnMut(String)) -> Result<Vec<Eval
         .collect();
     paths.sort();
     for p in paths {
-        match std::fs::read(&p).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice::<EvalReport>(&b)?)) {
+        match std::fs::read(&p).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice::<EvalReport>(&b)?))
+        {
             Ok(r) if r.format == EVAL_FORMAT => reports.push(r),
             Ok(r) => warn(format!("{}: unknown format `{}`, left out of eval.md", p.display(), r.format)),
             Err(e) => warn(format!("{}: {e}, left out of eval.md", p.display())),
@@ -485,7 +501,8 @@ pub fn table(reports: &[EvalReport]) -> String {
             Some(m) => (
                 format!("{:.4}", m.bleu4),
                 format!("{:.4}", m.cider_d),
-                m.keyword_hit_rate.map_or("–".into(), |h| format!("{:.1}% ({}/{})", 100.0 * h, c.keyword_hits, c.with_keyword)),
+                m.keyword_hit_rate
+                    .map_or("–".into(), |h| format!("{:.1}% ({}/{})", 100.0 * h, c.keyword_hits, c.with_keyword)),
             ),
             None => ("–".into(), "–".into(), "–".into()),
         };
@@ -553,9 +570,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.jsonl");
         let b = dir.path().join("b.jsonl");
-        manifest::write(&a, &[rec("z.png", Split::Heldout), rec("t.png", Split::Train), rec("y.png", Split::Heldout)]).unwrap();
+        manifest::write(&a, &[rec("z.png", Split::Heldout), rec("t.png", Split::Train), rec("y.png", Split::Heldout)])
+            .unwrap();
         manifest::write(&b, &[rec("x.png", Split::Heldout)]).unwrap();
-        let names = |s: &Selection| s.records.iter().map(|r| r.image.file_name().unwrap().to_string_lossy().into_owned()).collect::<Vec<_>>();
+        let names = |s: &Selection| {
+            s.records.iter().map(|r| r.image.file_name().unwrap().to_string_lossy().into_owned()).collect::<Vec<_>>()
+        };
         let s = select_records(&[b.clone(), a.clone()], Some(Split::Heldout), None).unwrap();
         assert_eq!(names(&s), ["x.png", "z.png", "y.png"]);
         assert_eq!((s.total, s.in_split), (4, 3));
@@ -576,7 +596,9 @@ mod tests {
         assert_eq!(source, ProjectionSource::Random { seed: 7 });
         let (in_dim, out_dim) = model::projection_dims(&spec).unwrap();
         let (w, b) = model::random_projection(in_dim, out_dim, 7, &Device::Cpu).unwrap();
-        let same = |x: &Tensor, y: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap() == y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let same = |x: &Tensor, y: &Tensor| {
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap() == y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
         assert!(same(p.model.projector.weight(), &w));
         assert!(same(p.model.projector.bias().unwrap(), &b));
         o.random_projection = Some(8);

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 use minigpt4_core::image::{self, ImageConfig, Limits};
 use minigpt4_core::model_file::{AdapterKind, ModelSpec};
+use rayon::prelude::*;
 
 use crate::io::{self, Digest};
 use crate::progress::Progress;
@@ -78,7 +78,10 @@ pub fn digest_file(d: &mut Digest, path: &Path) -> Result<()> {
 pub fn encoder_fingerprint(spec: &ModelSpec, image: &ImageConfig) -> Result<String> {
     let mut d = Digest::default();
     d.update_str(FEATURES_FORMAT);
-    d.update_str(&format!("vision {:?} size {:?} ln {:?}", spec.vision.kind, spec.vision.image_size, spec.vision.ln_vision));
+    d.update_str(&format!(
+        "vision {:?} size {:?} ln {:?}",
+        spec.vision.kind, spec.vision.image_size, spec.vision.ln_vision
+    ));
     digest_file(&mut d, &spec.vision.weights)?;
     if let Some(c) = &spec.vision.config {
         d.update(&std::fs::read(c).with_context(|| c.display().to_string())?);
@@ -308,7 +311,13 @@ pub struct FeatureStore {
 }
 
 impl FeatureStore {
-    pub fn new(cache: FeatureCache, keys: Vec<String>, shape: &[usize], device: &Device, budget_bytes: usize) -> Result<Self> {
+    pub fn new(
+        cache: FeatureCache,
+        keys: Vec<String>,
+        shape: &[usize],
+        device: &Device,
+        budget_bytes: usize,
+    ) -> Result<Self> {
         let per: usize = shape.iter().product::<usize>() * 4;
         let mut s = Self { cache, keys, memory: None, device: device.clone() };
         if per * s.keys.len() <= budget_bytes {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sha2::{Digest as _, Sha256};
 use candle_core::{DType, Device, Tensor};
+use sha2::{Digest as _, Sha256};
 
 /// Writes `bytes` to `path` atomically (temp + fsync + rename + directory fsync).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

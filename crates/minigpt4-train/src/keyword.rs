@@ -34,30 +34,109 @@
 
 /// Words that name how an image was made; "… MEDIUM of" prefixes are dropped.
 pub const MEDIA: [&str; 17] = [
-    "drawing", "rendering", "render", "photograph", "photo", "picture", "image", "illustration", "cartoon", "sketch",
-    "painting", "clip-art", "clipart", "icon", "silhouette", "closeup", "close-up",
+    "drawing",
+    "rendering",
+    "render",
+    "photograph",
+    "photo",
+    "picture",
+    "image",
+    "illustration",
+    "cartoon",
+    "sketch",
+    "painting",
+    "clip-art",
+    "clipart",
+    "icon",
+    "silhouette",
+    "closeup",
+    "close-up",
 ];
 
 /// Words that end the first noun phrase ("of" is handled on its own).
 pub const BOUNDARIES: [&str; 48] = [
     "with", "from", "in", "on", "at", "under", "over", "near", "by", "for", "to", "into", "onto", "inside", "outside",
-    "behind", "above", "below", "beside", "between", "against", "without", "during", "like", "about", "around", "through",
-    "across", "among", "along", "upon", "and", "or", "but", "that", "which", "who", "whose", "where", "while", "is", "are",
-    "was", "were", "has", "have", "can", "will",
+    "behind", "above", "below", "beside", "between", "against", "without", "during", "like", "about", "around",
+    "through", "across", "among", "along", "upon", "and", "or", "but", "that", "which", "who", "whose", "where",
+    "while", "is", "are", "was", "were", "has", "have", "can", "will",
 ];
 
 /// Never a main noun: determiners, pronouns, quantifiers, number words.
 pub const STOP: [&str; 52] = [
-    "a", "an", "the", "this", "that", "these", "those", "some", "any", "each", "every", "another", "other", "its", "it",
-    "his", "her", "their", "my", "our", "your", "no", "many", "several", "few", "all", "both", "there", "here", "what",
-    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "hundred",
-    "hundreds", "thousand", "thousands", "dozen", "first", "second", "third", "very", "more",
+    "a",
+    "an",
+    "the",
+    "this",
+    "that",
+    "these",
+    "those",
+    "some",
+    "any",
+    "each",
+    "every",
+    "another",
+    "other",
+    "its",
+    "it",
+    "his",
+    "her",
+    "their",
+    "my",
+    "our",
+    "your",
+    "no",
+    "many",
+    "several",
+    "few",
+    "all",
+    "both",
+    "there",
+    "here",
+    "what",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "hundred",
+    "hundreds",
+    "thousand",
+    "thousands",
+    "dozen",
+    "first",
+    "second",
+    "third",
+    "very",
+    "more",
 ];
 
 /// Head words that only measure what follows "of": "a pair of shoes" → shoes.
 pub const PARTITIVES: [&str; 18] = [
-    "pair", "group", "bunch", "set", "kind", "sort", "type", "couple", "piece", "slice", "handful", "stack", "pile",
-    "herd", "flock", "collection", "lot", "lots",
+    "pair",
+    "group",
+    "bunch",
+    "set",
+    "kind",
+    "sort",
+    "type",
+    "couple",
+    "piece",
+    "slice",
+    "handful",
+    "stack",
+    "pile",
+    "herd",
+    "flock",
+    "collection",
+    "lot",
+    "lots",
 ];
 
 /// Irregular singular/plural pairs accepted by [`forms`].
@@ -176,7 +255,8 @@ pub fn forms(noun: &str) -> Vec<String> {
             v.push(s);
         }
     };
-    let consonant_y = noun.len() >= 2 && noun.ends_with('y') && !noun[..noun.len() - 1].ends_with(|c: char| "aeiou".contains(c));
+    let consonant_y =
+        noun.len() >= 2 && noun.ends_with('y') && !noun[..noun.len() - 1].ends_with(|c: char| "aeiou".contains(c));
     // Plurals.
     if consonant_y {
         add(format!("{}ies", &noun[..noun.len() - 1]));

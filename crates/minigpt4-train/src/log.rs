@@ -48,7 +48,12 @@ impl CsvLog {
         let rows: Vec<Row> = if keep_through == 0 {
             Vec::new()
         } else {
-            std::fs::read_to_string(path).map(|t| parse(&t)).unwrap_or_default().into_iter().filter(|r| r.step <= keep_through).collect()
+            std::fs::read_to_string(path)
+                .map(|t| parse(&t))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.step <= keep_through)
+                .collect()
         };
         let mut text = format!("{HEADER}\n");
         for r in &rows {

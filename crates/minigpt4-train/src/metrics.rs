@@ -35,7 +35,8 @@
 use std::collections::HashMap;
 
 /// The tokens `pycocoevalcap`'s `PTBTokenizer` drops after tokenizing.
-pub const PUNCTUATIONS: [&str; 17] = ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"];
+pub const PUNCTUATIONS: [&str; 17] =
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"];
 
 /// Titles that keep their period as PTB abbreviations do (`mr.` stays one token).
 const ABBREVIATIONS: [&str; 12] = ["mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "inc", "ltd", "co"];
@@ -370,7 +371,10 @@ mod tests {
         assert_eq!(tok("This shell is hundreds of years old!"), "this shell is hundreds of years old");
         assert_eq!(tok("\"Hello,\" she said -- twice..."), "hello she said twice");
         assert_eq!(tok("A European coin of 2 euros (2 €)."), "a european coin of 2 euros -lrb- 2 € -rrb-");
-        assert_eq!(tok("The dog's bone; it doesn't bite: 1,000 times at 10:30"), "the dog 's bone it does n't bite 1,000 times at 10:30");
+        assert_eq!(
+            tok("The dog's bone; it doesn't bite: 1,000 times at 10:30"),
+            "the dog 's bone it does n't bite 1,000 times at 10:30"
+        );
         assert_eq!(tok("It costs $3.50 in the U.S. today"), "it costs $ 3.50 in the u.s. today");
         assert_eq!(tok("Mr. Smith's cats' toys"), "mr. smith 's cats toys");
         assert_eq!(tok("I cannot see\nthe \u{201c}moon\u{201d}\u{2026}"), "i can not see the moon");

@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use minigpt4_core::adapter::Adapter;
 use minigpt4_core::dinov2::Dinov2Config;
+use minigpt4_core::efficientnet_lite::Classifier;
 use minigpt4_core::image::{ImageConfig, Limits};
 use minigpt4_core::llama::{Llama, LlamaConfig};
 use minigpt4_core::minigpt4::{Blip2Config, MiniGpt4, VisionTower};
 use minigpt4_core::model_file::{AdapterKind, ModelSpec, VisionKind};
 use minigpt4_core::onnx;
-use minigpt4_core::efficientnet_lite::Classifier;
 use minigpt4_core::pipeline::{efficientnet_config, Pipeline};
 use minigpt4_core::template::TemplateKind;
 use minigpt4_core::tokenizer::Tokenizer;
@@ -102,7 +102,10 @@ pub struct Frozen {
 impl Frozen {
     /// The frozen part of MiniGPT-4: pixels `[B, 3, S, S]` → adapter tokens `[B, N, d_a]`.
     pub fn image_features(&self, pixels: &Tensor) -> minigpt4_core::Result<Tensor> {
-        let (v, a, c) = self.vision.as_ref().ok_or_else(|| minigpt4_core::Error::Config("the vision encoder was released".into()))?;
+        let (v, a, c) = self
+            .vision
+            .as_ref()
+            .ok_or_else(|| minigpt4_core::Error::Config("the vision encoder was released".into()))?;
         minigpt4_core::minigpt4::image_features(v, a, c.as_ref(), pixels)
     }
 
@@ -115,7 +118,8 @@ impl Frozen {
 /// Loads `spec` (whose `[projection] weights` must hold the starting projection) and returns the
 /// frozen parts and the projection's weight `[d_llm, d_a]` and bias `[d_llm]`.
 pub fn load(spec: &ModelSpec, device: &Device) -> Result<(Frozen, Tensor, Tensor)> {
-    let p = Pipeline::load(spec, device).with_context(|| format!("loading model `{}`", spec.name.as_deref().unwrap_or("?")))?;
+    let p = Pipeline::load(spec, device)
+        .with_context(|| format!("loading model `{}`", spec.name.as_deref().unwrap_or("?")))?;
     let Pipeline { model, tokenizer, template, image, limits, .. } = p;
     let MiniGpt4 { vision, adapter, classifier, projector, llm } = model;
     let llm = if llm.is_quantized() { llm.into_dense()? } else { llm };

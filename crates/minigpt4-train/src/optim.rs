@@ -132,7 +132,9 @@ mod tests {
         let dev = Device::Cpu;
         let w = Var::from_tensor(&Tensor::new(&[1.0f32], &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::new(&[1.0f32], &dev).unwrap()).unwrap();
-        let mut opt = AdamW::new(AdamWConfig::default(), vec![("w".into(), w.clone(), true), ("b".into(), b.clone(), false)]).unwrap();
+        let mut opt =
+            AdamW::new(AdamWConfig::default(), vec![("w".into(), w.clone(), true), ("b".into(), b.clone(), false)])
+                .unwrap();
         let z = Tensor::new(&[0.0f32], &dev).unwrap();
         opt.update(&[z.clone(), z], 0.1).unwrap();
         assert_eq!(b.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0]);

@@ -234,7 +234,8 @@ mod tests {
     fn writes_a_png() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("loss.png");
-        let pts: Vec<(usize, f64)> = (1..=200).map(|s| (s, 3.0 * (-(s as f64) / 60.0).exp() + 0.5 + 0.1 * ((s * 7) % 5) as f64)).collect();
+        let pts: Vec<(usize, f64)> =
+            (1..=200).map(|s| (s, 3.0 * (-(s as f64) / 60.0).exp() + 0.5 + 0.1 * ((s * 7) % 5) as f64)).collect();
         loss_png(&p, &pts, "stage 1 loss").unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (W, H));

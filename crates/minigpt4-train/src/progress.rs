@@ -22,9 +22,10 @@ impl Progress {
         if !self.is_terminal() {
             return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
         }
-        let style = ProgressStyle::with_template("{prefix:>9} [{bar:32.cyan/blue}] {pos}/{len} {msg} ({elapsed} < {eta})")
-            .expect("valid template")
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{prefix:>9} [{bar:32.cyan/blue}] {pos}/{len} {msg} ({elapsed} < {eta})")
+                .expect("valid template")
+                .progress_chars("=> ");
         ProgressBar::new(len).with_style(style).with_prefix(prefix)
     }
 

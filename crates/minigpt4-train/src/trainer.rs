@@ -30,7 +30,13 @@ use crate::warm_start::{self, WarmStart};
 /// Each row is `embed(before) · proj(image) · embed(after) · embed(target[..-1])`, padded on
 /// the right with zero vectors to the longest row. With right padding the causal mask already
 /// keeps padding from influencing real positions, and padded positions carry no label.
-pub fn batch_loss(llm: &Llama, seqs: &[Sequence], features: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<(Tensor, usize)> {
+pub fn batch_loss(
+    llm: &Llama,
+    seqs: &[Sequence],
+    features: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<(Tensor, usize)> {
     let device = llm.device();
     let img = features.broadcast_matmul(&weight.t()?)?.broadcast_add(bias)?.to_dtype(llm.dtype())?;
     let (b, n_img, d) = img.dims3()?;
@@ -158,7 +164,8 @@ impl Trainer {
             let mut warn = |m: String| progress.warn(None, &m);
             let c = checkpoint::latest(&out, device, &mut warn);
             if c.is_none() {
-                progress.warn(None, &format!("--resume: no checkpoint in {}, starting from the beginning", out.display()));
+                progress
+                    .warn(None, &format!("--resume: no checkpoint in {}, starting from the beginning", out.display()));
             }
             c
         } else {
@@ -185,11 +192,17 @@ impl Trainer {
         };
         let mut spec = spec.clone();
         spec.projection.weights = start_file.clone();
-        let (frozen, weight0, bias0) = model::load(&spec, device).with_context(|| format!("starting projection {}", start_file.display()))?;
+        let (frozen, weight0, bias0) =
+            model::load(&spec, device).with_context(|| format!("starting projection {}", start_file.display()))?;
 
         // Data: the training split only.
         let train = data::read_train_records(&config.data)?;
-        let mut report = TrainReport { out: out.clone(), heldout_records: train.heldout, records: train.records.len(), ..Default::default() };
+        let mut report = TrainReport {
+            out: out.clone(),
+            heldout_records: train.heldout,
+            records: train.records.len(),
+            ..Default::default()
+        };
         for l in &train.skipped_lines {
             progress.warn(None, &format!("skipped manifest line {l}"));
         }
@@ -243,7 +256,14 @@ impl Trainer {
             .collect();
         let image_of: Vec<Option<usize>> = train.records.iter().map(|r| path_image[index_of[&r.image]]).collect();
 
-        let texts = Texts::new(config.stage, frozen.tokenizer.clone(), frozen.template, frozen.bos(), config.max_txt_len, config.max_words)?;
+        let texts = Texts::new(
+            config.stage,
+            frozen.tokenizer.clone(),
+            frozen.template,
+            frozen.bos(),
+            config.max_txt_len,
+            config.max_words,
+        )?;
         let (samples, skipped_samples) = texts.build(&train.records, &image_of)?;
         for s in &skipped_samples {
             progress.warn(None, &format!("skipped sample {s}"));
@@ -262,7 +282,13 @@ impl Trainer {
         report.images = used.len();
         report.samples = samples.len();
         let shape = extraction.shape.clone().context("no image features")?;
-        let features = FeatureStore::new(FeatureCache::new(&cache_root, &fingerprint), image_keys.clone(), &shape, device, opts.feature_memory)?;
+        let features = FeatureStore::new(
+            FeatureCache::new(&cache_root, &fingerprint),
+            image_keys.clone(),
+            &shape,
+            device,
+            opts.feature_memory,
+        )?;
 
         let data_digest = data::samples_digest(&samples, &image_keys);
         let llm_digest = llm_digest(&spec)?;
@@ -282,11 +308,16 @@ impl Trainer {
             }
         }
 
-        let (weight0, bias0) = if resume_from.is_none() && config.init.is_none() && config.warm_start == WarmStart::Nouns {
+        let (weight0, bias0) = if resume_from.is_none()
+            && config.init.is_none()
+            && config.warm_start == WarmStart::Nouns
+        {
             let t = Instant::now();
-            let targets = warm_start::noun_targets(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
+            let targets =
+                warm_start::noun_targets(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
             let f = warm_start::fit_nouns(&targets)?;
-            let meta = [("init".to_string(), "nouns".to_string()), ("records".to_string(), f.records.to_string())].into();
+            let meta =
+                [("init".to_string(), "nouns".to_string()), ("records".to_string(), f.records.to_string())].into();
             checkpoint::save_projection(&start_file, &f.weight, &f.bias, meta)?;
             progress.status(&format!(
                 "warm start: ridge fit of {} images onto {} caption nouns in {:.1}s",
@@ -312,12 +343,20 @@ impl Trainer {
             let mut w = Tensor::cat(&[&w, &Tensor::zeros((d_llm, rest), w.dtype(), w.device())?], 1)?;
             progress.status(&format!("warm start: {} class nouns from {}", nouns.len(), table.display()));
             if config.warm_start == WarmStart::ClassesNouns {
-                let targets = warm_start::noun_targets(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
+                let targets =
+                    warm_start::noun_targets(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
                 let f = warm_start::refit_toward(&w, &targets)?;
-                progress.status(&format!("warm start: refined on {} images' caption nouns ({} distinct)", f.records, f.distinct_nouns));
+                progress.status(&format!(
+                    "warm start: refined on {} images' caption nouns ({} distinct)",
+                    f.records, f.distinct_nouns
+                ));
                 (w, b) = (f.weight, f.bias);
             }
-            let meta = [("init".to_string(), format!("{:?}", config.warm_start)), ("classes".to_string(), nouns.len().to_string())].into();
+            let meta = [
+                ("init".to_string(), format!("{:?}", config.warm_start)),
+                ("classes".to_string(), nouns.len().to_string()),
+            ]
+            .into();
             checkpoint::save_projection(&start_file, &w, &b, meta)?;
             (w.to_dtype(weight0.dtype())?, b.to_dtype(bias0.dtype())?)
         } else {
@@ -482,11 +521,15 @@ impl Trainer {
             let sps = (self.config.batch * self.config.grad_accum) as f64 / s.seconds.max(1e-9);
             let elapsed = self.elapsed_before + session.elapsed().as_secs_f64();
             self.log.push(Row { step: self.step, loss: s.loss, lr: s.lr, samples_per_s: sps, elapsed_s: elapsed })?;
-            let avg = ((self.step - start_step) * self.config.batch * self.config.grad_accum) as f64 / session.elapsed().as_secs_f64().max(1e-9);
+            let avg = ((self.step - start_step) * self.config.batch * self.config.grad_accum) as f64
+                / session.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {:.4} lr {:.2e} {avg:.1} samples/s", s.loss, s.lr));
             bar.set_position(self.step as u64);
             if !self.progress.is_terminal() && (self.step.is_multiple_of(print_every) || self.step == total) {
-                self.progress.line(&bar, &format!("step {}/{total} loss {:.4} lr {:.2e} {:.1} samples/s", self.step, s.loss, s.lr, sps));
+                self.progress.line(
+                    &bar,
+                    &format!("step {}/{total} loss {:.4} lr {:.2e} {:.1} samples/s", self.step, s.loss, s.lr, sps),
+                );
             }
             if self.step.is_multiple_of(self.config.save_every) || self.step == total {
                 let p = self.checkpoint(elapsed)?;
@@ -529,5 +572,8 @@ pub fn train(spec: &ModelSpec, opts: &TrainOptions) -> Result<TrainReport> {
 
 /// Where a run's outputs are.
 pub fn outputs(out: &Path) -> Vec<PathBuf> {
-    ["projection.safetensors", "log.csv", "loss.png", "config.json", "checkpoints"].iter().map(|n| out.join(n)).collect()
+    ["projection.safetensors", "log.csv", "loss.png", "config.json", "checkpoints"]
+        .iter()
+        .map(|n| out.join(n))
+        .collect()
 }

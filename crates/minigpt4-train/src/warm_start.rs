@@ -92,10 +92,7 @@ pub fn fit(x: &Tensor, y: &Tensor, ridge: f64) -> Result<(Tensor, Tensor)> {
     let device = x.device();
     let wt = Tensor::from_vec(r, (d_in, d_out), device)?;
     let b = my.squeeze(0)?.sub(&mx.matmul(&wt)?.squeeze(0)?)?;
-    Ok((
-        wt.t()?.contiguous()?.to_dtype(DType::F32)?,
-        b.to_dtype(DType::F32)?,
-    ))
+    Ok((wt.t()?.contiguous()?.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?))
 }
 
 /// Solves `A X = B` in place for a symmetric positive definite `a` `[n, n]` (overwritten by its
@@ -207,13 +204,7 @@ pub fn noun_targets(
         if ids.is_empty() {
             continue;
         }
-        pooled.push(
-            features
-                .get(*img)?
-                .mean(D::Minus2)?
-                .squeeze(0)?
-                .to_dtype(DType::F32)?,
-        );
+        pooled.push(features.get(*img)?.mean(D::Minus2)?.squeeze(0)?.to_dtype(DType::F32)?);
         targets.push(llm.embed(&ids)?.squeeze(0)?.mean(0)?.to_dtype(DType::F32)?);
         nouns.insert(noun);
     }
@@ -301,19 +292,10 @@ mod tests {
         let y64 = noisy.to_dtype(DType::F64)?;
         let yc = y64.broadcast_sub(&y64.mean_keepdim(0)?)?;
         let g = xc.t()?.matmul(&xc)?;
-        let lambda = 0.3
-            * g.to_vec2::<f64>()?
-                .iter()
-                .enumerate()
-                .map(|(i, r)| r[i])
-                .sum::<f64>()
-            / d_in as f64;
+        let lambda = 0.3 * g.to_vec2::<f64>()?.iter().enumerate().map(|(i, r)| r[i]).sum::<f64>() / d_in as f64;
         let wt = w.to_dtype(DType::F64)?.t()?;
         let residual = (xc.matmul(&wt)? - yc)?;
-        let grad = (xc.t()?.matmul(&residual)? + (wt * lambda)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f64>()?;
+        let grad = (xc.t()?.matmul(&residual)? + (wt * lambda)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(grad < 1e-3, "normal equations off by {grad}");
         Ok(())
     }

@@ -20,12 +20,24 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn manifest(dir: &Path) -> PathBuf {
-    let imgs = ["cat.jpg", "coffee.jpg", "rocket.jpg", "camera_gray.png", "noise.png", "logo_rgba.png", "gray.jpg", "cmyk.jpg"];
+    let imgs = [
+        "cat.jpg",
+        "coffee.jpg",
+        "rocket.jpg",
+        "camera_gray.png",
+        "noise.png",
+        "logo_rgba.png",
+        "gray.jpg",
+        "cmyk.jpg",
+    ];
     let records: Vec<Record> = imgs
         .iter()
         .map(|f| Record {
             image: fixture(&format!("images/{f}")),
-            caption: format!("A photograph of {} with some details that make the caption longer.", f.split('.').next().unwrap()),
+            caption: format!(
+                "A photograph of {} with some details that make the caption longer.",
+                f.split('.').next().unwrap()
+            ),
             turns: vec![],
             source: "speed".into(),
             split: Split::Train,
@@ -69,7 +81,8 @@ fn measure(spec: &ModelSpec, stage: Stage, batch: usize, steps: usize) {
     let t2 = Instant::now();
     let _g = loss.backward().unwrap();
     let bwd = t2.elapsed().as_secs_f64();
-    let x = Tensor::zeros((batch, len, t.frozen.llm.hidden_size()), candle_core::DType::F32, t.frozen.llm.device()).unwrap();
+    let x = Tensor::zeros((batch, len, t.frozen.llm.hidden_size()), candle_core::DType::F32, t.frozen.llm.device())
+        .unwrap();
     let t3 = Instant::now();
     let _ = t.frozen.llm.forward_all(&x, Mode::Inference).unwrap();
     let inf = t3.elapsed().as_secs_f64();

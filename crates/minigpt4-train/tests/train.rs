@@ -63,7 +63,15 @@ fn options(dir: &Path, stage: Stage, data: PathBuf, out: &str) -> TrainOptions {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 fn load_st(p: &Path) -> io::Loaded {
@@ -82,7 +90,10 @@ fn gradient_reaches_only_the_projection() {
     let llm_in = t.frozen.llm.embed(&[1, 40, 41, 42, 43, 44]).unwrap();
     let logits_before = bits(&t.frozen.llm.forward_all(&llm_in, Mode::Inference).unwrap());
     let bytes = std::fs::read(fixture("images/cat.jpg")).unwrap();
-    let px = image::preprocess(&bytes, "cat", &t.frozen.image, &t.frozen.limits, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let px = image::preprocess(&bytes, "cat", &t.frozen.image, &t.frozen.limits, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let feats_before = bits(&t.frozen.image_features(&px).unwrap());
     let (w0, b0) = (bits(t.weight().as_tensor()), bits(t.bias().as_tensor()));
 
@@ -117,19 +128,30 @@ fn batched_loss_equals_per_sample_losses() {
     let (mut sum, mut count) = (0f64, 0usize);
     let mut gw_sum: Option<Tensor> = None;
     for (i, s) in seqs.iter().enumerate() {
-        let (l, k) = batch_loss(&t.frozen.llm, std::slice::from_ref(s), &feats.narrow(0, i, 1).unwrap(), w.as_tensor(), b.as_tensor()).unwrap();
+        let (l, k) = batch_loss(
+            &t.frozen.llm,
+            std::slice::from_ref(s),
+            &feats.narrow(0, i, 1).unwrap(),
+            w.as_tensor(),
+            b.as_tensor(),
+        )
+        .unwrap();
         sum += f64::from(l.to_scalar::<f32>().unwrap()) * k as f64;
         count += k;
         let weighted = (l * k as f64).unwrap();
         let gi = weighted.backward().unwrap().get(w.as_tensor()).unwrap().clone();
-        gw_sum = Some(match gw_sum { None => gi, Some(a) => (a + gi).unwrap() });
+        gw_sum = Some(match gw_sum {
+            None => gi,
+            Some(a) => (a + gi).unwrap(),
+        });
     }
     assert_eq!(n, count);
     let batched = f64::from(loss.to_scalar::<f32>().unwrap());
     println!("batched {batched} vs per-sample {}", sum / count as f64);
     assert!((batched - sum / count as f64).abs() < 1e-5, "{batched} vs {}", sum / count as f64);
     let gw_single = (gw_sum.unwrap() / count as f64).unwrap().to_vec2::<f32>().unwrap();
-    let worst = gw_batch.iter().flatten().zip(gw_single.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst =
+        gw_batch.iter().flatten().zip(gw_single.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-5, "gradient differs by {worst}");
     let _ = t.step().unwrap();
 }
@@ -304,7 +326,8 @@ fn feature_cache_is_reused_and_keyed_by_encoder() {
     let px = image::preprocess(&bytes, "cat", &p.image, &p.limits, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let fresh = p.model.image_features(&px).unwrap();
     let fp = features::encoder_fingerprint(&spec(), &p.image).unwrap();
-    let cached = FeatureCache::new(&dir.path().join("cache"), &fp).load(&features::image_key(&bytes), &Device::Cpu).unwrap();
+    let cached =
+        FeatureCache::new(&dir.path().join("cache"), &fp).load(&features::image_key(&bytes), &Device::Cpu).unwrap();
     assert_eq!(bits(&fresh), bits(&cached));
 
     // A copy of the encoder elsewhere keeps the fingerprint; changed weights change it.
@@ -351,7 +374,8 @@ fn stage2_masks_exactly_the_prompt() {
             let mut conv = Conversation::new(p.template);
             conv.add_image();
             conv.ask(i);
-            let segs = minigpt4_core::template::tokenize_segments(&p.tokenizer, &conv.prompt(), p.template.add_bos()).unwrap();
+            let segs =
+                minigpt4_core::template::tokenize_segments(&p.tokenizer, &conv.prompt(), p.template.add_bos()).unwrap();
             segs == vec![seq.before.clone(), seq.after.clone()]
         });
         seen.insert(k.expect("prompt is not one of the instructions"));
@@ -378,13 +402,22 @@ fn stage1_sequence_is_bos_image_caption() {
     let p = Pipeline::load(&spec(), &Device::Cpu).unwrap();
     let texts = Texts::new(Stage::One, p.tokenizer.clone(), p.template, p.tokenizer.bos_id(), 32, 50).unwrap();
     let long = "A Very (long) caption: ".to_string() + &"word ".repeat(80);
-    let (samples, _) = texts.build(&[record("x.png", "A Cat: on a MAT!", Split::Train), record("y.png", &long, Split::Train)], &[Some(0), Some(1)]).unwrap();
+    let (samples, _) = texts
+        .build(
+            &[record("x.png", "A Cat: on a MAT!", Split::Train), record("y.png", &long, Split::Train)],
+            &[Some(0), Some(1)],
+        )
+        .unwrap();
     let seq = texts.sequence(&samples[0], 1, 0, 0);
     assert_eq!(seq.before, vec![p.tokenizer.bos_id().unwrap()]);
     assert!(seq.after.is_empty());
     assert_eq!(seq.target, p.tokenizer.encode("a cat on a mat\n", false).unwrap());
     assert!(samples[1].target.len() <= 32);
-    assert_eq!(samples[1].target, p.tokenizer.encode(&format!("a very long caption {}", "word ".repeat(80).trim()), false).unwrap()[..32].to_vec());
+    assert_eq!(
+        samples[1].target,
+        p.tokenizer.encode(&format!("a very long caption {}", "word ".repeat(80).trim()), false).unwrap()[..32]
+            .to_vec()
+    );
     assert_eq!(seq.labels(4).iter().filter(|l| l.is_some()).count(), seq.target.len());
 }
 
@@ -414,7 +447,8 @@ fn init_from_pth_and_stage1_result_and_output_loads_in_pipeline() {
     minigpt4_train::train(&spec(), &o2).unwrap();
 
     // The result (and a checkpoint) work as the model's projection.
-    for p in [dir.path().join("s2/projection.safetensors"), dir.path().join("s2/checkpoints/step-00000001.safetensors")] {
+    for p in [dir.path().join("s2/projection.safetensors"), dir.path().join("s2/checkpoints/step-00000001.safetensors")]
+    {
         let mut s = spec();
         s.projection.weights = p.clone();
         let pipe = Pipeline::load(&s, &Device::Cpu).unwrap();
@@ -440,7 +474,8 @@ fn nouns_warm_start_points_each_training_image_at_its_caption_noun() {
     // projected token is nearest (cosine) to its own noun's embedding.
     let nouns: Vec<String> = records.iter().map(|r| keyword::main_noun(&r.caption).unwrap()).collect();
     assert_eq!(nouns.iter().collect::<std::collections::HashSet<_>>().len(), 6, "{nouns:?}");
-    let unit = |v: Tensor| -> Tensor { v.broadcast_div(&v.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap()).unwrap() };
+    let unit =
+        |v: Tensor| -> Tensor { v.broadcast_div(&v.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap()).unwrap() };
     let embeds: Vec<Tensor> = nouns
         .iter()
         .map(|n| {

@@ -44,5 +44,13 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
 }
 
 pub fn ids(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
 }

@@ -178,8 +178,11 @@ impl Resp {
 pub fn parse_sse(text: &str) -> Vec<String> {
     text.split("\n\n")
         .filter_map(|block| {
-            let data: Vec<&str> =
-                block.lines().filter_map(|l| l.strip_prefix("data:")).map(|l| l.strip_prefix(' ').unwrap_or(l)).collect();
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|l| l.strip_prefix(' ').unwrap_or(l))
+                .collect();
             (!data.is_empty()).then(|| data.join("\n"))
         })
         .collect()
@@ -240,18 +243,16 @@ fn split_head(buf: &[u8]) -> Option<Head> {
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect();
+    let headers =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
     Some((status, headers, end + 4))
 }
 
 fn parse_response(buf: &[u8]) -> Resp {
     let (status, headers, start) =
         split_head(buf).unwrap_or_else(|| panic!("no HTTP response head in {:?}", String::from_utf8_lossy(buf)));
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let chunked =
+        headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
     let body = if chunked {
         let mut d = Dechunker::default();
         d.feed(&buf[start..]);
@@ -364,7 +365,8 @@ pub fn long_running_seed(question: &str, tokens: usize) -> u64 {
     conv.ask(question);
     let embeds = p.prompt_embeds(&conv, &[]).unwrap();
     for seed in 0..200u64 {
-        let cfg = p.with_stops(GenerationConfig { max_new_tokens: tokens, seed: Some(seed), ..GenerationConfig::default() });
+        let cfg =
+            p.with_stops(GenerationConfig { max_new_tokens: tokens, seed: Some(seed), ..GenerationConfig::default() });
         let g = generate(&p.model.llm, &embeds, &cfg, &|ids| p.tokenizer.decode(ids, true), &mut |_| {
             ControlFlow::Continue(())
         })
