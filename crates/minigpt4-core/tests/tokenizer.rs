@@ -1,6 +1,8 @@
 //! Tokenizer parity: the GGUF-embedded vocabularies must give the ids Hugging Face gives.
 //! Fixtures come from `scripts/make_tokenizer_fixtures.py`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
@@ -255,13 +257,11 @@ fn stream_random_ids_never_fails() {
     }
 }
 
-/// Parity against the real SmolLM2 GGUF when it is at hand (`MINIGPT4_SMOLLM2_GGUF=path`): a few
-/// ids known from its Hugging Face tokenizer.
+/// Parity against the real SmolLM2 GGUF (`$MINIGPT4_SMOLLM2_GGUF`, else the default model's
+/// fetched part): a few ids known from its Hugging Face tokenizer.
 #[test]
-fn smollm2_gguf_when_available() {
-    let Ok(path) = std::env::var("MINIGPT4_SMOLLM2_GGUF") else {
-        return;
-    };
+fn smollm2_gguf_ids() {
+    let path = common::default_part("MINIGPT4_SMOLLM2_GGUF", |p| &p.smollm2_gguf);
     let mut f = std::fs::File::open(&path).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
     let tok = Tokenizer::from_gguf(&ct).unwrap();

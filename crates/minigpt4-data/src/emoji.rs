@@ -293,7 +293,7 @@ mod tests {
     }
 
     fn real(set: Set, min: usize) {
-        let Some(input) = crate::testutil::fetched(set.source()) else { return };
+        let input = crate::testutil::fetched(set.source());
         let out = crate::testutil::tmpdir(set.source());
         let imp = crate::import(set.source(), &input, &out, &mut crate::no_progress).unwrap();
         let (train, held) = (imp.count(crate::Split::Train), imp.count(crate::Split::Heldout));
@@ -306,11 +306,13 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs the fetched source: `minigpt4 data fetch fluent-emoji-3d`, then `cargo test --release -p minigpt4-data -- --ignored`"]
     fn real_fluent_3d() {
         real(Set::Fluent3d, 3300);
     }
 
     #[test]
+    #[ignore = "needs the fetched source: `minigpt4 data fetch emoji-google`, then `cargo test --release -p minigpt4-data -- --ignored`"]
     fn real_google() {
         real(Set::Google, 3700);
     }

@@ -255,17 +255,14 @@ pub(crate) mod testutil {
         out.into_inner()
     }
 
-    /// The fetched source folder if it is there, else `None` after printing "skipped: not fetched".
-    pub fn fetched(source: &str) -> Option<PathBuf> {
+    /// The fetched source folder; panics with the command that fetches it when it is not there
+    /// (the tests that need it are `#[ignore]`d and say so).
+    pub fn fetched(source: &str) -> PathBuf {
         let dir = crate::source_dir(&crate::minigpt4_home(), source);
         let ok =
             crate::fetch::spec(source).is_some_and(|s| s.packages.iter().all(|p| dir.join(p.file_name()).exists()));
-        if ok {
-            Some(dir)
-        } else {
-            println!("skipped: not fetched ({})", dir.display());
-            None
-        }
+        assert!(ok, "{} is not fetched: run `minigpt4 data fetch {source}` first", dir.display());
+        dir
     }
 }
 

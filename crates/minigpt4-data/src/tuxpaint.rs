@@ -215,8 +215,9 @@ mod tests {
     const TUXPAINT_FILE: &str = "tuxpaint-stamps-default_2022.06.04-1_all.deb";
 
     #[test]
+    #[ignore = "needs the fetched source: `minigpt4 data fetch tuxpaint`, then `cargo test --release -p minigpt4-data -- --ignored`"]
     fn real_package() {
-        let Some(input) = crate::testutil::fetched(SOURCE) else { return };
+        let input = crate::testutil::fetched(SOURCE);
         let out = tmpdir("tux-real");
         let imp = crate::import(SOURCE, &input, &out, &mut crate::no_progress).unwrap();
         let (train, held) = (imp.count(crate::Split::Train), imp.count(crate::Split::Heldout));

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,16 +45,12 @@ fn chat_page_in_headless_chromium() {
         eprintln!("browser test: install script ended with {status:?}");
     }
     let missing = missing();
-    if !missing.is_empty() {
-        // Straight to stderr: libtest captures eprintln! of passing tests, and this must be seen.
-        let line = "!".repeat(78);
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n{line}\n!! SKIPPED chat_page_in_headless_chromium: cannot install {}\n!! run scripts/install-browser-test-deps.sh (apt-get + npm ci) to enable it\n{line}\n",
-            missing.join(", ")
-        );
-        return;
-    }
+    assert!(
+        missing.is_empty(),
+        "cannot run the browser test: missing {}; run scripts/install-browser-test-deps.sh (apt-get chromium + npm ci), \
+         or skip it knowingly with `cargo test -- --skip chat_page_in_headless_chromium`",
+        missing.join(", ")
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let server = rt.block_on(async {
