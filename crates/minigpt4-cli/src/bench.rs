@@ -28,8 +28,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use clap::{Args, ValueEnum};
 use minigpt4_core::generate::GenerationConfig;
-use minigpt4_core::model_file::{minigpt4_home, ModelSpec};
-use minigpt4_core::pipeline::Pipeline;
+use minigpt4_core::model_file::ModelSpec;
+use minigpt4_core::pipeline::{FrozenParts, Pipeline};
+use minigpt4_core::projector::Projector;
 use minigpt4_core::template::Conversation;
 use minigpt4_train::data::{Sequence, Stage, Texts};
 use minigpt4_train::optim::{AdamW, AdamWConfig};
@@ -188,28 +189,18 @@ fn prompt_ids(p: &Pipeline, n: usize) -> Result<Vec<u32>> {
     Ok(unit.iter().copied().cycle().take(n).collect())
 }
 
-/// The spec to benchmark and where its projection comes from.
-fn resolve(args: &BenchArgs, device: &Device) -> Result<(ModelSpec, String)> {
-    let mut spec = crate::ModelArgs { model: args.model.clone(), projection: args.projection.clone() }.spec()?;
-    let source = if let Some(p) = &args.projection {
-        p.display().to_string()
-    } else if spec.projection.weights.exists() {
-        spec.projection.weights.display().to_string()
-    } else {
-        let (i, o) = minigpt4_train::model::projection_dims(&spec)?;
-        let path = minigpt4_home().join("cache").join("bench").join(format!("projection-random-{i}x{o}.safetensors"));
-        if !path.exists() {
-            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-            minigpt4_train::model::write_random_projection(&path, i, o, 0, device)?;
-        }
-        eprintln!("{} does not exist; using a random projection ({i} → {o})", spec.projection.weights.display());
-        spec.projection.weights = path;
-        format!("random {i}x{o} (the model's projection file does not exist yet)")
-    };
-    Ok((spec, source))
+/// The spec to benchmark and where its projection comes from: its file, or (when the model has
+/// none yet) `minigpt4 train`'s random start for seed 0, held in memory.
+fn resolve(args: &BenchArgs) -> Result<(ModelSpec, String, bool)> {
+    let spec = crate::ModelArgs { model: args.model.clone(), projection: args.projection.clone() }.spec()?;
+    if args.projection.is_some() || spec.projection.weights.exists() {
+        let source = spec.projection.weights.display().to_string();
+        return Ok((spec, source, false));
+    }
+    eprintln!("{} does not exist; using a random projection", spec.projection.weights.display());
+    Ok((spec, "random (the model's projection file does not exist yet)".into(), true))
 }
 
-/// The files a model loads, with their sizes.
 fn model_files(spec: &ModelSpec) -> Value {
     let mut files: Vec<&Path> = vec![&spec.vision.weights];
     files.extend(spec.vision.config.as_deref());
@@ -259,6 +250,8 @@ struct Ctx<'a> {
     image: (Vec<u8>, String),
     pipeline: Option<Pipeline>,
     load_s: f64,
+    /// The model has no projection file yet: a random one stands in.
+    random_projection: bool,
 }
 
 impl Ctx<'_> {
@@ -266,7 +259,15 @@ impl Ctx<'_> {
     fn load(&mut self) -> Result<()> {
         if self.pipeline.is_none() {
             eprintln!("loading model {}…", self.spec.name.as_deref().unwrap_or(&self.args.model));
-            let (s, p) = timed(|| Ok(Pipeline::load(&self.spec, &self.device)?))?;
+            let (s, p) = timed(|| {
+                if !self.random_projection {
+                    return Ok(Pipeline::load(&self.spec, &self.device)?);
+                }
+                let parts = FrozenParts::load(&self.spec, &self.device)?;
+                let (i, o) = parts.projection_dims();
+                let (w, b) = minigpt4_train::model::random_projection(i, o, 0, &self.device)?;
+                Ok(Pipeline::new(parts, Projector::from_tensors(w, b)?)?)
+            })?;
             eprintln!("loaded in {s:.2}s");
             self.load_s = s;
             self.pipeline = Some(p);
@@ -284,7 +285,7 @@ pub fn run(args: BenchArgs) -> Result<bool> {
         bail!("--reps must be at least 1");
     }
     let device = Device::Cpu;
-    let (spec, projection) = resolve(&args, &device)?;
+    let (spec, projection, random_projection) = resolve(&args)?;
     let image = match &args.image {
         Some(p) => (std::fs::read(p).with_context(|| p.display().to_string())?, p.display().to_string()),
         None => (synthetic_image()?, "synthetic 640x480 PNG".to_string()),
@@ -301,7 +302,7 @@ pub fn run(args: BenchArgs) -> Result<bool> {
         "warmup": args.warmup,
         "image": image.1,
     });
-    let mut ctx = Ctx { args: &args, spec, device, image, pipeline: None, load_s: 0.0 };
+    let mut ctx = Ctx { args: &args, spec, device, image, pipeline: None, load_s: 0.0, random_projection };
     for part in [Part::Llm, Part::Vision, Part::E2e, Part::Train] {
         if !args.parts.contains(&part) {
             continue;
@@ -478,7 +479,11 @@ fn bench_train(ctx: &mut Ctx) -> Result<Value> {
     let (batch, positions) = (ctx.args.train_batch, ctx.args.train_positions);
     eprintln!("[train] stage-2 step, batch {batch} × {positions} positions");
     let rss_reset = reset_peak_rss();
-    let (load_s, (mut frozen, w0, b0)) = timed(|| minigpt4_train::model::load(&ctx.spec, &ctx.device))?;
+    let start = match ctx.random_projection {
+        true => minigpt4_train::model::Start::Random(0),
+        false => minigpt4_train::model::Start::File(&ctx.spec.projection.weights),
+    };
+    let (load_s, (mut frozen, w0, b0)) = timed(|| minigpt4_train::model::load(&ctx.spec, &ctx.device, start))?;
     // Real features of the benchmark image (what the feature cache would hold), for every row.
     let (bytes, what) = &ctx.image;
     let px = minigpt4_core::image::preprocess(bytes, what, &frozen.image, &frozen.limits, &ctx.device)?.unsqueeze(0)?;

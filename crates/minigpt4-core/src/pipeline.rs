@@ -136,16 +136,27 @@ fn blip2_config(path: Option<&PathBuf>) -> Result<Blip2Config> {
     path.map_or_else(|| Ok(Blip2Config::default()), |p| Blip2Config::from_file(p))
 }
 
-impl Pipeline {
+/// Every part of a MiniGPT-4 but the projection, loaded from a model file: what inference
+/// ([`Pipeline`]) and training (which brings its own projection, or starts from a random one)
+/// share, so the network is assembled in one place.
+pub struct FrozenParts {
+    pub vision: VisionTower,
+    pub adapter: Adapter,
+    pub classifier: Option<Classifier>,
+    pub llm: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: TemplateKind,
+    pub image: ImageConfig,
+    /// The projection's input width: the adapter's tokens plus the class tokens.
+    pub projection_in: usize,
+}
+
+impl FrozenParts {
+    /// Loads every part `spec` names except `[projection]`, which need not exist yet.
     pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
         let dtype = DType::F32;
-        if let Some((what, path)) = spec.missing_files().into_iter().next() {
-            let hint = if what == "projection" {
-                " (the projection is what `minigpt4 train` produces; train one or point [projection] at a MiniGPT-4 checkpoint)"
-            } else {
-                ""
-            };
-            return Err(Error::Config(format!("the model's {what} file {} does not exist{hint}", path.display())));
+        if let Some((what, path)) = spec.missing_files().into_iter().find(|(what, _)| *what != "projection") {
+            return Err(Error::Config(format!("the model's {what} file {} does not exist", path.display())));
         }
 
         // Opened once: it may hold ln_vision as well as the Q-Former (LAVIS keeps them together).
@@ -240,15 +251,64 @@ impl Pipeline {
         };
 
         let (llm, tokenizer) = load_llm(spec, device, dtype)?;
-        let in_dim = adapter.out_dim(vision_dim) + classifier.as_ref().map_or(0, Classifier::width);
-        let proj_w = open_checkpoint(&spec.projection.weights, device, dtype)?;
-        let projector = Projector::load(in_dim, llm.hidden_size(), &proj_w.pp("llama_proj"))?;
-        let stops = StopSequences::for_template(spec.template, &tokenizer)?;
+        let projection_in = adapter.out_dim(vision_dim) + classifier.as_ref().map_or(0, Classifier::width);
         Ok(Self {
-            model: MiniGpt4::with_classifier(vision, adapter, classifier, projector, llm)?,
+            vision,
+            adapter,
+            classifier,
+            llm,
             tokenizer,
             template: spec.template,
             image: image_cfg,
+            projection_in,
+        })
+    }
+
+    /// `(in, out)` widths of the projection these parts take.
+    pub fn projection_dims(&self) -> (usize, usize) {
+        (self.projection_in, self.llm.hidden_size())
+    }
+}
+
+/// `llama_proj` from a projection file (what `minigpt4 train` writes, or a MiniGPT-4
+/// checkpoint), checked against the widths it must have.
+pub fn load_projection(path: &Path, (in_dim, out_dim): (usize, usize), device: &Device) -> Result<Projector> {
+    if !path.exists() {
+        return Err(projection_missing(path));
+    }
+    Projector::load(in_dim, out_dim, &open_checkpoint(path, device, DType::F32)?.pp("llama_proj"))
+}
+
+fn projection_missing(path: &Path) -> Error {
+    Error::Config(format!(
+        "the model's projection file {} does not exist (the projection is what `minigpt4 train` produces; \
+         train one or point [projection] at a MiniGPT-4 checkpoint)",
+        path.display()
+    ))
+}
+
+impl Pipeline {
+    /// The whole model `spec` names, its projection included.
+    pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
+        if !spec.projection.weights.exists() {
+            // Said before the (slow) other parts are loaded.
+            return Err(projection_missing(&spec.projection.weights));
+        }
+        let parts = FrozenParts::load(spec, device)?;
+        let projector = load_projection(&spec.projection.weights, parts.projection_dims(), device)?;
+        Self::new(parts, projector)
+    }
+
+    /// A model from loaded parts and a projection (a random one for a baseline, a training
+    /// checkpoint's).
+    pub fn new(parts: FrozenParts, projector: Projector) -> Result<Self> {
+        let FrozenParts { vision, adapter, classifier, llm, tokenizer, template, image, .. } = parts;
+        let stops = StopSequences::for_template(template, &tokenizer)?;
+        Ok(Self {
+            model: MiniGpt4::with_classifier(vision, adapter, classifier, projector, llm)?,
+            tokenizer,
+            template,
+            image,
             limits: Limits::default(),
             stops,
             image_cache: Mutex::new(ImageCache::new()),

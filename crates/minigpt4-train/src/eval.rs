@@ -24,7 +24,8 @@ use candle_core::{Device, Tensor};
 use minigpt4_core::generate::GenerationConfig;
 use minigpt4_core::image;
 use minigpt4_core::model_file::ModelSpec;
-use minigpt4_core::pipeline::Pipeline;
+use minigpt4_core::pipeline::{FrozenParts, Pipeline};
+use minigpt4_core::projector::Projector;
 use minigpt4_core::template::Conversation;
 use minigpt4_data::{Manifest, Record, Split};
 use serde::{Deserialize, Serialize};
@@ -210,8 +211,7 @@ pub fn select_records(data: &[PathBuf], split: Option<Split>, limit: Option<usiz
     Ok(s)
 }
 
-/// Loads the model with the projection `opts` asks for. A random projection is written to a
-/// temporary file for `Pipeline::load` and removed again.
+/// Loads the model with the projection `opts` asks for (a random one stays in memory).
 pub fn load_pipeline(spec: &ModelSpec, opts: &EvalOptions) -> Result<(Pipeline, ProjectionSource)> {
     let mut spec = spec.clone();
     let source = match (&opts.projection, opts.random_projection) {
@@ -220,30 +220,23 @@ pub fn load_pipeline(spec: &ModelSpec, opts: &EvalOptions) -> Result<(Pipeline, 
         (None, Some(seed)) => ProjectionSource::Random { seed },
         (None, None) => ProjectionSource::Model { path: spec.projection.weights.clone() },
     };
-    let load = |spec: &ModelSpec| {
-        Pipeline::load(spec, &opts.device)
-            .with_context(|| format!("loading model `{}`", spec.name.as_deref().unwrap_or("?")))
-    };
+    let context = || format!("loading model `{}`", spec.name.as_deref().unwrap_or("?"));
     let pipeline = match &source {
         ProjectionSource::Model { path } if !path.exists() => bail!(
             "the model's projection {} does not exist: pass --projection FILE (what `minigpt4 train` writes) \
              or --random-projection SEED (the untrained baseline)",
             path.display()
         ),
-        ProjectionSource::Model { .. } => load(&spec)?,
+        ProjectionSource::Model { .. } => Pipeline::load(&spec, &opts.device).with_context(context)?,
         ProjectionSource::File { path } => {
             spec.projection.weights = path.clone();
-            load(&spec)?
+            Pipeline::load(&spec, &opts.device).with_context(context)?
         }
         ProjectionSource::Random { seed } => {
-            let (in_dim, out_dim) = model::projection_dims(&spec)?;
-            let tmp =
-                std::env::temp_dir().join(format!("minigpt4-eval-random-{}-{seed}.safetensors", std::process::id()));
-            model::write_random_projection(&tmp, in_dim, out_dim, *seed, &Device::Cpu)?;
-            spec.projection.weights = tmp.clone();
-            let p = load(&spec);
-            let _ = std::fs::remove_file(&tmp);
-            p?
+            let parts = FrozenParts::load(&spec, &opts.device).with_context(context)?;
+            let (in_dim, out_dim) = parts.projection_dims();
+            let (w, b) = model::random_projection(in_dim, out_dim, *seed, &opts.device)?;
+            Pipeline::new(parts, Projector::from_tensors(w, b)?)?
         }
     };
     Ok((pipeline, source))
@@ -594,7 +587,7 @@ mod tests {
         o.random_projection = Some(7);
         let (p, source) = load_pipeline(&spec, &o).unwrap();
         assert_eq!(source, ProjectionSource::Random { seed: 7 });
-        let (in_dim, out_dim) = model::projection_dims(&spec).unwrap();
+        let (in_dim, out_dim) = (p.model.projector.in_dim(), p.model.projector.out_dim());
         let (w, b) = model::random_projection(in_dim, out_dim, 7, &Device::Cpu).unwrap();
         let same = |x: &Tensor, y: &Tensor| {
             x.flatten_all().unwrap().to_vec1::<f32>().unwrap() == y.flatten_all().unwrap().to_vec1::<f32>().unwrap()

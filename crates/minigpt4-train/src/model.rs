@@ -1,62 +1,22 @@
-//! The frozen model as training needs it: vision tower + adapter (dropped once the features are
-//! cached), the LLM with dense weights (for `Mode::Differentiable`), tokenizer and template,
-//! plus the projection's starting point.
+//! The frozen model as training needs it: the pipeline's [`FrozenParts`] (the one assembly of
+//! the network) with the LLM made dense (for `Mode::Differentiable`) and the vision tower
+//! dropped once the features are cached, plus the projection's starting point.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use minigpt4_core::adapter::Adapter;
-use minigpt4_core::dinov2::Dinov2Config;
 use minigpt4_core::efficientnet_lite::Classifier;
 use minigpt4_core::image::{ImageConfig, Limits};
-use minigpt4_core::llama::{Llama, LlamaConfig};
-use minigpt4_core::minigpt4::{Blip2Config, MiniGpt4, VisionTower};
+use minigpt4_core::llama::Llama;
+use minigpt4_core::minigpt4::VisionTower;
 use minigpt4_core::model_file::{AdapterKind, ModelSpec, VisionKind};
-use minigpt4_core::onnx;
-use minigpt4_core::pipeline::{efficientnet_config, Pipeline};
+use minigpt4_core::pipeline::{efficientnet_config, load_projection, FrozenParts};
 use minigpt4_core::template::TemplateKind;
 use minigpt4_core::tokenizer::Tokenizer;
 
 use crate::data::{derive_seed, SplitMix64};
-
-/// `(d_a, d_llm)`: the projection's input and output widths, read from the model's configs
-/// without loading any weights (a first stage-1 run has no projection file yet, and
-/// `Pipeline::load` needs one).
-pub fn projection_dims(spec: &ModelSpec) -> Result<(usize, usize)> {
-    let blip2 = |p: Option<&std::path::PathBuf>| -> Result<Blip2Config> {
-        Ok(match p {
-            Some(p) => Blip2Config::from_file(p)?,
-            None => Blip2Config::default(),
-        })
-    };
-    let llm = &spec.llm.weights;
-    let d_llm = if llm.extension().and_then(|e| e.to_str()) == Some("gguf") {
-        let (_, ct) = minigpt4_core::llama::read_gguf(llm)?;
-        LlamaConfig::from_gguf(&ct)?.hidden_size
-    } else {
-        let dir = if llm.is_dir() { llm.clone() } else { llm.parent().unwrap_or(Path::new(".")).to_path_buf() };
-        LlamaConfig::from_file(&spec.llm.config.clone().unwrap_or_else(|| dir.join("config.json")))?.hidden_size
-    };
-    let vision = match spec.vision.kind {
-        VisionKind::EvaVitG => blip2(spec.vision.config.as_ref())?.vision_config.hidden_size,
-        VisionKind::Dinov2 => match &spec.vision.config {
-            Some(p) => Dinov2Config::from_file(p)?.hidden_size,
-            None => onnx::converted_config(&spec.vision.weights)?.hidden_size,
-        },
-        VisionKind::EfficientnetLite => efficientnet_config(spec.vision.config.as_ref(), None)?.num_classes,
-    };
-    let d_a = match spec.adapter.kind {
-        AdapterKind::Merge => vision * spec.adapter.merge,
-        AdapterKind::Classes => vision * spec.adapter.slots,
-        AdapterKind::Qformer => blip2(spec.adapter.config.as_ref())?.qformer_config.hidden_size,
-    };
-    let classes = match &spec.classifier {
-        Some(c) => c.slots * efficientnet_config(c.config.as_ref(), None)?.num_classes,
-        None => 0,
-    };
-    Ok((d_a + classes, d_llm))
-}
 
 /// `(slots, classes)` of the model's class tokens, which come first in the projection's input:
 /// those of a `[classifier]`, or of the `classes` adapter on a classifier encoder.
@@ -81,8 +41,8 @@ pub fn random_projection(in_dim: usize, out_dim: usize, seed: u64, device: &Devi
     Ok((w, b))
 }
 
-/// Writes [`random_projection`] for `seed` to `path` as a projection file (what `train` starts
-/// from, `eval --random-projection` scores and `bench` falls back to).
+/// Writes [`random_projection`] for `seed` to `path` as a projection file (the record of where a
+/// training run started).
 pub fn write_random_projection(path: &Path, in_dim: usize, out_dim: usize, seed: u64, device: &Device) -> Result<()> {
     let (w, b) = random_projection(in_dim, out_dim, seed, device)?;
     let meta = [("init".to_string(), "random".to_string()), ("seed".to_string(), seed.to_string())].into();
@@ -115,18 +75,43 @@ impl Frozen {
     }
 }
 
-/// Loads `spec` (whose `[projection] weights` must hold the starting projection) and returns the
-/// frozen parts and the projection's weight `[d_llm, d_a]` and bias `[d_llm]`.
-pub fn load(spec: &ModelSpec, device: &Device) -> Result<(Frozen, Tensor, Tensor)> {
-    let p = Pipeline::load(spec, device)
+/// Where the projection starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Start<'a> {
+    /// A projection file (a checkpoint to resume, `--init`, a model's projection).
+    File(&'a Path),
+    /// [`random_projection`] for this seed.
+    Random(u64),
+}
+
+/// Loads the frozen parts of `spec` (its `[projection]` file is not needed) and the projection's
+/// starting weight `[d_llm, d_a]` and bias `[d_llm]`.
+pub fn load(spec: &ModelSpec, device: &Device, start: Start) -> Result<(Frozen, Tensor, Tensor)> {
+    let parts = FrozenParts::load(spec, device)
         .with_context(|| format!("loading model `{}`", spec.name.as_deref().unwrap_or("?")))?;
-    let Pipeline { model, tokenizer, template, image, limits, .. } = p;
-    let MiniGpt4 { vision, adapter, classifier, projector, llm } = model;
-    let llm = if llm.is_quantized() { llm.into_dense()? } else { llm };
-    let weight = projector.weight().clone();
-    let bias = match projector.bias() {
-        Some(b) => b.clone(),
-        None => Tensor::zeros(projector.out_dim(), weight.dtype(), device)?,
+    let dims = parts.projection_dims();
+    let (weight, bias) = match start {
+        Start::File(path) => {
+            let projector = load_projection(path, dims, device)
+                .with_context(|| format!("starting projection {}", path.display()))?;
+            let weight = projector.weight().clone();
+            let bias = match projector.bias() {
+                Some(b) => b.clone(),
+                None => Tensor::zeros(projector.out_dim(), weight.dtype(), device)?,
+            };
+            (weight, bias)
+        }
+        Start::Random(seed) => random_projection(dims.0, dims.1, seed, device)?,
     };
-    Ok((Frozen { vision: Some((vision, adapter, classifier)), llm, tokenizer, template, image, limits }, weight, bias))
+    let FrozenParts { vision, adapter, classifier, llm, tokenizer, template, image, .. } = parts;
+    let llm = if llm.is_quantized() { llm.into_dense()? } else { llm };
+    let frozen = Frozen {
+        vision: Some((vision, adapter, classifier)),
+        llm,
+        tokenizer,
+        template,
+        image,
+        limits: Limits::default(),
+    };
+    Ok((frozen, weight, bias))
 }

@@ -179,21 +179,20 @@ impl Trainer {
         };
         let config = config::resolve(opts, resume_from.as_ref().map(|c| &c.config))?;
 
-        // The projection to start from, as a file `Pipeline::load` can read.
-        let (in_dim, out_dim) = model::projection_dims(spec)?;
-        let start_file = match (&resume_from, &config.init) {
-            (Some(c), _) => c.path.clone(),
-            (None, Some(init)) => init.clone(),
-            (None, None) => {
-                let p = out.join("projection-init.safetensors");
-                model::write_random_projection(&p, in_dim, out_dim, config.seed, device)?;
-                p
-            }
+        // The projection to start from: a checkpoint to resume, `--init`, or a random start for
+        // the seed (also written to the run directory, as the record of where it began).
+        let start = match (&resume_from, &config.init) {
+            (Some(c), _) => model::Start::File(&c.path),
+            (None, Some(init)) => model::Start::File(init),
+            (None, None) => model::Start::Random(config.seed),
         };
-        let mut spec = spec.clone();
-        spec.projection.weights = start_file.clone();
-        let (frozen, weight0, bias0) =
-            model::load(&spec, device).with_context(|| format!("starting projection {}", start_file.display()))?;
+        let (frozen, weight0, bias0) = model::load(spec, device, start)?;
+        let (out_dim, in_dim) = weight0.dims2()?;
+        // Where the run began, kept in the run directory (a warm start below replaces it).
+        let init_record = out.join("projection-init.safetensors");
+        if let model::Start::Random(seed) = start {
+            model::write_random_projection(&init_record, in_dim, out_dim, seed, device)?;
+        }
 
         // Data: the training split only.
         let train = data::read_train_records(&config.data)?;
@@ -217,7 +216,7 @@ impl Trainer {
                 paths.push(r.image.clone());
             }
         }
-        let fingerprint = features::encoder_fingerprint(&spec, &frozen.image)?;
+        let fingerprint = features::encoder_fingerprint(spec, &frozen.image)?;
         let cache_root = opts.cache_dir.clone().unwrap_or_else(|| minigpt4_home().join("cache"));
         let cache = FeatureCache::new(&cache_root, &fingerprint);
         let t0 = Instant::now();
@@ -291,7 +290,7 @@ impl Trainer {
         )?;
 
         let data_digest = data::samples_digest(&samples, &image_keys);
-        let llm_digest = llm_digest(&spec)?;
+        let llm_digest = llm_digest(spec)?;
         if let Some(c) = &resume_from {
             let mut why = Vec::new();
             if c.data_digest != data_digest {
@@ -318,7 +317,7 @@ impl Trainer {
             let f = warm_start::fit_nouns(&targets)?;
             let meta =
                 [("init".to_string(), "nouns".to_string()), ("records".to_string(), f.records.to_string())].into();
-            checkpoint::save_projection(&start_file, &f.weight, &f.bias, meta)?;
+            checkpoint::save_projection(&init_record, &f.weight, &f.bias, meta)?;
             progress.status(&format!(
                 "warm start: ridge fit of {} images onto {} caption nouns in {:.1}s",
                 f.records,
@@ -331,7 +330,7 @@ impl Trainer {
             let nouns = warm_start::read_class_nouns(table)?;
             // The class slots are the first columns; a classifier next to another encoder leaves
             // that encoder's columns at zero for the refit (or stage 2) to fill.
-            let Some((slots, classes)) = model::class_slots(&spec)? else {
+            let Some((slots, classes)) = model::class_slots(spec)? else {
                 bail!("--warm-start classes needs a classifier: an efficientnet_lite encoder with the `classes` adapter, or a [classifier]");
             };
             if nouns.len() != classes {
@@ -357,7 +356,7 @@ impl Trainer {
                 ("classes".to_string(), nouns.len().to_string()),
             ]
             .into();
-            checkpoint::save_projection(&start_file, &w, &b, meta)?;
+            checkpoint::save_projection(&init_record, &w, &b, meta)?;
             (w.to_dtype(weight0.dtype())?, b.to_dtype(bias0.dtype())?)
         } else {
             (weight0, bias0)
