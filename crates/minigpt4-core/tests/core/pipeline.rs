@@ -2,7 +2,7 @@
 //! the whole-model references (the same reference image, cat.jpg, preprocessed by PIL there
 //! and by us here).
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::*;

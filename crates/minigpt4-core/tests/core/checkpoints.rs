@@ -1,7 +1,7 @@
 //! Broken checkpoints give errors that name the file (and the tensor and shapes where that is
 //! the problem); nothing panics.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device};
 use common::*;

@@ -5,7 +5,7 @@
 //! References come from `scripts/make_smollm2_fixtures.py` (fixtures/smollm2/). The GGUF is
 //! fetched into `minigpt4_home()` by the first test that needs it (~93 MB download, once).
 
-mod common;
+use crate::common;
 
 use std::ops::ControlFlow;
 use std::sync::OnceLock;

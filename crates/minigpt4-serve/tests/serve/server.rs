@@ -1,6 +1,6 @@
 //! The server over real HTTP on 127.0.0.1, with the tiny fixture model.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! `MINIGPT4_BENCH_MODEL=model.toml` names a real model:
 //!
 //! ```sh
-//! MINIGPT4_BENCH_MODEL=path/model.toml cargo test --release -p minigpt4-train --test speed -- --ignored --nocapture
+//! MINIGPT4_BENCH_MODEL=path/model.toml cargo test --release -p minigpt4-train --test train speed_on_model -- --ignored --nocapture
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Image preprocessing against Pillow / torchvision references.
 //!
 //! References come from `scripts/make_image_fixtures.py` (see its docstring). Run with
-//! `cargo test --release -p minigpt4-core --test image -- --nocapture` to see the measured diffs.
+//! `cargo test --release -p minigpt4-core --test core image:: -- --nocapture` to see the measured diffs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

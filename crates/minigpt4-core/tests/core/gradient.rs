@@ -2,7 +2,7 @@
 //! drop gradients silently, so this checks the backward pass against central finite differences
 //! of the same loss, on the tiny fixture MiniGPT-4 (merge-4 variant).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use common::*;

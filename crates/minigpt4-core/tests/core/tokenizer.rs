@@ -1,7 +1,7 @@
 //! Tokenizer parity: the GGUF-embedded vocabularies must give the ids Hugging Face gives.
 //! Fixtures come from `scripts/make_tokenizer_fixtures.py`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,7 @@
+//! minigpt4-cli's integration tests, one binary (one link instead of 5).
+
+mod cli;
+mod eval_cli;
+mod hostile_files;
+mod hostile_server;
+mod train_cli;

@@ -1,0 +1,15 @@
+//! minigpt4-core's integration tests, one binary (one link instead of 12).
+
+mod common;
+mod checkpoints;
+mod dinov2;
+mod efficientnet;
+mod fetch;
+mod generate;
+mod gradient;
+mod image;
+mod parity;
+mod pipeline;
+mod smollm2;
+mod template;
+mod tokenizer;
