@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the browser test of `minigpt4 serve` (crates/minigpt4-serve/tests/browser.rs)
+# Installs what the browser test of `minigpt4 serve` (crates/minigpt4-serve/tests/serve/browser.rs)
 # needs: Debian's Chromium and its driver, Node.js with npm, and playwright-core (npm ci, no
 # browser download: the test drives /usr/bin/chromium). Idempotent: installs only what is missing.
 set -euo pipefail

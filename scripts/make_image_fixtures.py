@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference data for `crates/minigpt4-core/tests/image.rs` (image preprocessing, DESIGN §1.2).
+"""Reference data for `crates/minigpt4-core/tests/core/image.rs` (image preprocessing, as LAVIS Blip2ImageEvalProcessor).
 
 Run by hand from the repository root whenever the expectations change:
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the tokenizer fixtures used by `crates/minigpt4-core/tests/tokenizer.rs`.
+"""Build the tokenizer fixtures used by `crates/minigpt4-core/tests/core/tokenizer.rs`.
 
 Two tiny tokenizers, each written twice -- as a Hugging Face `tokenizer.json` and as a GGUF file
 holding only the tokenizer metadata the way llama.cpp's converter writes it -- plus `cases.json`
