@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the `tiny` default's projection from registry data (DESIGN §1.1, §1.5b), on CPU, in
+# Builds the `tiny` default's projection from registry data, on CPU, in
 # minutes on 2 cores, then evaluates it on the held-out stamps and photos. The result shipped in
 # assets/tiny/projection.safetensors came from this script.
 #

@@ -12,7 +12,7 @@ JSON object with the same kind of statistics (median, quartiles, min-max of ever
           last logits, after an untimed prefill of the same prompt.
   vision  onnxruntime on the DINOv2-S backbone of the same ONNX file (the graph cut at the
           backbone's final LayerNorm, the tensor our encoder returns; the saliency head is left
-          out), on a 224 px image preprocessed as DESIGN 1.2 says.
+          out), on a 224 px image preprocessed as image.rs does it.
   e2e     the same model assembled from these tools, as a user could: PIL preprocessing,
           onnxruntime backbone, numpy LayerNorm + merge-4 + projection (the same projection
           file), the image embeddings fed to llama.cpp through a llama_batch with `embd`,
@@ -115,7 +115,7 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def preprocess(data: bytes, size: int) -> np.ndarray:
-    """DESIGN 1.2 with Pillow: RGB (alpha on white), bicubic squash-resize, ImageNet mean/std."""
+    """image.rs with Pillow: RGB (alpha on white), bicubic squash-resize, ImageNet mean/std."""
     import io
 
     from PIL import Image, ImageOps
