@@ -49,6 +49,15 @@ impl AdamW {
         Ok(Self { cfg, step: 0, params })
     }
 
+    /// The parameter called `name`.
+    pub fn param(&self, name: &str) -> Option<&Param> {
+        self.params.iter().find(|p| p.name == name)
+    }
+
+    pub fn param_mut(&mut self, name: &str) -> Option<&mut Param> {
+        self.params.iter_mut().find(|p| p.name == name)
+    }
+
     /// One update with `grads[i]` for `params[i]` at learning rate `lr`:
     ///
     /// ```text

@@ -150,6 +150,180 @@ fn llm_digest(spec: &ModelSpec) -> Result<String> {
     Ok(d.hex())
 }
 
+/// Prepares the run directory: the checkpoint to resume from (with `resume`), else a check
+/// that the directory holds no other run.
+fn open_run(out: &Path, resume: bool, device: &candle_core::Device, progress: &Progress) -> Result<Option<Checkpoint>> {
+    checkpoint::remove_stale_temporaries(out);
+    if !resume {
+        if !checkpoint::list(out).is_empty() || out.join("projection.safetensors").exists() {
+            bail!(
+                "{} already holds a training run; pass --resume to continue it, or choose another --out",
+                out.display()
+            );
+        }
+        return Ok(None);
+    }
+    let mut warn = |m: String| progress.warn(None, &m);
+    let c = checkpoint::latest(out, device, &mut warn);
+    if c.is_none() {
+        progress.warn(None, &format!("--resume: no checkpoint in {}, starting from the beginning", out.display()));
+    }
+    Ok(c)
+}
+
+/// The cached features of the records' images.
+struct RecordImages {
+    extraction: features::Extraction,
+    /// Distinct usable images, by content.
+    keys: Vec<String>,
+    /// Each record's image in `keys`, `None` when it was skipped.
+    of_record: Vec<Option<usize>>,
+}
+
+/// Makes sure every distinct image of `records` has its features in `cache` (computing what is
+/// missing), and numbers the usable ones by content.
+fn cache_image_features(
+    records: &[minigpt4_data::Record],
+    frozen: &Frozen,
+    cache: &FeatureCache,
+    opts: &TrainOptions,
+    report: &mut TrainReport,
+) -> Result<RecordImages> {
+    let progress = opts.progress;
+    let mut paths: Vec<PathBuf> = Vec::new();
+    let mut index_of: HashMap<PathBuf, usize> = HashMap::new();
+    for r in records {
+        if !index_of.contains_key(&r.image) {
+            index_of.insert(r.image.clone(), paths.len());
+            paths.push(r.image.clone());
+        }
+    }
+    let t0 = Instant::now();
+    let extraction = features::extract(
+        &|px| frozen.image_features(px),
+        &paths,
+        cache,
+        &frozen.image,
+        &frozen.limits,
+        &opts.device,
+        opts.feature_batch,
+        &progress,
+    )?;
+    report.feature_seconds = t0.elapsed().as_secs_f64();
+    for (p, why) in &extraction.skipped {
+        progress.warn(None, &format!("skipped image {}: {why}", p.display()));
+    }
+    report.skipped_images = extraction.skipped.clone();
+    report.features_computed = extraction.computed;
+    report.features_reused = extraction.reused;
+
+    let mut keys: Vec<String> = Vec::new();
+    let mut key_index: HashMap<String, usize> = HashMap::new();
+    let path_image: Vec<Option<usize>> = extraction
+        .keys
+        .iter()
+        .map(|k| {
+            k.as_ref().map(|k| {
+                *key_index.entry(k.clone()).or_insert_with(|| {
+                    keys.push(k.clone());
+                    keys.len() - 1
+                })
+            })
+        })
+        .collect();
+    let of_record = records.iter().map(|r| path_image[index_of[&r.image]]).collect();
+    Ok(RecordImages { extraction, keys, of_record })
+}
+
+/// Refuses to resume `c` when what its steps were computed from has changed.
+fn check_resume(c: &Checkpoint, data_digest: &str, fingerprint: &str, llm_digest: &str) -> Result<()> {
+    let mut why = Vec::new();
+    if c.data_digest != data_digest {
+        why.push("the training samples (manifests, images or tokenizer) changed");
+    }
+    if c.encoder_fingerprint != fingerprint {
+        why.push("the vision encoder / adapter changed");
+    }
+    if c.llm_digest != llm_digest {
+        why.push("the LLM or template changed");
+    }
+    if !why.is_empty() {
+        bail!("cannot resume from {}: {}", c.path.display(), why.join("; "));
+    }
+    Ok(())
+}
+
+/// What a warm start fits the projection to.
+struct WarmStartContext<'a> {
+    spec: &'a ModelSpec,
+    records: &'a [minigpt4_data::Record],
+    image_of: &'a [Option<usize>],
+    features: &'a FeatureStore,
+}
+
+/// The projection a `--warm-start` computes (and records as the run's start), from the cached
+/// features and the frozen LLM's embeddings; `start` gives the dtype (and is returned unchanged
+/// when the warm start is `random`).
+fn warm_start_projection(
+    config: &TrainConfig,
+    ctx: &WarmStartContext,
+    frozen: &Frozen,
+    init_record: &Path,
+    progress: &Progress,
+    start: (&Tensor, &Tensor),
+) -> Result<(Tensor, Tensor)> {
+    let (weight0, bias0) = start;
+    let (records, image_of, features) = (ctx.records, ctx.image_of, ctx.features);
+    Ok(if config.warm_start == WarmStart::Nouns {
+        let t = Instant::now();
+        let targets = warm_start::noun_targets(records, image_of, features, &frozen.llm, &frozen.tokenizer)?;
+        let f = warm_start::fit_nouns(&targets)?;
+        let meta = [("init".to_string(), "nouns".to_string()), ("records".to_string(), f.records.to_string())].into();
+        checkpoint::save_projection(init_record, &f.weight, &f.bias, meta)?;
+        progress.status(&format!(
+            "warm start: ridge fit of {} images onto {} caption nouns in {:.1}s",
+            f.records,
+            f.distinct_nouns,
+            t.elapsed().as_secs_f64()
+        ));
+        (f.weight.to_dtype(weight0.dtype())?, f.bias.to_dtype(bias0.dtype())?)
+    } else if config.warm_start.uses_classes() {
+        let table = config.class_names.as_ref().expect("checked by the config");
+        let nouns = warm_start::read_class_nouns(table)?;
+        // The class slots are the first columns; a classifier next to another encoder leaves
+        // that encoder's columns at zero for the refit (or stage 2) to fill.
+        let Some((slots, classes)) = model::class_slots(ctx.spec)? else {
+            bail!("--warm-start classes needs a classifier: an efficientnet_lite encoder with the `classes` adapter, or a [classifier]");
+        };
+        if nouns.len() != classes {
+            bail!("{} names {} classes, but the classifier has {classes}", table.display(), nouns.len());
+        }
+        let (d_llm, d_in) = weight0.dims2()?;
+        let rest = d_in - slots * classes;
+        let (w, mut b) = warm_start::fit_classes(&nouns, slots, &frozen.llm, &frozen.tokenizer)?;
+        let mut w = Tensor::cat(&[&w, &Tensor::zeros((d_llm, rest), w.dtype(), w.device())?], 1)?;
+        progress.status(&format!("warm start: {} class nouns from {}", nouns.len(), table.display()));
+        if config.warm_start == WarmStart::ClassesNouns {
+            let targets = warm_start::noun_targets(records, image_of, features, &frozen.llm, &frozen.tokenizer)?;
+            let f = warm_start::refit_toward(&w, &targets)?;
+            progress.status(&format!(
+                "warm start: refined on {} images' caption nouns ({} distinct)",
+                f.records, f.distinct_nouns
+            ));
+            (w, b) = (f.weight, f.bias);
+        }
+        let meta = [
+            ("init".to_string(), format!("{:?}", config.warm_start)),
+            ("classes".to_string(), nouns.len().to_string()),
+        ]
+        .into();
+        checkpoint::save_projection(init_record, &w, &b, meta)?;
+        (w.to_dtype(weight0.dtype())?, b.to_dtype(bias0.dtype())?)
+    } else {
+        (weight0.clone(), bias0.clone())
+    })
+}
+
 impl Trainer {
     /// Everything before the first step: settings, model, data, feature cache, optimizer (and
     /// the checkpoint to resume from).
@@ -159,24 +333,7 @@ impl Trainer {
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
         let device = &opts.device;
 
-        checkpoint::remove_stale_temporaries(&out);
-        let resume_from = if opts.resume {
-            let mut warn = |m: String| progress.warn(None, &m);
-            let c = checkpoint::latest(&out, device, &mut warn);
-            if c.is_none() {
-                progress
-                    .warn(None, &format!("--resume: no checkpoint in {}, starting from the beginning", out.display()));
-            }
-            c
-        } else {
-            if !checkpoint::list(&out).is_empty() || out.join("projection.safetensors").exists() {
-                bail!(
-                    "{} already holds a training run; pass --resume to continue it, or choose another --out",
-                    out.display()
-                );
-            }
-            None
-        };
+        let resume_from = open_run(&out, opts.resume, device, &progress)?;
         let config = config::resolve(opts, resume_from.as_ref().map(|c| &c.config))?;
 
         // The projection to start from: a checkpoint to resume, `--init`, or a random start for
@@ -208,52 +365,11 @@ impl Trainer {
         report.skipped_lines = train.skipped_lines.clone();
 
         // Features of every distinct image, cached on disk.
-        let mut paths: Vec<PathBuf> = Vec::new();
-        let mut index_of: HashMap<PathBuf, usize> = HashMap::new();
-        for r in &train.records {
-            if !index_of.contains_key(&r.image) {
-                index_of.insert(r.image.clone(), paths.len());
-                paths.push(r.image.clone());
-            }
-        }
         let fingerprint = features::encoder_fingerprint(spec, &frozen.image)?;
         let cache_root = opts.cache_dir.clone().unwrap_or_else(|| minigpt4_home().join("cache"));
         let cache = FeatureCache::new(&cache_root, &fingerprint);
-        let t0 = Instant::now();
-        let extraction = features::extract(
-            &|px| frozen.image_features(px),
-            &paths,
-            &cache,
-            &frozen.image,
-            &frozen.limits,
-            device,
-            opts.feature_batch,
-            &progress,
-        )?;
-        report.feature_seconds = t0.elapsed().as_secs_f64();
-        for (p, why) in &extraction.skipped {
-            progress.warn(None, &format!("skipped image {}: {why}", p.display()));
-        }
-        report.skipped_images = extraction.skipped.clone();
-        report.features_computed = extraction.computed;
-        report.features_reused = extraction.reused;
-
-        // Distinct usable images (by content) and each record's image.
-        let mut image_keys: Vec<String> = Vec::new();
-        let mut key_index: HashMap<String, usize> = HashMap::new();
-        let path_image: Vec<Option<usize>> = extraction
-            .keys
-            .iter()
-            .map(|k| {
-                k.as_ref().map(|k| {
-                    *key_index.entry(k.clone()).or_insert_with(|| {
-                        image_keys.push(k.clone());
-                        image_keys.len() - 1
-                    })
-                })
-            })
-            .collect();
-        let image_of: Vec<Option<usize>> = train.records.iter().map(|r| path_image[index_of[&r.image]]).collect();
+        let images = cache_image_features(&train.records, &frozen, &cache, opts, &mut report)?;
+        let (extraction, image_keys, image_of) = (images.extraction, images.keys, images.of_record);
 
         let texts = Texts::new(
             config.stage,
@@ -292,74 +408,15 @@ impl Trainer {
         let data_digest = data::samples_digest(&samples, &image_keys);
         let llm_digest = llm_digest(spec)?;
         if let Some(c) = &resume_from {
-            let mut why = Vec::new();
-            if c.data_digest != data_digest {
-                why.push("the training samples (manifests, images or tokenizer) changed");
-            }
-            if c.encoder_fingerprint != fingerprint {
-                why.push("the vision encoder / adapter changed");
-            }
-            if c.llm_digest != llm_digest {
-                why.push("the LLM or template changed");
-            }
-            if !why.is_empty() {
-                bail!("cannot resume from {}: {}", c.path.display(), why.join("; "));
-            }
+            check_resume(c, &data_digest, &fingerprint, &llm_digest)?;
         }
 
-        let (weight0, bias0) = if resume_from.is_none()
-            && config.init.is_none()
-            && config.warm_start == WarmStart::Nouns
-        {
-            let t = Instant::now();
-            let targets =
-                warm_start::noun_targets(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
-            let f = warm_start::fit_nouns(&targets)?;
-            let meta =
-                [("init".to_string(), "nouns".to_string()), ("records".to_string(), f.records.to_string())].into();
-            checkpoint::save_projection(&init_record, &f.weight, &f.bias, meta)?;
-            progress.status(&format!(
-                "warm start: ridge fit of {} images onto {} caption nouns in {:.1}s",
-                f.records,
-                f.distinct_nouns,
-                t.elapsed().as_secs_f64()
-            ));
-            (f.weight.to_dtype(weight0.dtype())?, f.bias.to_dtype(bias0.dtype())?)
-        } else if resume_from.is_none() && config.init.is_none() && config.warm_start.uses_classes() {
-            let table = config.class_names.as_ref().expect("checked by the config");
-            let nouns = warm_start::read_class_nouns(table)?;
-            // The class slots are the first columns; a classifier next to another encoder leaves
-            // that encoder's columns at zero for the refit (or stage 2) to fill.
-            let Some((slots, classes)) = model::class_slots(spec)? else {
-                bail!("--warm-start classes needs a classifier: an efficientnet_lite encoder with the `classes` adapter, or a [classifier]");
-            };
-            if nouns.len() != classes {
-                bail!("{} names {} classes, but the classifier has {classes}", table.display(), nouns.len());
+        let (weight0, bias0) = match (&resume_from, &config.init, config.warm_start) {
+            (None, None, warm) if warm != WarmStart::Random => {
+                let ctx = WarmStartContext { spec, records: &train.records, image_of: &image_of, features: &features };
+                warm_start_projection(&config, &ctx, &frozen, &init_record, &progress, (&weight0, &bias0))?
             }
-            let (d_llm, d_in) = weight0.dims2()?;
-            let rest = d_in - slots * classes;
-            let (w, mut b) = warm_start::fit_classes(&nouns, slots, &frozen.llm, &frozen.tokenizer)?;
-            let mut w = Tensor::cat(&[&w, &Tensor::zeros((d_llm, rest), w.dtype(), w.device())?], 1)?;
-            progress.status(&format!("warm start: {} class nouns from {}", nouns.len(), table.display()));
-            if config.warm_start == WarmStart::ClassesNouns {
-                let targets =
-                    warm_start::noun_targets(&train.records, &image_of, &features, &frozen.llm, &frozen.tokenizer)?;
-                let f = warm_start::refit_toward(&w, &targets)?;
-                progress.status(&format!(
-                    "warm start: refined on {} images' caption nouns ({} distinct)",
-                    f.records, f.distinct_nouns
-                ));
-                (w, b) = (f.weight, f.bias);
-            }
-            let meta = [
-                ("init".to_string(), format!("{:?}", config.warm_start)),
-                ("classes".to_string(), nouns.len().to_string()),
-            ]
-            .into();
-            checkpoint::save_projection(&init_record, &w, &b, meta)?;
-            (w.to_dtype(weight0.dtype())?, b.to_dtype(bias0.dtype())?)
-        } else {
-            (weight0, bias0)
+            _ => (weight0, bias0),
         };
         let weight = Var::from_tensor(&weight0)?;
         let bias = Var::from_tensor(&bias0)?;
@@ -367,10 +424,10 @@ impl Trainer {
         let (mut step, mut samples_seen, mut elapsed_before) = (0, 0, 0.0);
         if let Some(c) = &resume_from {
             opt.step = c.step;
-            opt.params[0].exp_avg = c.weight_moments.0.clone();
-            opt.params[0].exp_avg_sq = c.weight_moments.1.clone();
-            opt.params[1].exp_avg = c.bias_moments.0.clone();
-            opt.params[1].exp_avg_sq = c.bias_moments.1.clone();
+            for (name, (m, v)) in [(WEIGHT, &c.weight_moments), (BIAS, &c.bias_moments)] {
+                let p = opt.param_mut(name).expect("the optimizer holds weight and bias");
+                (p.exp_avg, p.exp_avg_sq) = (m.clone(), v.clone());
+            }
             step = c.step;
             samples_seen = c.samples_seen;
             elapsed_before = c.elapsed_s;
@@ -419,11 +476,11 @@ impl Trainer {
     }
 
     pub fn weight(&self) -> &Var {
-        &self.opt.params[0].var
+        &self.opt.param(WEIGHT).expect("the optimizer holds the weight").var
     }
 
     pub fn bias(&self) -> &Var {
-        &self.opt.params[1].var
+        &self.opt.param(BIAS).expect("the optimizer holds the bias").var
     }
 
     /// The sequences of the `b` samples drawn from stream position `start`.

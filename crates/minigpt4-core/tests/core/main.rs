@@ -1,7 +1,7 @@
 //! minigpt4-core's integration tests, one binary (one link instead of 12).
 
-mod common;
 mod checkpoints;
+mod common;
 mod dinov2;
 mod efficientnet;
 mod fetch;

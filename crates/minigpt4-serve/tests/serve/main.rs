@@ -1,5 +1,5 @@
 //! minigpt4-serve's integration tests, one binary (one link instead of 2).
 
-mod common;
 mod browser;
+mod common;
 mod server;
