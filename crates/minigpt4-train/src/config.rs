@@ -47,39 +47,88 @@ pub struct TrainConfig {
 }
 
 /// What the caller asks for; `None` means "the stage default", or on `resume` "what the
-/// checkpoint says".
-#[derive(Clone, Debug)]
+/// checkpoint says". The flags of `minigpt4 train` are these fields (declared once, here; the
+/// CLI flattens them), the rest are for library callers and tests.
+#[derive(Clone, Debug, clap::Args)]
 pub struct TrainOptions {
+    /// 1: alignment on image–caption pairs; 2: instruction tuning (taken from the checkpoint with --resume).
+    #[arg(long, value_name = "1|2")]
     pub stage: Option<Stage>,
+    /// JSONL manifests ({"image","caption","turns","source","split"}); only split "train" is read.
+    #[arg(long, num_args = 1.., value_name = "MANIFEST")]
     pub data: Vec<PathBuf>,
+    /// Run directory: projection.safetensors, checkpoints/, log.csv, loss.png, config.json.
+    #[arg(long)]
     pub out: PathBuf,
+    /// Optimizer steps [stage 1: 20000, stage 2: 1000].
+    #[arg(long)]
     pub steps: Option<usize>,
+    /// Samples per forward pass [stage 1: 32, stage 2: 12].
+    #[arg(long)]
     pub batch: Option<usize>,
+    /// Forward passes per optimizer step [stage 1: 8, stage 2: 1].
+    #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Peak learning rate [stage 1: 1e-4, stage 2: 3e-5].
+    #[arg(long)]
     pub lr: Option<f64>,
+    /// Learning rate at the end of the cosine [stage 1: 8e-5, stage 2: 1e-5].
+    #[arg(long)]
     pub min_lr: Option<f64>,
+    /// Learning rate at the start of the warm-up [1e-6].
+    #[arg(long)]
     pub warmup_lr: Option<f64>,
+    /// Warm-up steps [stage 1: steps/4, stage 2: min(200, steps/5)].
+    #[arg(long = "warmup")]
     pub warmup_steps: Option<usize>,
+    /// AdamW weight decay, applied to the weight, not the bias [0.05].
+    #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Seeds the initial projection, the data order and the stage-2 instruction draws [42].
+    #[arg(long)]
     pub seed: Option<u64>,
+    /// Target tokens kept per sample [stage 1: 32, stage 2: 160].
+    #[arg(long)]
     pub max_txt_len: Option<usize>,
+    /// Starting projection: a stage-1 projection/checkpoint or a MiniGPT-4 .pth [random].
+    #[arg(long, value_name = "PROJECTION")]
     pub init: Option<PathBuf>,
+    /// Starting projection when there is no --init: `random` (MiniGPT-4's), `nouns`, a closed-form
+    /// ridge fit of each image's mean feature onto its caption noun's embedding, or `classes`
+    /// (a classifier encoder): each class's probability mapped onto its noun's embedding, or
+    /// `classes+nouns`: that, refined toward the training captions' nouns by a ridge fit [random].
+    #[arg(long, value_name = "random|nouns|classes|classes+nouns")]
     pub warm_start: Option<WarmStart>,
+    /// `--warm-start classes`: the class table (TSV with a `noun` column, one row per class, in
+    /// class order), e.g. assets/tiny/imagenet_classes.tsv.
+    #[arg(long, value_name = "TSV")]
     pub class_names: Option<PathBuf>,
+    /// Checkpoint every N steps [steps/10, at most 1000].
+    #[arg(long)]
     pub save_every: Option<usize>,
+    /// Checkpoints to keep, newest first; 0 keeps all [3].
+    #[arg(long)]
     pub keep_checkpoints: Option<usize>,
-    /// Continue from the newest checkpoint in `out` (starts fresh when there is none).
+    /// Continue from the newest checkpoint in --out (exactly as if never stopped; starts fresh
+    /// when there is none).
+    #[arg(long)]
     pub resume: bool,
-    /// Root of the feature cache; `$MINIGPT4_HOME/cache` when absent.
+    /// Feature cache root [$MINIGPT4_HOME/cache].
+    #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Images per vision-encoder forward while filling the cache.
+    /// Images per vision-encoder pass while filling the feature cache.
+    #[arg(long, default_value_t = 8)]
     pub feature_batch: usize,
     /// Features kept in memory up to this many bytes, else read from the cache per batch.
+    #[arg(skip = 1usize << 30)]
     pub feature_memory: usize,
+    #[arg(skip = Progress::Auto)]
     pub progress: Progress,
+    #[arg(skip = Device::Cpu)]
     pub device: Device,
     /// Stops after this many steps in total without finishing the run, as a crash would (for
     /// testing resume).
+    #[arg(skip)]
     pub stop_after: Option<usize>,
 }
 
