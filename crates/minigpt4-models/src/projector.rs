@@ -5,7 +5,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::Linear;
 
 use crate::{Error, Result};
-use minigpt4_io::weights::Scope;
+use minigpt4_io::weights::VarBuilder;
 
 pub struct Projector {
     linear: Linear,
@@ -16,8 +16,8 @@ pub struct Projector {
 impl Projector {
     /// Reads `llama_proj.weight` [out, in] and `llama_proj.bias` [out] (pass the scope that
     /// holds them, e.g. `weights.pp("llama_proj")`).
-    pub fn load(in_dim: usize, out_dim: usize, w: &Scope) -> Result<Self> {
-        Ok(Self { linear: w.linear(in_dim, out_dim, true)?, in_dim, out_dim })
+    pub fn load(in_dim: usize, out_dim: usize, w: &VarBuilder) -> Result<Self> {
+        Ok(Self { linear: candle_nn::linear_b(in_dim, out_dim, true, w.clone())?, in_dim, out_dim })
     }
 
     pub fn from_tensors(weight: Tensor, bias: Tensor) -> Result<Self> {

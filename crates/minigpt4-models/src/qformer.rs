@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vit_layers::multi_head_attention;
 use crate::{Error, Result};
-use minigpt4_io::weights::Scope;
+use minigpt4_io::weights::VarBuilder;
 
 /// Mirrors Hugging Face's `Blip2QFormerConfig` (defaults: the BLIP-2 Q-Former of MiniGPT-4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,15 +50,15 @@ struct MultiHeadAttention {
 
 impl MultiHeadAttention {
     /// `w` is `attention` or `crossattention`; `kv_dim` is the width of what is attended to.
-    fn load(cfg: &QFormerConfig, kv_dim: usize, w: &Scope) -> Result<Self> {
+    fn load(cfg: &QFormerConfig, kv_dim: usize, w: &VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let a = w.pp("attention");
         Ok(Self {
-            query: a.pp("query").linear(d, d, true)?,
-            key: a.pp("key").linear(kv_dim, d, true)?,
-            value: a.pp("value").linear(kv_dim, d, true)?,
-            dense: w.pp("output.dense").linear(d, d, true)?,
-            norm: w.pp("output.LayerNorm").layer_norm(d, cfg.layer_norm_eps)?,
+            query: candle_nn::linear_b(d, d, true, a.pp("query"))?,
+            key: candle_nn::linear_b(kv_dim, d, true, a.pp("key"))?,
+            value: candle_nn::linear_b(kv_dim, d, true, a.pp("value"))?,
+            dense: candle_nn::linear_b(d, d, true, w.pp("output.dense"))?,
+            norm: candle_nn::layer_norm(d, cfg.layer_norm_eps, w.pp("output.LayerNorm"))?,
             heads: cfg.num_attention_heads,
         })
     }
@@ -80,7 +80,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(cfg: &QFormerConfig, index: usize, w: &Scope) -> Result<Self> {
+    fn load(cfg: &QFormerConfig, index: usize, w: &VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let cross = index.is_multiple_of(cfg.cross_attention_frequency);
         Ok(Self {
@@ -90,9 +90,9 @@ impl Layer {
             } else {
                 None
             },
-            intermediate: w.pp("intermediate_query.dense").linear(d, cfg.intermediate_size, true)?,
-            output: w.pp("output_query.dense").linear(cfg.intermediate_size, d, true)?,
-            output_norm: w.pp("output_query.LayerNorm").layer_norm(d, cfg.layer_norm_eps)?,
+            intermediate: candle_nn::linear_b(d, cfg.intermediate_size, true, w.pp("intermediate_query.dense"))?,
+            output: candle_nn::linear_b(cfg.intermediate_size, d, true, w.pp("output_query.dense"))?,
+            output_norm: candle_nn::layer_norm(d, cfg.layer_norm_eps, w.pp("output_query.LayerNorm"))?,
         })
     }
 
@@ -116,7 +116,7 @@ pub struct QFormer {
 impl QFormer {
     /// `root` is the checkpoint's top level: the Q-Former lives under `qformer.` and its learned
     /// queries at `query_tokens`, as in `Blip2Model`.
-    pub fn load(cfg: &QFormerConfig, num_query_tokens: usize, root: &Scope) -> Result<Self> {
+    pub fn load(cfg: &QFormerConfig, num_query_tokens: usize, root: &VarBuilder) -> Result<Self> {
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::Config(format!(
                 "Q-Former hidden_size {} is not divisible by num_attention_heads {}",
@@ -131,8 +131,8 @@ impl QFormer {
             .map(|i| Layer::load(cfg, i, &w.pp("encoder.layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            query_tokens: root.get("query_tokens", &[1, num_query_tokens, cfg.hidden_size])?,
-            layernorm: w.pp("layernorm").layer_norm(cfg.hidden_size, cfg.layer_norm_eps)?,
+            query_tokens: root.get(&[1, num_query_tokens, cfg.hidden_size], "query_tokens")?,
+            layernorm: candle_nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, w.pp("layernorm"))?,
             layers,
             cfg: cfg.clone(),
         })

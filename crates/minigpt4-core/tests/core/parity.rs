@@ -7,8 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use minigpt4_core::adapter::Adapter;
 use minigpt4_core::llama::{Llama, LlamaConfig, Mode};
-use minigpt4_core::minigpt4::{load_projection, Blip2Config, MiniGpt4, VisionTower};
+use minigpt4_core::minigpt4::{Blip2Config, MiniGpt4, VisionTower};
 use minigpt4_core::names;
+use minigpt4_core::pipeline::load_projection;
 use minigpt4_core::qformer::QFormer;
 use minigpt4_core::weights::Weights;
 
@@ -113,7 +114,8 @@ fn merged(a: &Weights, b: &Weights) -> Weights {
 fn hf_llama(dir: &str) -> Llama {
     let cfg = LlamaConfig::from_file(&fixture(&format!("{dir}/config.json"))).unwrap();
     let w = Weights::open(&fixture(&format!("{dir}/model.safetensors")), &CPU, DType::F32).unwrap();
-    Llama::load(&cfg, &w.pp("")).unwrap()
+    let llm = Llama::load(&cfg, &w.pp("")).unwrap();
+    llm
 }
 
 fn logits_for(model: &Llama, input_ids: &Tensor) -> Tensor {
@@ -222,9 +224,7 @@ fn build_minigpt4(variant: &str) -> MiniGpt4 {
         _ => (VisionTower::load(&cfg.vision_config, 56, &w, false, 1e-5).unwrap(), Adapter::Merge(4)),
     };
     let in_dim = adapter.out_dim(32);
-    let proj =
-        load_projection(&fixture(&format!("minigpt4/{variant}/minigpt4_proj.pth")), in_dim, 64, &CPU, DType::F32)
-            .unwrap();
+    let proj = load_projection(&fixture(&format!("minigpt4/{variant}/minigpt4_proj.pth")), (in_dim, 64), &CPU).unwrap();
     MiniGpt4::new(vision, adapter, proj, llm).unwrap()
 }
 
