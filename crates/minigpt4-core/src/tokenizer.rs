@@ -185,15 +185,7 @@ impl Tokenizer {
         }
         let types = match ct.metadata.get("tokenizer.ggml.token_type") {
             Some(v) => {
-                let types = value_ints(v, "tokenizer.ggml.token_type")?;
-                if types.len() != tokens.len() {
-                    return Err(Error::Tokenizer(format!(
-                        "GGUF `tokenizer.ggml.token_type` has {} entries but there are {} tokens",
-                        types.len(),
-                        tokens.len()
-                    )));
-                }
-                types
+                one_per_token(value_ints(v, "tokenizer.ggml.token_type")?, "tokenizer.ggml.token_type", tokens.len())?
             }
             None => vec![1; tokens.len()],
         };
@@ -592,14 +584,7 @@ fn build_spm(
                         .map_err(|_| Error::Tokenizer(format!("GGUF `tokenizer.ggml.scores`[{i}] is not a float")))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            if scores.len() != tokens.len() {
-                return Err(Error::Tokenizer(format!(
-                    "GGUF `tokenizer.ggml.scores` has {} entries but there are {} tokens",
-                    scores.len(),
-                    tokens.len()
-                )));
-            }
-            scores
+            one_per_token(scores, "tokenizer.ggml.scores", tokens.len())?
         }
         // Without scores the piece order stands in for them, as in a score-sorted vocabulary.
         None => (0..tokens.len()).map(|i| -(i as f32)).collect(),
@@ -762,4 +747,15 @@ fn register_added_tokens(
 /// The longest vocabulary entry (added tokens included) in UTF-8 bytes, at least 1.
 fn longest_entry(inner: &tokenizers::Tokenizer) -> usize {
     inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1)
+}
+
+/// `values` when the GGUF array `key` has one entry per token.
+fn one_per_token<T>(values: Vec<T>, key: &str, tokens: usize) -> Result<Vec<T>> {
+    if values.len() != tokens {
+        return Err(Error::Tokenizer(format!(
+            "GGUF `{key}` has {} entries but there are {tokens} tokens",
+            values.len()
+        )));
+    }
+    Ok(values)
 }
