@@ -324,6 +324,28 @@ fn warm_start_projection(
     })
 }
 
+/// AdamW over the projection starting at `weight`/`bias`, with the moments, step, samples seen
+/// and elapsed time of `resume` when there is one.
+fn optimizer(
+    config: &TrainConfig,
+    weight: &Tensor,
+    bias: &Tensor,
+    resume: Option<&Checkpoint>,
+) -> Result<(AdamW, usize, u64, f64)> {
+    let params = vec![(WEIGHT.into(), Var::from_tensor(weight)?, true), (BIAS.into(), Var::from_tensor(bias)?, false)];
+    let mut opt = AdamW::new(config.adamw, params)?;
+    let Some(c) = resume else { return Ok((opt, 0, 0, 0.0)) };
+    if c.samples_seen != (c.step * config.batch * config.grad_accum) as u64 {
+        bail!("{}: {} samples seen does not match {} steps", c.path.display(), c.samples_seen, c.step);
+    }
+    opt.step = c.step;
+    for (name, (m, v)) in [(WEIGHT, &c.weight_moments), (BIAS, &c.bias_moments)] {
+        let p = opt.param_mut(name).expect("the optimizer holds weight and bias");
+        (p.exp_avg, p.exp_avg_sq) = (m.clone(), v.clone());
+    }
+    Ok((opt, c.step, c.samples_seen, c.elapsed_s))
+}
+
 impl Trainer {
     /// Everything before the first step: settings, model, data, feature cache, optimizer (and
     /// the checkpoint to resume from).
@@ -418,24 +440,8 @@ impl Trainer {
             }
             _ => (weight0, bias0),
         };
-        let weight = Var::from_tensor(&weight0)?;
-        let bias = Var::from_tensor(&bias0)?;
-        let mut opt = AdamW::new(config.adamw, vec![(WEIGHT.into(), weight, true), (BIAS.into(), bias, false)])?;
-        let (mut step, mut samples_seen, mut elapsed_before) = (0, 0, 0.0);
-        if let Some(c) = &resume_from {
-            opt.step = c.step;
-            for (name, (m, v)) in [(WEIGHT, &c.weight_moments), (BIAS, &c.bias_moments)] {
-                let p = opt.param_mut(name).expect("the optimizer holds weight and bias");
-                (p.exp_avg, p.exp_avg_sq) = (m.clone(), v.clone());
-            }
-            step = c.step;
-            samples_seen = c.samples_seen;
-            elapsed_before = c.elapsed_s;
-            report.resumed_from = Some(c.step);
-            if samples_seen != (step * config.batch * config.grad_accum) as u64 {
-                bail!("{}: {samples_seen} samples seen does not match {step} steps", c.path.display());
-            }
-        }
+        let (opt, step, samples_seen, elapsed_before) = optimizer(&config, &weight0, &bias0, resume_from.as_ref())?;
+        report.resumed_from = resume_from.as_ref().map(|c| c.step);
         let log = CsvLog::open(&out.join("log.csv"), step)?;
 
         let summary = serde_json::json!({
