@@ -164,6 +164,18 @@ impl Tokenizer {
             },
         };
         let vocab_size = hf_vocab_size(&inner);
+        Self::assemble(inner, bos, eos, add_bos_default, vocab_size)
+    }
+
+    /// The wrapper and what is derived from the inner tokenizer once (its plain-text twin, its
+    /// special tokens, its longest entry).
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        bos: Option<u32>,
+        eos: Option<u32>,
+        add_bos_default: bool,
+        vocab_size: usize,
+    ) -> Self {
         Self {
             max_token_bytes: longest_entry(&inner),
             plain: Arc::new(plain_text_twin(&inner)),
@@ -206,16 +218,7 @@ impl Tokenizer {
         };
         register_added_tokens(&mut inner, &tokens, &types, [bos, eos])?;
 
-        Ok(Self {
-            max_token_bytes: longest_entry(&inner),
-            plain: Arc::new(plain_text_twin(&inner)),
-            specials: special_tokens(&inner),
-            inner: Arc::new(inner),
-            bos,
-            eos,
-            add_bos_default: add_bos.unwrap_or(model == "llama"),
-            vocab_size: tokens.len(),
-        })
+        Ok(Self::assemble(inner, bos, eos, add_bos.unwrap_or(model == "llama"), tokens.len()))
     }
 
     /// Token ids for `text`, with BOS in front when `add_bos`. Special tokens written in the text
