@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// A preset name or a model file (TOML).
     #[arg(long, short, default_value = "tiny")]
     pub model: String,
+    /// How a dense LLM's matrices are held (none, f16, q8_0, q4_0, q4_k) [the model file's, else
+    /// q8_0 above 1 B parameters on the CPU].
+    #[arg(long, value_name = "none|f16|q8_0|q4_0|q4_k")]
+    pub quantize: Option<minigpt4_core::llama::Quantize>,
     /// Projection to use; default: the model's, or a random one of the right shape when the
     /// model has none yet (speed does not depend on its values).
     #[arg(long)]
@@ -192,7 +196,9 @@ fn prompt_ids(p: &Pipeline, n: usize) -> Result<Vec<u32>> {
 /// The spec to benchmark and where its projection comes from: its file, or (when the model has
 /// none yet) `minigpt4 train`'s random start for seed 0, held in memory.
 fn resolve(args: &BenchArgs) -> Result<(ModelSpec, String, bool)> {
-    let spec = crate::ModelArgs { model: args.model.clone(), projection: args.projection.clone() }.spec()?;
+    let spec =
+        crate::ModelArgs { model: args.model.clone(), projection: args.projection.clone(), quantize: args.quantize }
+            .spec()?;
     if args.projection.is_some() || spec.projection.weights.exists() {
         let source = spec.projection.weights.display().to_string();
         return Ok((spec, source, false));

@@ -20,6 +20,10 @@ pub struct EvalArgs {
     /// A preset name or a model file (TOML).
     #[arg(long, short, default_value = "tiny")]
     pub model: String,
+    /// How a dense LLM's matrices are held (none, f16, q8_0, q4_0, q4_k) [the model file's, else
+    /// q8_0 above 1 B parameters on the CPU].
+    #[arg(long, value_name = "none|f16|q8_0|q4_0|q4_k")]
+    pub quantize: Option<minigpt4_core::llama::Quantize>,
     /// Use this projection instead of the model's (a `minigpt4 train` projection or checkpoint).
     #[arg(long, conflicts_with = "random_projection")]
     pub projection: Option<PathBuf>,
@@ -63,7 +67,7 @@ fn default_label(args: &EvalArgs) -> String {
 
 /// Returns whether any image could be scored.
 pub fn run(args: EvalArgs) -> Result<bool> {
-    let spec = crate::ModelArgs { model: args.model.clone(), projection: None }.spec()?;
+    let spec = crate::ModelArgs { model: args.model.clone(), projection: None, quantize: args.quantize }.spec()?;
     let mut o =
         EvalOptions::new(args.data.clone(), &args.out, args.label.clone().unwrap_or_else(|| default_label(&args)));
     o.split = match args.split.as_str() {

@@ -62,6 +62,10 @@ pub struct ModelArgs {
     /// Use this projection instead of the model's (e.g. a training checkpoint).
     #[arg(long)]
     pub projection: Option<PathBuf>,
+    /// How a dense LLM's matrices are held once loaded [the model file's `quantize`, else q8_0
+    /// for an LLM over 1 B parameters on the CPU, none below]. GGUF files keep their own blocks.
+    #[arg(long, value_name = "none|f16|q8_0|q4_0|q4_k")]
+    pub quantize: Option<minigpt4_core::llama::Quantize>,
 }
 
 impl ModelArgs {
@@ -76,6 +80,9 @@ impl ModelArgs {
         let mut spec = ModelSpec::resolve(&self.model, &home)?;
         if let Some(p) = &self.projection {
             spec.projection.weights = p.clone();
+        }
+        if self.quantize.is_some() {
+            spec.llm.quantize = self.quantize;
         }
         Ok(spec)
     }

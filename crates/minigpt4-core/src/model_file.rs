@@ -154,6 +154,11 @@ pub struct LlmSpec {
     /// `tokenizer.json`; next to the weights when absent, or the GGUF's own vocabulary.
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
+    /// How a dense LLM's matrices are held once loaded: `none`, `f16`, `q8_0`, `q4_0`, `q4_k`.
+    /// Absent: `q8_0` for an LLM of over 1 B parameters on the CPU (the reference's 8-bit
+    /// `low_resource` mode), `none` below. GGUF files keep their own blocks.
+    #[serde(default)]
+    pub quantize: Option<minigpt4_models::llama::Quantize>,
 }
 
 impl ModelSpec {

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::eva_vit::EvaVit;
 use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
-use crate::llama::{Llama, LlamaConfig};
+use crate::llama::{Llama, LlamaConfig, Quantize};
 use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
 use crate::model_file::{AdapterKind, LnVision, ModelSpec, VisionKind};
 use crate::names;
@@ -458,7 +458,46 @@ fn load_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, T
     let dir = if path.is_dir() { path.clone() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
     let cfg = LlamaConfig::from_file(&spec.llm.config.clone().unwrap_or_else(|| dir.join("config.json")))?;
     let tok = Tokenizer::from_file(&spec.llm.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json")))?;
+    let quantize = spec.llm.quantize.unwrap_or(if device.is_cpu() && llm_parameters(&cfg) > 1_000_000_000 {
+        Quantize::Q8_0
+    } else {
+        Quantize::None
+    });
     let w = Weights::open(path, device, dtype)?;
-    let llm = Llama::load(&cfg, &w.pp(""))?;
+    let llm = Llama::load_quantized(&cfg, &w.pp(""), quantize)?;
     Ok((llm, tok))
+}
+
+/// Parameters of a LLaMA of this shape (embeddings, attention, MLP, the head when untied).
+fn llm_parameters(cfg: &LlamaConfig) -> u64 {
+    let (d, ff, v) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, cfg.vocab_size as u64);
+    let kv = (cfg.num_kv_heads() * cfg.head_dim()) as u64;
+    let q = (cfg.num_attention_heads * cfg.head_dim()) as u64;
+    let layer = d * q * 2 + d * kv * 2 + 3 * d * ff;
+    let head = if cfg.tie_word_embeddings { 0 } else { v * d };
+    v * d + head + layer * cfg.num_hidden_layers as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The q8_0 default starts above 1 B parameters: Llama-2-7B / Vicuna-7B count 6.74 B,
+    /// SmolLM2-135M 0.13 B.
+    #[test]
+    fn parameter_counts_of_published_shapes() {
+        let cfg =
+            |d: usize, ff: usize, layers: usize, heads: usize, kv: usize, vocab: usize, tied: bool| -> LlamaConfig {
+                serde_json::from_value(serde_json::json!({
+                "hidden_size": d, "intermediate_size": ff, "num_hidden_layers": layers, "num_attention_heads": heads,
+                "num_key_value_heads": kv, "vocab_size": vocab, "tie_word_embeddings": tied, "hidden_act": "silu",
+                "rms_norm_eps": 1e-5, "max_position_embeddings": 2048,
+            }))
+            .unwrap()
+            };
+        let llama7b = llm_parameters(&cfg(4096, 11008, 32, 32, 32, 32000, false));
+        assert!((6_700_000_000..6_800_000_000).contains(&llama7b), "{llama7b}");
+        let smollm = llm_parameters(&cfg(576, 1536, 30, 9, 3, 49152, true));
+        assert!((130_000_000..140_000_000).contains(&smollm), "{smollm}");
+    }
 }

@@ -287,7 +287,8 @@ impl Weight {
 
 /// Where the decoder's tensors come from; both sides answer in Hugging Face names.
 enum Source<'a> {
-    Hf(&'a VarBuilder<'a>),
+    /// Hugging Face names; matrices quantized to `quantize` as they are read, when set.
+    Hf { vb: &'a VarBuilder<'a>, quantize: Option<GgmlDType> },
     Gguf {
         ct: &'a gguf_file::Content,
         file: &'a mut std::fs::File,
@@ -327,7 +328,7 @@ impl Source<'_> {
 
     fn contains(&self, name: &str) -> bool {
         match self {
-            Source::Hf(w) => w.contains_tensor(name),
+            Source::Hf { vb, .. } => vb.contains_tensor(name),
             Source::Gguf { hf_to_gguf, .. } => hf_to_gguf.contains_key(name),
         }
     }
@@ -335,7 +336,7 @@ impl Source<'_> {
     /// A plain tensor (norm weights, embeddings), dequantized if need be.
     fn dense(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         match self {
-            Source::Hf(w) => Ok(w.get(shape, name)?),
+            Source::Hf { vb, .. } => Ok(vb.get(shape, name)?),
             Source::Gguf { device, .. } => {
                 let device = (*device).clone();
                 Ok(self.qtensor(name, shape)?.dequantize(&device)?.to_dtype(dtype)?)
@@ -348,7 +349,11 @@ impl Source<'_> {
     /// shares the table).
     fn embedding(&mut self, shape: &[usize], dtype: DType) -> Result<Embedding> {
         const NAME: &str = "model.embed_tokens.weight";
-        if !matches!(self, Source::Gguf { device, .. } if device.is_cpu()) {
+        let blocks = match self {
+            Source::Gguf { device, .. } => device.is_cpu(),
+            Source::Hf { vb, quantize } => quantize.is_some() && vb.device().is_cpu(),
+        };
+        if !blocks {
             return Ok(Embedding::Dense(self.dense(NAME, shape, dtype)?));
         }
         match self.weight(NAME, shape[0], shape[1], dtype)? {
@@ -363,7 +368,16 @@ impl Source<'_> {
 
     fn weight(&mut self, name: &str, out_dim: usize, in_dim: usize, dtype: DType) -> Result<Weight> {
         match self {
-            Source::Hf(w) => Ok(Weight::Dense(candle_nn::Linear::new(w.get(&[out_dim, in_dim], name)?, None))),
+            Source::Hf { vb, quantize } => {
+                let w = vb.get(&[out_dim, in_dim], name)?;
+                match quantize.filter(|_| vb.device().is_cpu()).and_then(|q| block_type_for(q, in_dim)) {
+                    // candle's QMatMul would widen F16 blocks back to f32: keep an f16 matrix.
+                    Some(GgmlDType::F16) => Ok(Weight::Quantized(QMatMul::TensorF16(w.to_dtype(DType::F16)?))),
+                    // Quantized as it is read: only this tensor is ever held in f32.
+                    Some(q) => Weight::quantized(Arc::new(QTensor::quantize(&w.to_dtype(DType::F32)?, q)?)),
+                    None => Ok(Weight::Dense(candle_nn::Linear::new(w, None))),
+                }
+            }
             Source::Gguf { device, requantize, .. } => {
                 let (device, requantize) = ((*device).clone(), *requantize);
                 let q = self.qtensor(name, &[out_dim, in_dim])?;
@@ -473,12 +487,77 @@ pub struct Llama {
     device: Device,
 }
 
+/// How a dense checkpoint's matrices are stored once loaded (`quantize` in a model file,
+/// `--quantize` on the command line). The block layouts and rounding are ggml's (candle's port
+/// of `quantize_row_*_reference`), so the weights are what llama.cpp's `quantize` would make.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Quantize {
+    /// As stored (f32 in memory).
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "q4_k")]
+    Q4K,
+}
+
+impl Quantize {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::None => "none",
+            Quantize::F16 => "f16",
+            Quantize::Q8_0 => "q8_0",
+            Quantize::Q4_0 => "q4_0",
+            Quantize::Q4K => "q4_k",
+        }
+    }
+
+    fn ggml(self) -> Option<GgmlDType> {
+        match self {
+            Quantize::None => None,
+            Quantize::F16 => Some(GgmlDType::F16),
+            Quantize::Q8_0 => Some(GgmlDType::Q8_0),
+            Quantize::Q4_0 => Some(GgmlDType::Q4_0),
+            Quantize::Q4K => Some(GgmlDType::Q4K),
+        }
+    }
+}
+
+impl std::str::FromStr for Quantize {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        [Quantize::None, Quantize::F16, Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4K]
+            .into_iter()
+            .find(|q| q.name() == s)
+            .ok_or_else(|| Error::Config(format!("unknown quantization `{s}` (none, f16, q8_0, q4_0, q4_k)")))
+    }
+}
+
+/// The block type a row of `in_dim` values can take: `want`, or Q8_0 when the row is not a whole
+/// number of `want`'s blocks (a k-quant needs 256), or none (dense) when not even of Q8_0's 32 —
+/// what llama.cpp's quantizer falls back to as well.
+fn block_type_for(want: GgmlDType, in_dim: usize) -> Option<GgmlDType> {
+    [want, GgmlDType::Q8_0].into_iter().find(|t| in_dim.is_multiple_of(t.block_size()))
+}
+
 impl Llama {
     /// Loads `LlamaForCausalLM` names (`model.embed_tokens.weight`, `model.layers.{i}.…`,
     /// `model.norm.weight`, `lm_head.weight`) from a checkpoint's root scope.
     pub fn load(cfg: &LlamaConfig, w: &VarBuilder) -> Result<Self> {
+        Self::load_quantized(cfg, w, Quantize::None)
+    }
+
+    /// [`Llama::load`] with the matrices (and the embedding table) quantized tensor by tensor as
+    /// they are read, so a 7B model in f16 never stands whole in f32 (28 GB): at Q8_0 it takes
+    /// 7 GB. Norms stay dense. On the CPU only (elsewhere the weights stay dense).
+    pub fn load_quantized(cfg: &LlamaConfig, w: &VarBuilder, quantize: Quantize) -> Result<Self> {
         let dtype = w.dtype();
-        Self::build(cfg, &mut Source::Hf(w), w.device(), dtype, false)
+        Self::build(cfg, &mut Source::Hf { vb: w, quantize: quantize.ggml() }, w.device(), dtype, false)
     }
 
     /// Loads a GGUF file: config and tensors; quantized matrices stay quantized (on CPU, block

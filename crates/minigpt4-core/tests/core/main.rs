@@ -10,6 +10,7 @@ mod gradient;
 mod image;
 mod parity;
 mod pipeline;
+mod quantize;
 mod smollm2;
 mod template;
 mod tokenizer;
