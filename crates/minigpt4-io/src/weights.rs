@@ -182,10 +182,10 @@ impl Weights {
         };
         let t = match &self.store {
             Store::Safetensors(st) => {
-                if st.get(raw).is_err() {
-                    return Err(missing());
-                }
-                st.load(raw, &Device::Cpu).map_err(bad)?
+                let Ok(view) = st.get(raw) else { return Err(missing()) };
+                let t = st.load(raw, &Device::Cpu).map_err(bad)?;
+                release_mapped(view.data());
+                t
             }
             Store::Pth(p) => p.get(raw)?.ok_or_else(missing)?,
             Store::Memory(m) => m.get(raw).cloned().ok_or_else(missing)?,
@@ -266,6 +266,29 @@ impl SimpleBackend for Borrowed<'_> {
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.contains(name)
     }
+}
+
+/// Lets the kernel drop the memory-mapped pages of a tensor that has been copied out. The
+/// mapping is read-only and file-backed, so the pages are simply read again if touched; without
+/// this every tensor read stays resident, and a 2.2 GB f16 checkpoint quantized to 1.2 GB at load
+/// still peaked at 4.1 GB (the whole file plus the blocks).
+fn release_mapped(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        let page = 4096usize;
+        let start = (bytes.as_ptr() as usize).div_ceil(page) * page;
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: [start, end) lies inside `bytes`, a slice of a live read-only file mapping
+            // that nothing writes; MADV_DONTNEED on such a mapping only drops clean pages, which
+            // later reads fetch from the file again, so no memory we hold changes.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
 }
 
 /// Whether every element of `t` is finite (false for NaN and ±∞).
