@@ -296,8 +296,34 @@ pub fn all_finite(t: &Tensor) -> Result<bool> {
     if !t.dtype().is_float() {
         return Ok(true);
     }
-    let sum = t.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
-    // A sum of absolute values is NaN or ∞ exactly when some element is (or the sum overflows,
-    // which no weight or activation of a working model comes near).
-    Ok(sum.is_finite())
+    // A sum is NaN or ∞ exactly when some element is (∞ + finite = ∞, ∞ − ∞ = NaN, NaN spreads),
+    // or when it overflows, which no weight or activation of a working model comes near in f32.
+    // No abs: that would copy the whole tensor (a 7B model's every weight) just to check it.
+    let t = match t.dtype() {
+        DType::F32 | DType::F64 => t.clone(),
+        _ => t.to_dtype(DType::F32)?,
+    };
+    Ok(t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_finite_finds_nan_and_infinities() {
+        let t = |v: Vec<f32>| Tensor::from_vec(v.clone(), v.len(), &Device::Cpu).unwrap();
+        assert!(all_finite(&t(vec![0.5, -3.0, 1e30])).unwrap());
+        for bad in [
+            vec![1.0, f32::NAN],
+            vec![f32::INFINITY, 1.0],
+            vec![f32::INFINITY, f32::NEG_INFINITY],
+            vec![f32::NEG_INFINITY],
+        ] {
+            assert!(!all_finite(&t(bad.clone())).unwrap(), "{bad:?}");
+        }
+        let half = t(vec![1.0, f32::NAN]).to_dtype(DType::F16).unwrap();
+        assert!(!all_finite(&half).unwrap());
+        assert!(all_finite(&t(vec![60000.0; 4]).to_dtype(DType::F16).unwrap()).unwrap(), "summed in f32, not f16");
+    }
 }
