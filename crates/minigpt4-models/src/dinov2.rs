@@ -10,8 +10,7 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::LayerNorm;
 use serde::{Deserialize, Serialize};
 
-use crate::eva_vit::interpolate_pos_embed;
-use crate::vit_layers::{PatchEmbed, VitEmbeddings};
+use crate::vit_layers::{EmbeddingNames, VitEmbeddings};
 use crate::{Error, Result};
 use minigpt4_io::weights::VarBuilder;
 use minigpt4_ops::vit_ops::{attention, Dense, Epilogue};
@@ -182,24 +181,14 @@ impl Dinov2 {
         if image_size == 0 || !image_size.is_multiple_of(p) {
             return Err(Error::Config(format!("DINOv2 image size {image_size} is not a multiple of patch size {p}")));
         }
-        let emb = w.pp("embeddings");
-        let conv = emb.get(&[d, 3, p, p], "patch_embeddings.projection.weight")?;
-        let grid = cfg.stored_grid();
-        let mut pos = emb.get(&[1, grid * grid + 1, d], "position_embeddings")?;
-        let new_grid = image_size / p;
-        if new_grid != grid {
-            pos = interpolate_pos_embed(&pos, grid, new_grid)?;
-        }
+        let names =
+            EmbeddingNames { patch: "patch_embeddings.projection", cls: "cls_token", pos: "position_embeddings" };
+        let embeddings = VitEmbeddings::load(&w.pp("embeddings"), &names, d, p, cfg.stored_grid(), image_size)?;
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| Block::load(cfg, &w.pp("encoder.layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: VitEmbeddings::new(
-                PatchEmbed::from_conv(&conv, emb.get(&[d], "patch_embeddings.projection.bias")?)?,
-                emb.get(&[1, 1, d], "cls_token")?,
-                pos,
-                image_size,
-            ),
+            embeddings,
             blocks,
             layernorm: candle_nn::layer_norm(d, cfg.layer_norm_eps, w.pp("layernorm"))?,
             cfg: cfg.clone(),

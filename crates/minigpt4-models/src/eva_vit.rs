@@ -5,11 +5,11 @@
 //! `post_layernorm`) belongs to the caller, because its epsilon and whether its weights exist
 //! depend on the checkpoint family, not on the encoder.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
-use crate::vit_layers::{multi_head_attention, PatchEmbed, VitEmbeddings};
+use crate::vit_layers::{multi_head_attention, EmbeddingNames, VitEmbeddings};
 use crate::{Error, Result};
 use minigpt4_io::weights::VarBuilder;
 
@@ -152,28 +152,12 @@ impl EvaVit {
             )));
         }
         let (d, p) = (cfg.hidden_size, cfg.patch_size);
-        let emb = w.pp("embeddings");
-        let conv = emb.get(&[d, 3, p, p], "patch_embedding.weight")?;
-        let grid = cfg.image_size / p;
-        let mut pos = emb.get(&[1, grid * grid + 1, d], "position_embedding")?;
-        let new_grid = image_size / p;
-        if new_grid != grid {
-            pos = interpolate_pos_embed(&pos, grid, new_grid)?;
-        }
+        let names = EmbeddingNames { patch: "patch_embedding", cls: "class_embedding", pos: "position_embedding" };
+        let embeddings = VitEmbeddings::load(&w.pp("embeddings"), &names, d, p, cfg.image_size / p, image_size)?;
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| Block::load(cfg, &w.pp("encoder.layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            embeddings: VitEmbeddings::new(
-                PatchEmbed::from_conv(&conv, emb.get(&[d], "patch_embedding.bias")?)?,
-                emb.get(&[1, 1, d], "class_embedding")?,
-                pos,
-                image_size,
-            ),
-            blocks,
-            cfg: cfg.clone(),
-            image_size,
-        })
+        Ok(Self { embeddings, blocks, cfg: cfg.clone(), image_size })
     }
 
     pub fn config(&self) -> &EvaVitConfig {
@@ -197,65 +181,4 @@ impl EvaVit {
         }
         Ok(x)
     }
-}
-
-/// Resizes the patch part of a [1, 1 + g², D] position embedding to a `new_g` grid with
-/// `F.interpolate(mode="bicubic", align_corners=False)` semantics; the CLS entry is kept.
-pub fn interpolate_pos_embed(pos: &Tensor, g: usize, new_g: usize) -> Result<Tensor> {
-    let d = pos.dim(D::Minus1)?;
-    let cls = pos.narrow(1, 0, 1)?;
-    let grid = pos.narrow(1, 1, g * g)?.reshape((g, g, d))?.to_dtype(candle_core::DType::F32)?;
-    let data: Vec<f32> = grid.flatten_all()?.to_vec1()?;
-    let scale = g as f64 / new_g as f64;
-    let resized = bicubic_resize_grid(&data, g, g, d, new_g, new_g, scale, scale);
-    let patch = Tensor::from_vec(resized, (1, new_g * new_g, d), pos.device())?.to_dtype(pos.dtype())?;
-    Ok(Tensor::cat(&[&cls, &patch], 1)?)
-}
-
-/// Bicubic resampling of an [h, w, c] grid like PyTorch's `upsample_bicubic2d` with
-/// `align_corners=False` (A = −0.75, half-pixel centres, borders clamped). `scale_*` is the
-/// source step per output pixel: in/out when a size is given, 1/scale_factor when a factor is.
-#[allow(clippy::too_many_arguments)]
-pub fn bicubic_resize_grid(
-    src: &[f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    out_h: usize,
-    out_w: usize,
-    scale_h: f64,
-    scale_w: f64,
-) -> Vec<f32> {
-    fn taps(out: usize, len: usize, scale: f64) -> Vec<([usize; 4], [f32; 4])> {
-        const A: f64 = -0.75;
-        let cubic1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
-        let cubic2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
-        (0..out)
-            .map(|o| {
-                // PyTorch computes these in the tensor's precision; f32 keeps us bit-close.
-                let src = ((o as f32 + 0.5) * scale as f32 - 0.5) as f64;
-                let i0 = src.floor();
-                let t = src - i0;
-                let wts = [cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2(2.0 - t)];
-                let idx = [-1i64, 0, 1, 2].map(|k| (i0 as i64 + k).clamp(0, len as i64 - 1) as usize);
-                (idx, wts.map(|x| x as f32))
-            })
-            .collect()
-    }
-    let ty = taps(out_h, h, scale_h);
-    let tx = taps(out_w, w, scale_w);
-    let mut out = vec![0f32; out_h * out_w * c];
-    for (oy, (iy, wy)) in ty.iter().enumerate() {
-        for (ox, (ix, wx)) in tx.iter().enumerate() {
-            let dst = &mut out[(oy * out_w + ox) * c..][..c];
-            for (a, &yy) in iy.iter().enumerate() {
-                // Rows first, then columns, as PyTorch's kernel does.
-                for ch in 0..c {
-                    let row = (0..4).map(|b| src[(yy * w + ix[b]) * c + ch] * wx[b]).sum::<f32>();
-                    dst[ch] += row * wy[a];
-                }
-            }
-        }
-    }
-    out
 }
