@@ -36,6 +36,8 @@ pub struct Pipeline {
     pub limits: Limits,
     stops: StopSequences,
     image_cache: Mutex<ImageCache>,
+    /// Test hook: every image cache key the same, to show that colliding keys stay apart.
+    colliding_cache_keys: std::sync::atomic::AtomicBool,
 }
 
 /// Image embeddings recently computed, most recent last, for one model (each [`Pipeline`] has
@@ -47,8 +49,6 @@ struct ImageCache {
     entries: VecDeque<CachedImage>,
     bytes: usize,
     capacity_bytes: usize,
-    /// Test hook: every key the same, to show that colliding keys stay apart.
-    colliding_keys: bool,
 }
 
 struct CachedImage {
@@ -69,31 +69,24 @@ impl ImageCache {
     const CAPACITY_BYTES: usize = 64 << 20;
 
     fn new() -> Self {
-        Self { entries: VecDeque::new(), bytes: 0, capacity_bytes: Self::CAPACITY_BYTES, colliding_keys: false }
+        Self { entries: VecDeque::new(), bytes: 0, capacity_bytes: Self::CAPACITY_BYTES }
     }
 
-    fn key(&self, image: &[u8]) -> [u8; 32] {
-        if self.colliding_keys {
-            [0; 32]
-        } else {
-            sha2::Sha256::digest(image).into()
-        }
-    }
-
-    fn get(&mut self, image: &[u8]) -> Option<Tensor> {
-        let key = self.key(image);
-        let i = self.entries.iter().position(|e| e.key == key && e.image == image)?;
+    /// The entry for `image` (found by `key`, its bytes compared), made the most recent.
+    fn get(&mut self, key: &[u8; 32], image: &[u8]) -> Option<Tensor> {
+        let i = self.entries.iter().position(|e| e.key == *key && e.image == image)?;
         let entry = self.entries.remove(i)?;
         let t = entry.embeds.clone();
         self.entries.push_back(entry);
         Some(t)
     }
 
-    fn insert(&mut self, image: &[u8], embeds: Tensor) {
-        if self.get(image).is_some() {
+    fn insert(&mut self, key: [u8; 32], image: &[u8], embeds: Tensor) {
+        // Another request may have encoded the same image meanwhile.
+        if self.get(&key, image).is_some() {
             return;
         }
-        let entry = CachedImage { key: self.key(image), image: image.to_vec(), embeds };
+        let entry = CachedImage { key, image: image.to_vec(), embeds };
         let size = entry.size();
         if size > self.capacity_bytes {
             return;
@@ -312,6 +305,7 @@ impl Pipeline {
             limits: Limits::default(),
             stops,
             image_cache: Mutex::new(ImageCache::new()),
+            colliding_cache_keys: Default::default(),
         })
     }
 
@@ -321,10 +315,17 @@ impl Pipeline {
 
     /// Soft-prompt tokens [1, N, d_llm] for an encoded image (PNG, JPEG, …), cached by content.
     pub fn image_embeds(&self, bytes: &[u8], what: &str) -> Result<Tensor> {
-        if let Some(t) = self.image_cache.lock().map_err(|_| Error::Internal("image cache poisoned".into()))?.get(bytes)
-        {
+        // Hashed once, outside the lock (20 MB of image take tens of milliseconds).
+        let key: [u8; 32] = if self.colliding_cache_keys.load(std::sync::atomic::Ordering::Relaxed) {
+            [0; 32]
+        } else {
+            sha2::Sha256::digest(bytes).into()
+        };
+        let mut cache = self.image_cache.lock().map_err(|_| Error::Internal("image cache poisoned".into()))?;
+        if let Some(t) = cache.get(&key, bytes) {
             return Ok(t);
         }
+        drop(cache);
         let pixels = image::preprocess(bytes, what, &self.image, &self.limits, self.device())?.unsqueeze(0)?;
         let embeds = self.model.encode_image(&pixels)?;
         // Non-finite values would reach the LLM, whose quantized kernels can turn them into
@@ -335,7 +336,7 @@ impl Pipeline {
             )));
         }
         if let Ok(mut cache) = self.image_cache.lock() {
-            cache.insert(bytes, embeds.clone());
+            cache.insert(key, bytes, embeds.clone());
         }
         Ok(embeds)
     }
@@ -365,10 +366,8 @@ impl Pipeline {
     /// that a hit still needs the very same bytes. Never set outside tests.
     #[doc(hidden)]
     pub fn force_image_cache_key_collisions(&self, on: bool) {
-        if let Ok(mut cache) = self.image_cache.lock() {
-            cache.colliding_keys = on;
-            cache.clear();
-        }
+        self.colliding_cache_keys.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.clear_image_cache();
     }
 
     /// Generation settings of the reference demo plus this template's stop rules.

@@ -88,8 +88,9 @@ fn special_tokens(inner: &tokenizers::Tokenizer) -> Arc<[(String, u32)]> {
 pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
     /// The same tokenizer with special tokens read as plain text (`encode_special_tokens`), for
-    /// text a user wrote (see [`Tokenizer::encode_with_literals`]).
-    plain: Arc<tokenizers::Tokenizer>,
+    /// text a user wrote (see [`Tokenizer::encode_with_literals`]); built the first time a
+    /// prompt needs it (a control token typed in user text is rare), not at every load.
+    plain: Arc<std::sync::OnceLock<tokenizers::Tokenizer>>,
     /// Special tokens' strings and ids, longest first (the order a match is tried in).
     specials: Arc<[(String, u32)]>,
     bos: Option<u32>,
@@ -167,8 +168,8 @@ impl Tokenizer {
         Self::assemble(inner, bos, eos, add_bos_default, vocab_size)
     }
 
-    /// The wrapper and what is derived from the inner tokenizer once (its plain-text twin, its
-    /// special tokens, its longest entry).
+    /// The wrapper and what is derived from the inner tokenizer once (its special tokens, its
+    /// longest entry).
     fn assemble(
         inner: tokenizers::Tokenizer,
         bos: Option<u32>,
@@ -178,7 +179,7 @@ impl Tokenizer {
     ) -> Self {
         Self {
             max_token_bytes: longest_entry(&inner),
-            plain: Arc::new(plain_text_twin(&inner)),
+            plain: Arc::default(),
             specials: special_tokens(&inner),
             inner: Arc::new(inner),
             bos,
@@ -258,12 +259,11 @@ impl Tokenizer {
                 self.bos.ok_or_else(|| Error::Tokenizer("BOS requested but this tokenizer has no BOS token".into()))?,
             );
         }
+        let plain = self.plain.get_or_init(|| plain_text_twin(&self.inner));
         let encode_plain = |piece: &str, ids: &mut Vec<u32>| -> Result<()> {
             if !piece.is_empty() {
-                let enc = self
-                    .plain
-                    .encode_fast(piece, false)
-                    .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
+                let enc =
+                    plain.encode_fast(piece, false).map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
                 ids.extend_from_slice(enc.get_ids());
             }
             Ok(())
