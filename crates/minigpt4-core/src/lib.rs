@@ -10,6 +10,7 @@
 //! (the error type, checkpoint readers, hashing) and minigpt4-ops (the CPU kernels). Their
 //! modules are re-exported here so that a user of the pipeline needs this crate alone.
 
+pub mod convert;
 pub mod fetch;
 pub mod generate;
 pub mod image;

@@ -94,6 +94,11 @@ pub struct VisionSpec {
     /// Defaults to `checkpoint` with a Q-Former and `unit` otherwise, as MiniGPT-4 does.
     #[serde(default)]
     pub ln_vision: Option<LnVision>,
+    /// Epsilon of a loaded `ln_vision`: 1e-5 (LAVIS's `nn.LayerNorm`) for a `.pth`, the vision
+    /// config's `layer_norm_eps` for a Hugging Face file. `minigpt4 convert` writes the value
+    /// the originals had, since its safetensors file would otherwise read as Hugging Face's.
+    #[serde(default)]
+    pub ln_vision_eps: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

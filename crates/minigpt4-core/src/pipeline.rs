@@ -19,7 +19,7 @@ use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
 use crate::llama::{Llama, LlamaConfig, Quantize};
 use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
-use crate::model_file::{AdapterKind, LnVision, ModelSpec, VisionKind};
+use crate::model_file::{AdapterKind, LlmSpec, LnVision, ModelSpec, VisionKind};
 use crate::names;
 use crate::onnx;
 use crate::projector::Projector;
@@ -119,7 +119,7 @@ pub fn open_checkpoint(path: &Path, device: &Device, dtype: DType) -> Result<Wei
     Ok(if is_pickle(path) { w.renamed(names::lavis_to_hf) } else { w })
 }
 
-fn is_pickle(path: &Path) -> bool {
+pub(crate) fn is_pickle(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("pth" | "pt" | "bin"))
 }
 
@@ -175,7 +175,11 @@ impl FrozenParts {
                             Some((p, w)) if w.contains(&format!("{LN}.weight")) => (p.as_path(), w),
                             _ => (spec.vision.weights.as_path(), &vision_w),
                         };
-                        let eps = if is_pickle(path) { LAVIS_LN_VISION_EPS } else { cfg.layer_norm_eps };
+                        let eps = spec.vision.ln_vision_eps.unwrap_or(if is_pickle(path) {
+                            LAVIS_LN_VISION_EPS
+                        } else {
+                            cfg.layer_norm_eps
+                        });
                         candle_nn::layer_norm(cfg.hidden_size, eps, w.pp(LN))?
                     }
                 };
@@ -454,17 +458,34 @@ fn load_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, T
         };
         return Ok((llm, tok));
     }
-    let dir = if path.is_dir() { path.clone() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
-    let cfg = LlamaConfig::from_file(&spec.llm.config.clone().unwrap_or_else(|| dir.join("config.json")))?;
-    let tok = Tokenizer::from_file(&spec.llm.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json")))?;
-    let quantize = spec.llm.quantize.unwrap_or(if device.is_cpu() && llm_parameters(&cfg) > 1_000_000_000 {
-        Quantize::Q8_0
-    } else {
-        Quantize::None
-    });
+    let (config, tokenizer) = hf_llm_files(&spec.llm);
+    let cfg = LlamaConfig::from_file(&config)?;
+    let tok = Tokenizer::from_file(&tokenizer)?;
+    let quantize = spec.llm.quantize.unwrap_or_else(|| default_quantize(&cfg, device));
     let w = Weights::open(path, device, dtype)?;
     let llm = Llama::load_quantized(&cfg, &w.pp(""), quantize)?;
     Ok((llm, tok))
+}
+
+/// `config.json` and `tokenizer.json` of a Hugging Face LLM: as the model file says, else next
+/// to the weights.
+pub(crate) fn hf_llm_files(llm: &LlmSpec) -> (PathBuf, PathBuf) {
+    let path = &llm.weights;
+    let dir = if path.is_dir() { path.clone() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+    (
+        llm.config.clone().unwrap_or_else(|| dir.join("config.json")),
+        llm.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json")),
+    )
+}
+
+/// Storage of a dense LLM when the model file does not say: q8_0 above 1 B parameters on the
+/// CPU (the reference's 8-bit `low_resource` mode), as stored below.
+pub(crate) fn default_quantize(cfg: &LlamaConfig, device: &Device) -> Quantize {
+    if device.is_cpu() && llm_parameters(cfg) > 1_000_000_000 {
+        Quantize::Q8_0
+    } else {
+        Quantize::None
+    }
 }
 
 /// Parameters of a LLaMA of this shape (embeddings, attention, MLP, the head when untied).

@@ -127,6 +127,37 @@ impl TemplateKind {
     }
 }
 
+impl TemplateKind {
+    /// The template as a Hugging Face / llama.cpp Jinja chat template (`tokenizer.chat_template`),
+    /// for text messages: it renders `messages` (with an optional leading `system` message,
+    /// else this template's default system text) exactly as [`Conversation::prompt`] does.
+    pub fn jinja(self) -> String {
+        let lit = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'").replace('\n', "\\n"));
+        let (user, assistant) = self.roles();
+        let sep = lit(self.sep());
+        let system = match self {
+            TemplateKind::ChatMl => format!(
+                "{{%- if ns.system -%}}{{{{ {} + ns.system + {sep} }}}}{{%- endif -%}}",
+                lit("<|im_start|>system\n")
+            ),
+            _ => format!("{{{{ ns.system + {sep} }}}}"),
+        };
+        format!(
+            "{{%- set ns = namespace(system={default}) -%}}\
+             {{%- for m in messages -%}}{{%- if m['role'] == 'system' -%}}{{%- set ns.system = m['content'] -%}}{{%- endif -%}}{{%- endfor -%}}\
+             {system}\
+             {{%- for m in messages -%}}\
+             {{%- if m['role'] == 'user' -%}}{{{{ {user} }}}}{{%- elif m['role'] == 'assistant' -%}}{{{{ {assistant} }}}}{{%- endif -%}}\
+             {{%- if m['role'] != 'system' and m['content'] -%}}{{{{ m['content'] + {sep} }}}}{{%- endif -%}}\
+             {{%- endfor -%}}\
+             {{%- if add_generation_prompt -%}}{{{{ {assistant} }}}}{{%- endif -%}}",
+            default = lit(self.default_system()),
+            user = lit(user),
+            assistant = lit(assistant),
+        )
+    }
+}
+
 impl fmt::Display for TemplateKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

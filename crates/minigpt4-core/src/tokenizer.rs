@@ -490,6 +490,155 @@ fn hf_vocab_size(inner: &tokenizers::Tokenizer) -> usize {
 // ---------------------------------------------------------------------------------------------
 // GGUF
 
+impl Tokenizer {
+    /// The `tokenizer.ggml.*` metadata llama.cpp reads (and [`Tokenizer::from_gguf`] reads back):
+    /// the inverse of `from_gguf`, as llama.cpp's `convert_hf_to_gguf.py` writes it.
+    ///
+    /// * A SentencePiece BPE (byte fallback, `▁` for spaces: LLaMA, Vicuna, Llama-2) becomes
+    ///   `"llama"`: pieces, scores and types. `tokenizer.json` keeps no scores; the piece order
+    ///   stands in for them (score −id), which is the order SentencePiece's LLaMA vocabulary is
+    ///   sorted in and the order `from_gguf` rebuilds its merges from.
+    /// * A byte-level BPE becomes `"gpt2"`: tokens, merges and the `tokenizer.ggml.pre` name of
+    ///   its pre-tokenizer (gpt2, smollm, llama-bpe, qwen2); any other pre-tokenizer is an error,
+    ///   since llama.cpp would split text differently and the ids would not match.
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, gguf_file::Value)>> {
+        use gguf_file::Value;
+        let json = |what: &str, v: std::result::Result<serde_json::Value, serde_json::Error>| {
+            v.map_err(|e| Error::Tokenizer(format!("reading the tokenizer's {what}: {e}")))
+        };
+        let model = json("model", serde_json::to_value(self.inner.get_model()))?;
+        let normalizer = json("normalizer", serde_json::to_value(self.inner.get_normalizer()))?;
+        let pre = json("pre-tokenizer", serde_json::to_value(self.inner.get_pre_tokenizer()))?;
+        if model.get("type").and_then(|t| t.as_str()) != Some("BPE") {
+            return Err(Error::Tokenizer(format!(
+                "only BPE tokenizers can be written to GGUF (this one is {})",
+                model.get("type").unwrap_or(&serde_json::Value::Null)
+            )));
+        }
+        let n = self.vocab_size;
+        let mut tokens: Vec<Option<String>> = vec![None; n];
+        for (t, id) in self.inner.get_vocab(true) {
+            if let Some(slot) = tokens.get_mut(id as usize) {
+                *slot = Some(t);
+            }
+        }
+        let added = self.inner.get_added_tokens_decoder();
+        let unk = model.get("unk_token").and_then(|u| u.as_str()).and_then(|u| self.inner.token_to_id(u));
+        let spm = model.get("byte_fallback").and_then(|b| b.as_bool()) == Some(true);
+        let token_type = |id: u32, text: &str| -> i32 {
+            match added.get(&id) {
+                Some(a) if a.special => TYPE_CONTROL as i32,
+                Some(_) => TYPE_USER_DEFINED as i32,
+                None if Some(id) == unk => TYPE_UNKNOWN as i32,
+                None if spm && is_byte_piece(text) => 6, // LLAMA_TOKEN_TYPE_BYTE
+                None => 1,                               // LLAMA_TOKEN_TYPE_NORMAL
+            }
+        };
+        let mut md: Vec<(String, Value)> = Vec::new();
+        let (mut texts, mut types, mut scores) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for (id, t) in tokens.into_iter().enumerate() {
+            // An id nothing maps to (a gap before an added token) is kept as an unused piece.
+            let (text, ty) = match t {
+                Some(t) => {
+                    let ty = token_type(id as u32, &t);
+                    (t, ty)
+                }
+                None => (format!("[PAD{id}]"), 5), // LLAMA_TOKEN_TYPE_UNUSED
+            };
+            scores.push(Value::F32(if ty == 1 { -(id as f32) } else { 0.0 }));
+            texts.push(Value::String(text));
+            types.push(Value::I32(ty));
+        }
+        if spm {
+            let space_prefix = serde_json::to_string(&normalizer).unwrap_or_default().contains("Prepend")
+                || pre.get("type").and_then(|t| t.as_str()) == Some("Metaspace")
+                    && pre.get("prepend_scheme").and_then(|p| p.as_str()) != Some("never");
+            md.push(("tokenizer.ggml.model".into(), Value::String("llama".into())));
+            md.push(("tokenizer.ggml.tokens".into(), Value::Array(texts)));
+            md.push(("tokenizer.ggml.scores".into(), Value::Array(scores)));
+            md.push(("tokenizer.ggml.token_type".into(), Value::Array(types)));
+            md.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(space_prefix)));
+        } else {
+            let merges = model
+                .get("merges")
+                .and_then(|m| m.as_array())
+                .ok_or_else(|| Error::Tokenizer("the BPE model has no merges".into()))?
+                .iter()
+                .map(|m| match m {
+                    serde_json::Value::String(s) => Some(Value::String(s.clone())),
+                    serde_json::Value::Array(p) => match p.as_slice() {
+                        [a, b] => Some(Value::String(format!("{} {}", a.as_str()?, b.as_str()?))),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Error::Tokenizer("a BPE merge is neither \"a b\" nor [a, b]".into()))?;
+            md.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
+            md.push(("tokenizer.ggml.pre".into(), Value::String(gguf_pre_name(&pre)?.into())));
+            md.push(("tokenizer.ggml.tokens".into(), Value::Array(texts)));
+            md.push(("tokenizer.ggml.token_type".into(), Value::Array(types)));
+            md.push(("tokenizer.ggml.merges".into(), Value::Array(merges)));
+        }
+        for (key, id) in [
+            ("tokenizer.ggml.bos_token_id", self.bos),
+            ("tokenizer.ggml.eos_token_id", self.eos),
+            ("tokenizer.ggml.unknown_token_id", unk),
+        ] {
+            if let Some(id) = id {
+                md.push((key.into(), Value::U32(id)));
+            }
+        }
+        md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(self.add_bos_default)));
+        md.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(false)));
+        Ok(md)
+    }
+}
+
+/// `<0x0A>`: SentencePiece's byte-fallback pieces.
+fn is_byte_piece(t: &str) -> bool {
+    t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && u8::from_str_radix(&t[3..5], 16).is_ok()
+}
+
+fn split_regex(v: &serde_json::Value) -> Option<String> {
+    v.get("pattern").and_then(|p| p.get("Regex")).and_then(|r| r.as_str()).map(str::to_string)
+}
+
+/// llama.cpp's name for a byte-level pre-tokenizer (`tokenizer.ggml.pre`), the inverse of the
+/// table in `build_byte_level`.
+fn gguf_pre_name(pre: &serde_json::Value) -> Result<&'static str> {
+    let kind = |v: &serde_json::Value| v.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+    let parts: Vec<&serde_json::Value> = match kind(pre).as_str() {
+        "Sequence" => {
+            pre.get("pretokenizers").and_then(|p| p.as_array()).map(|a| a.iter().collect()).unwrap_or_default()
+        }
+        _ => vec![pre],
+    };
+    let byte_level_regex =
+        |v: &serde_json::Value| kind(v) == "ByteLevel" && v.get("use_regex").and_then(|u| u.as_bool()) != Some(false);
+    let name = match parts.as_slice() {
+        [b] if byte_level_regex(b) => Some("gpt-2"),
+        [d, b]
+            if kind(d) == "Digits"
+                && d.get("individual_digits").and_then(|i| i.as_bool()) == Some(true)
+                && byte_level_regex(b) =>
+        {
+            Some("smollm")
+        }
+        [s, b] if kind(s) == "Split" && kind(b) == "ByteLevel" => match split_regex(s).as_deref() {
+            Some(REGEX_LLAMA3) => Some("llama-bpe"),
+            Some(REGEX_QWEN2) => Some("qwen2"),
+            _ => None,
+        },
+        _ => None,
+    };
+    name.ok_or_else(|| {
+        Error::Tokenizer(format!(
+            "this byte-level pre-tokenizer has no llama.cpp name (known: gpt2, smollm, llama-bpe, qwen2): {pre}"
+        ))
+    })
+}
+
 fn meta<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
     ct.metadata.get(key).ok_or_else(|| Error::Tokenizer(format!("GGUF metadata has no `{key}`")))
 }

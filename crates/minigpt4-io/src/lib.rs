@@ -5,7 +5,9 @@
 
 pub mod error;
 pub mod files;
+pub mod gguf_writer;
 pub mod pip;
+pub mod safetensors_writer;
 pub mod torch_pickle;
 pub mod weights;
 

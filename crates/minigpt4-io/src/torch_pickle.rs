@@ -616,6 +616,11 @@ impl TorchZip {
         self.tensors.contains_key(name)
     }
 
+    /// The shape of `name`, read from the pickle (no data is read).
+    pub fn dims(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.size.as_slice())
+    }
+
     /// The tensor `name` (f32 on the CPU), or `None` when the state dict has no such name.
     pub fn get(&self, name: &str) -> Result<Option<Tensor>> {
         let Some(t) = self.tensors.get(name) else { return Ok(None) };

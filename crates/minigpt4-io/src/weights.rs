@@ -172,6 +172,17 @@ impl Weights {
         }
     }
 
+    /// The shape of `name` as stored, without reading its data.
+    pub fn dims(&self, name: &str) -> Result<Vec<usize>> {
+        let missing = || Error::MissingTensor { name: name.to_string(), file: self.origin.clone() };
+        let raw = self.file_name(name).ok_or_else(missing)?;
+        match &self.store {
+            Store::Safetensors(st) => st.get(raw).map(|v| v.shape().to_vec()).map_err(|_| missing()),
+            Store::Pth(p) => p.dims(raw).map(<[usize]>::to_vec).ok_or_else(missing),
+            Store::Memory(m) => m.get(raw).map(|t| t.dims().to_vec()).ok_or_else(missing),
+        }
+    }
+
     /// The tensor as stored (any shape), converted to this source's dtype and device.
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
         let missing = || Error::MissingTensor { name: name.to_string(), file: self.origin.clone() };

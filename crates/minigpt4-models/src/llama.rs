@@ -382,6 +382,11 @@ impl Source<'_> {
                 let (device, requantize) = ((*device).clone(), *requantize);
                 let q = self.qtensor(name, &[out_dim, in_dim])?;
                 match q.dtype() {
+                    // Kept in f16 and multiplied as quantize-at-load's f16 is (an f16 7B would
+                    // otherwise take 27 GB as f32).
+                    GgmlDType::F16 if device.is_cpu() => {
+                        Ok(Weight::Quantized(QMatMul::TensorF16(q.dequantize_f16(&device)?)))
+                    }
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                         let t = q.dequantize(&device)?.to_dtype(dtype)?;
                         Ok(Weight::Dense(candle_nn::Linear::new(t, None)))
@@ -541,7 +546,7 @@ impl std::str::FromStr for Quantize {
 /// The block type a row of `in_dim` values can take: `want`, or Q8_0 when the row is not a whole
 /// number of `want`'s blocks (a k-quant needs 256), or none (dense) when not even of Q8_0's 32 —
 /// what llama.cpp's quantizer falls back to as well.
-fn block_type_for(want: GgmlDType, in_dim: usize) -> Option<GgmlDType> {
+pub fn block_type_for(want: GgmlDType, in_dim: usize) -> Option<GgmlDType> {
     [want, GgmlDType::Q8_0].into_iter().find(|t| in_dim.is_multiple_of(t.block_size()))
 }
 

@@ -100,6 +100,33 @@ pub fn gguf_to_hf(name: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{mapped}.{suffix}"))
 }
 
+/// Hugging Face `LlamaForCausalLM` name → llama.cpp GGUF name (the inverse of [`gguf_to_hf`]).
+pub fn hf_to_gguf(name: &str) -> Option<String> {
+    match name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let r = name.strip_prefix("model.layers.")?;
+    let (layer, r) = r.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (part, suffix) = r.rsplit_once('.')?;
+    let mapped = match part {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{mapped}.{suffix}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +167,21 @@ mod tests {
         assert_eq!(gguf_to_hf("blk.12.ffn_gate.weight").unwrap(), "model.layers.12.mlp.gate_proj.weight");
         assert_eq!(gguf_to_hf("output.weight").unwrap(), "lm_head.weight");
         assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn gguf_names_round_trip() {
+        for hf in [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+            "model.layers.3.self_attn.k_proj.weight",
+            "model.layers.31.mlp.down_proj.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+        ] {
+            let g = hf_to_gguf(hf).unwrap();
+            assert_eq!(gguf_to_hf(&g).as_deref(), Some(hf), "{g}");
+        }
+        assert_eq!(hf_to_gguf("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
     }
 }

@@ -2,6 +2,7 @@
 
 mod checkpoints;
 mod common;
+mod convert;
 mod dinov2;
 mod efficientnet;
 mod fetch;
