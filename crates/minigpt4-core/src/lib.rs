@@ -11,6 +11,7 @@
 //! modules are re-exported here so that a user of the pipeline needs this crate alone.
 
 pub mod fetch;
+pub mod fetch_preset;
 pub mod generate;
 pub mod image;
 pub mod model_file;
