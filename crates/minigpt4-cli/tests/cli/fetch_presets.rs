@@ -501,3 +501,21 @@ fn fetch_without_a_preset_name_or_with_an_unknown_one() {
     assert!(err.contains("minigpt4-llama2-7b") && err.contains("tiny"), "{err}");
     assert!(server.seen().is_empty());
 }
+
+#[test]
+fn a_preset_with_missing_files_points_at_fetch() {
+    let home = tmpdir("hint");
+    let img = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../minigpt4-core/tests/fixtures/images/cat.jpg");
+    let out = Command::new(env!("CARGO_BIN_EXE_minigpt4"))
+        .args(["describe", "--model", "minigpt4-llama2-7b"])
+        .arg(&img)
+        .env("MINIGPT4_HOME", &home)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("pretrained_minigpt4_llama2_7b.pth") && err.contains("`minigpt4 fetch minigpt4-llama2-7b`"),
+        "{err}"
+    );
+}
