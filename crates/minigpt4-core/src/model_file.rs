@@ -232,8 +232,9 @@ fn normalize(path: &Path) -> PathBuf {
 
 pub use minigpt4_io::files::minigpt4_home;
 
-/// Presets for the published MiniGPT-4 models. Their files are the user's own (no model hub is
-/// assumed): put them under `$MINIGPT4_HOME/models/<preset>/` with the names below.
+/// Presets for the published MiniGPT-4 models. Their files live under
+/// `$MINIGPT4_HOME/models/<preset>/` with the names below; `minigpt4 fetch <preset>`
+/// (`fetch_preset.rs`) downloads those that can be and says where the others go.
 ///
 /// `tiny` is the built-in default and `tiny-dinov2` the default it replaced: their parts,
 /// including the projections built into the program, come from `minigpt4 fetch` (under

@@ -149,7 +149,11 @@ impl FrozenParts {
     pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
         let dtype = DType::F32;
         if let Some((what, path)) = spec.missing_files().into_iter().find(|(what, _)| *what != "projection") {
-            return Err(Error::Config(format!("the model's {what} file {} does not exist", path.display())));
+            return Err(Error::Config(format!(
+                "the model's {what} file {} does not exist{}",
+                path.display(),
+                fetch_hint(spec.name.as_deref())
+            )));
         }
 
         // Opened once: it may hold ln_vision as well as the Q-Former (LAVIS keeps them together).
@@ -271,12 +275,16 @@ impl FrozenParts {
 /// checkpoint), checked against the widths it must have.
 pub fn load_projection(path: &Path, (in_dim, out_dim): (usize, usize), device: &Device) -> Result<Projector> {
     if !path.exists() {
-        return Err(projection_missing(path));
+        return Err(projection_missing(path, None));
     }
     Projector::load(in_dim, out_dim, &open_checkpoint(path, device, DType::F32)?.pp("llama_proj"))
 }
 
-fn projection_missing(path: &Path) -> Error {
+fn projection_missing(path: &Path, model: Option<&str>) -> Error {
+    let hint = fetch_hint(model);
+    if !hint.is_empty() {
+        return Error::Config(format!("the model's projection file {} does not exist{hint}", path.display()));
+    }
     Error::Config(format!(
         "the model's projection file {} does not exist (the projection is what `minigpt4 train` produces; \
          train one or point [projection] at a MiniGPT-4 checkpoint)",
@@ -284,12 +292,20 @@ fn projection_missing(path: &Path) -> Error {
     ))
 }
 
+/// For a published preset, where its missing files come from.
+fn fetch_hint(model: Option<&str>) -> String {
+    match model.filter(|n| crate::fetch_preset::preset_source(n).is_some()) {
+        Some(n) => format!(" (`minigpt4 fetch {n}` downloads what can be downloaded and says where the rest goes)"),
+        None => String::new(),
+    }
+}
+
 impl Pipeline {
     /// The whole model `spec` names, its projection included.
     pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
         if !spec.projection.weights.exists() {
             // Said before the (slow) other parts are loaded.
-            return Err(projection_missing(&spec.projection.weights));
+            return Err(projection_missing(&spec.projection.weights, spec.name.as_deref()));
         }
         let parts = FrozenParts::load(spec, device)?;
         let projector = load_projection(&spec.projection.weights, parts.projection_dims(), device)?;

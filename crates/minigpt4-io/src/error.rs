@@ -17,6 +17,11 @@ pub enum Error {
     #[error("{file}: {msg}")]
     BadCheckpoint { file: String, msg: String },
 
+    /// A download that failed or was refused (connection, HTTP status, size, partial file); the
+    /// message says what to do.
+    #[error("{path}: {msg}")]
+    Fetch { path: PathBuf, msg: String },
+
     #[error("config: {0}")]
     Config(String),
 

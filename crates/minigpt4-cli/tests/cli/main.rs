@@ -2,6 +2,7 @@
 
 mod cli;
 mod eval_cli;
+mod fetch_presets;
 mod hostile_files;
 mod hostile_server;
 mod train_cli;
