@@ -15,6 +15,15 @@
 #
 #   scripts/bench.sh [--quick] [--reps N] [--warmup N] [--threads N] [--parts llm,vision,e2e,train]
 #                    [--projection FILE] [--out DIR] [--setup-only]
+#   scripts/bench.sh --full-size [--threads N] [--out DIR]
+#
+# --full-size measures MiniGPT-4 at its published 7B shapes with random weights (EVA ViT-g/14,
+# Q-Former, Linear 768→4096, LLaMA-7B), generated once by scripts/make_random_llama.py and
+# scripts/make_random_eva.py into $MINIGPT4_FULL_SIZE_DIR (default $MINIGPT4_HOME/full-size,
+# ~20 GB; never committed, never in CI): `minigpt4 convert` at q8_0 and q4_k; `describe` load time,
+# peak RSS, time to first token and total (64 tokens) from the originals and from the converted
+# folder; EVA + Q-Former image encode vs PyTorch; prefill 128 / decode 64 vs llama.cpp on the GGUF
+# `convert` wrote. It replaces the "Full size" section of BENCHMARKS.md (raw JSON in the run dir).
 #
 # The peers live in a venv under $MINIGPT4_HOME/bench-venv (override: MINIGPT4_BENCH_VENV),
 # created on the first run (pip builds llama.cpp from source: minutes) and reused afterwards.
@@ -36,8 +45,9 @@ OUT="$ROOT"
 PROJECTION=""
 SETUP_ONLY=0
 QUICK=0
+FULL_SIZE=0
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -49,6 +59,7 @@ while [[ $# -gt 0 ]]; do
         --projection) PROJECTION="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --setup-only) SETUP_ONLY=1 ;;
+        --full-size) FULL_SIZE=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -106,6 +117,48 @@ IMAGE="$ROOT/crates/minigpt4-core/tests/fixtures/images/cat.jpg"
 
 RUN="$HOME_MG/cache/bench/run-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RUN"
+
+# ---------------------------------------------------------------- --full-size
+full_size() {
+    local big="${MINIGPT4_FULL_SIZE_DIR:-$HOME_MG/full-size}"
+    local orig="$big/minigpt4-7b/model.toml"
+    if [[ ! -f "$big/llama-7b/config.json" ]]; then
+        say "generating a random LLaMA-7B (13.5 GB of f16 safetensors) in $big/llama-7b"
+        python3 "$ROOT/scripts/make_random_llama.py" --shape llama-7b --out "$big/llama-7b" >&2
+    fi
+    if [[ ! -f "$orig" ]]; then
+        say "generating a random EVA ViT-g + Q-Former + projection in $big/minigpt4-7b"
+        python3 "$ROOT/scripts/make_random_eva.py" --out "$big/minigpt4-7b" --llm "$big/llama-7b" >&2
+    fi
+    local q timed=(/usr/bin/time -f '%e %M')
+    for q in q8_0 q4_k; do
+        say "full size, $q: convert"
+        "${timed[@]}" -o "$RUN/convert-$q.time" "$BIN" convert --model "$orig" --quantize "$q" \
+            --out "$big/converted-$q" >&2
+        say "full size, $q: describe from the originals (quantized at load)"
+        "$BIN" bench --json --parts e2e --model "$orig" --quantize "$q" --threads "$THREADS" --warmup 0 --reps 1 \
+            --image "$IMAGE" > "$RUN/e2e-orig-$q.json"
+        say "full size, $q: describe from the converted folder"
+        "$BIN" bench --json --parts e2e --model "$big/converted-$q/model.toml" --threads "$THREADS" --warmup 0 \
+            --reps 1 --image "$IMAGE" > "$RUN/e2e-conv-$q.json"
+        say "full size, $q: LLM prefill 128 / decode 64, ours then llama.cpp on the same GGUF"
+        "$BIN" bench --json --parts llm --model "$big/converted-$q/model.toml" --threads "$THREADS" --warmup 1 \
+            --reps 2 --prefill 128 --decode-prompt 128 --decode-tokens 64 > "$RUN/ours-llm-$q.json"
+        "$PY" "$HERE/peers.py" llm --ours "$RUN/ours-llm-$q.json" --threads "$THREADS" --warmup 1 --reps 2 \
+            > "$RUN/peer-llm-$q.json"
+    done
+    say "full size: EVA ViT-g + Q-Former image encode, ours then PyTorch"
+    "$BIN" bench --json --parts vision --model "$big/converted-q8_0/model.toml" --threads "$THREADS" --warmup 1 \
+        --reps 3 --image "$IMAGE" > "$RUN/ours-vision.json"
+    "$PY" "$HERE/peers.py" vision-eva --ours "$RUN/ours-vision.json" --threads "$THREADS" --warmup 1 --reps 3 \
+        > "$RUN/peer-vision.json"
+    "$PY" "$HERE/report.py" --full-size "$RUN" "$OUT"
+    echo "raw results: $RUN" >&2
+}
+if [[ $FULL_SIZE == 1 ]]; then
+    full_size
+    exit 0
+fi
 LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
 "$PY" "$HERE/peers.py" prepare >/dev/null   # the ONNX backbone, cut once and cached
 

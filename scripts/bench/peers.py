@@ -13,6 +13,10 @@ JSON object with the same kind of statistics (median, quartiles, min-max of ever
   vision  onnxruntime on the DINOv2-S backbone of the same ONNX file (the graph cut at the
           backbone's final LayerNorm, the tensor our encoder returns; the saliency head is left
           out), on a 224 px image preprocessed as image.rs does it.
+  vision-eva  (scripts/bench.sh --full-size) PyTorch + transformers on the same safetensors file:
+          `Blip2VisionModel` (EVA ViT-g/14, its post_layernorm = ln_vision) and
+          `Blip2QFormerModel` with the 32 query tokens, then MiniGPT-4's Linear projection, on one
+          224 px image (random pixels: timing only; parity is the fixture tests' job), in f32.
   e2e     the same model assembled from these tools, as a user could: PIL preprocessing,
           onnxruntime backbone, numpy LayerNorm + merge-4 + projection (the same projection
           file), the image embeddings fed to llama.cpp through a llama_batch with `embd`,
@@ -169,6 +173,48 @@ def bench_vision(ours, a):
     return {"tool": "onnxruntime", "version": ort.__version__, "model": str(backbone_onnx()),
             "source": str(onnx_file()), "threads": a.threads, "load_s": load_s,
             "encoder_output_shape": shape, "encoder_s": stats(secs)}
+
+
+def bench_vision_eva(ours, a):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import Blip2Config, Blip2QFormerModel, Blip2VisionModel
+
+    torch.set_num_threads(a.threads)
+    v = ours["vision"]
+    t0 = time.perf_counter()
+    cfg = Blip2Config()  # BLIP-2's published sizes: EVA ViT-g/14, 12-layer Q-Former, 32 queries
+    sd = {k: t.float() for k, t in load_file(v["weights"]).items()}
+    vision = Blip2VisionModel(cfg.vision_config).eval()
+    vision.load_state_dict({k[len("vision_model."):]: t for k, t in sd.items() if k.startswith("vision_model.")})
+    qformer = Blip2QFormerModel(cfg.qformer_config).eval()
+    missing, unexpected = qformer.load_state_dict(
+        {k[len("qformer."):]: t for k, t in sd.items() if k.startswith("qformer.")}, strict=False)
+    # Only the text branch (never run by MiniGPT-4) may be absent from the file.
+    assert not unexpected and all(".intermediate." in m or ".output." in m for m in missing), (missing, unexpected)
+    query = sd["query_tokens"]
+    # `minigpt4 convert` puts the projection in the same file.
+    w, b = sd.get("llama_proj.weight"), sd.get("llama_proj.bias")
+    load_s = time.perf_counter() - t0
+    size = v["image_size"]
+    x = torch.rand(1, 3, size, size)
+    shape = []
+
+    def encode():
+        with torch.inference_mode():
+            t = time.perf_counter()
+            img = vision(pixel_values=x).last_hidden_state
+            q = qformer(query_embeds=query, encoder_hidden_states=img).last_hidden_state
+            if w is not None:
+                q = torch.nn.functional.linear(q, w.float(), b.float())
+            dt = time.perf_counter() - t
+        shape[:] = list(q.shape)
+        return dt
+
+    secs = repeat("torch EVA ViT-g + Q-Former + projection", a.warmup, a.reps, encode)
+    return {"tool": "PyTorch + transformers", "version": f"torch {torch.__version__}", "threads": a.threads,
+            "load_s": load_s, "output_shape": shape, "image_to_embeds_s": stats(secs),
+            "peak_rss_bytes": peak_rss_bytes()}
 
 
 # ------------------------------------------------------------------ llama.cpp
@@ -402,7 +448,7 @@ def bench_train(ours, a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["llm", "vision", "e2e", "train", "prepare"])
+    ap.add_argument("part", choices=["llm", "vision", "vision-eva", "e2e", "train", "prepare"])
     ap.add_argument("--ours", type=Path)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
@@ -413,7 +459,9 @@ def main():
         return
     ours = json.loads(a.ours.read_text())
     print(f"[{a.part}] peer", file=sys.stderr)
-    result = {"llm": bench_llm, "vision": bench_vision, "e2e": bench_e2e, "train": bench_train}[a.part](ours, a)
+    parts = {"llm": bench_llm, "vision": bench_vision, "vision-eva": bench_vision_eva, "e2e": bench_e2e,
+             "train": bench_train}
+    result = parts[a.part](ours, a)
     print(json.dumps(result))
 
 

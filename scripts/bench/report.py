@@ -2,6 +2,7 @@
 """Writes BENCHMARKS.md, benchmarks.png and benchmarks.json from one run of scripts/bench.sh.
 
     report.py RUN_DIR OUT_DIR
+    report.py --full-size RUN_DIR OUT_DIR   # only BENCHMARKS.md's "Full size" section
 
 RUN_DIR holds ours-PART.json / peer-PART.json for every part that ran and run.json (machine,
 versions, commands, settings), all written by bench.sh.
@@ -119,7 +120,87 @@ def chart(rs, path: Path):
     fig.savefig(path, dpi=110)
 
 
+FULL_START, FULL_END = "<!-- full-size:start -->", "<!-- full-size:end -->"
+
+
+def kept_full_size(path: Path) -> list[str]:
+    """The "Full size" section of an existing BENCHMARKS.md (its own, slower run), kept verbatim."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if FULL_START not in text or FULL_END not in text:
+        return []
+    a, b = text.index(FULL_START), text.index(FULL_END) + len(FULL_END)
+    return ["", text[a:b]]
+
+
+def full_size(run_dir: Path, out_dir: Path):
+    """BENCHMARKS.md's "Full size" section from a `bench.sh --full-size` run."""
+    gb = lambda b: f"{b / 1e9:.2f} GB"
+    L = [FULL_START, "## Full size: MiniGPT-4 7B shapes, random weights", ""]
+    L.append("`scripts/bench.sh --full-size` (not in CI): EVA ViT-g/14 at 224 px (39 blocks, width 1408), "
+             "Q-Former (12 layers, 32 queries), Linear 768→4096 and LLaMA-7B (32 layers, width 4096, FFN 11008, "
+             "32 heads, vocabulary 32000) with random weights of those shapes (`scripts/make_random_llama.py`, "
+             "`scripts/make_random_eva.py`; the LLM as 13.5 GB of f16 safetensors in 4 shards, the vision side "
+             "as f16 safetensors). One run each; `describe` generates 64 greedy tokens with no stop rule.")
+    L.append("")
+    L.append("| LLM storage | from | load | peak RSS (load + describe) | RSS after load | first token | "
+             "total, 64 tokens | convert (time, peak RSS) |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for q in ["q8_0", "q4_k"]:
+        conv = (run_dir / f"convert-{q}.time")
+        conv_cell = "—"
+        if conv.exists():
+            secs, kb = conv.read_text().split()[-2:]
+            conv_cell = f"{float(secs):.0f} s, {int(kb) / 1e6:.2f} GB"
+        for src, name in [("orig", "originals (HF f16 safetensors, quantized at load)"),
+                          ("conv", "`convert` folder (GGUF + f16 safetensors)")]:
+            r = load(run_dir / f"e2e-{src}-{q}.json")
+            if not r:
+                continue
+            e = r["e2e"]
+            L.append(f"| {q} | {name} | {e['load_s']:.1f} s | {gb(e['peak_rss_bytes'])} | "
+                     f"{gb(e['rss_after_load_bytes'])} | {med(e['first_token_s']):.1f} s | "
+                     f"{med(e['total_s']):.1f} s | {conv_cell if src == 'conv' else ''} |")
+    L.append("")
+    L.append("| measurement | minigpt4-rs | peer | peer's | ratio (> 1: we are faster) |")
+    L.append("|---|---|---|---|---|")
+    for q in ["q8_0", "q4_k"]:
+        o, p = load(run_dir / f"ours-llm-{q}.json"), load(run_dir / f"peer-llm-{q}.json")
+        if not (o and p):
+            continue
+        op, pp = o["llm"]["prefill"][0], p["prefill"][0]
+        L.append(f"| {q}: prefill {op['tokens']} tokens, tokens/s | {med(op['tokens_per_s']):.1f} | llama.cpp | "
+                 f"{med(pp['tokens_per_s']):.1f} | **{med(op['tokens_per_s']) / med(pp['tokens_per_s']):.2f}** |")
+        od, pd = o["llm"]["decode"], p["decode"]
+        L.append(f"| {q}: decode {od['new_tokens']} tokens, tokens/s | {med(od['tokens_per_s']):.2f} | llama.cpp | "
+                 f"{med(pd['tokens_per_s']):.2f} | **{med(od['tokens_per_s']) / med(pd['tokens_per_s']):.2f}** |")
+    o, p = load(run_dir / "ours-vision.json"), load(run_dir / "peer-vision.json")
+    if o and p:
+        ov, pv = med(o["vision"]["image_to_embeds_s"]), med(p["image_to_embeds_s"])
+        L.append(f"| EVA ViT-g + Q-Former + projection, one image, s | {ov:.2f} | {p['tool']} ({p['version']}) | "
+                 f"{pv:.2f} | **{pv / ov:.2f}** |")
+    L.append("")
+    L.append("Ours is the image file to the soft prompt (decode, resize, EVA, ln_vision, Q-Former, projection); "
+             "PyTorch's is EVA + Q-Former + projection from ready pixels. Prefill and decode are measured on "
+             "the GGUF `minigpt4 convert` wrote, loaded by each side.")
+    L.append(FULL_END)
+    path = out_dir / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = "\n".join(L)
+    if FULL_START in text and FULL_END in text:
+        a, b = text.index(FULL_START), text.index(FULL_END) + len(FULL_END)
+        text = text[:a] + block + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"wrote the full-size section of {path}", file=sys.stderr)
+
+
 def main():
+    if sys.argv[1] == "--full-size":
+        full_size(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     run = load(run_dir / "run.json")
     rs = rows(run_dir)
@@ -204,6 +285,7 @@ def main():
         L.append("")
         L.append(f"Greedy decode agreement: llama.cpp's first {d['same_prefix_as_ours']} of {d['new_tokens'] + 1} "
                  "generated ids equal ours (the two sides round activations differently, see above).")
+    L.extend(kept_full_size(out_dir / "BENCHMARKS.md"))
     (out_dir / "BENCHMARKS.md").write_text("\n".join(L) + "\n")
     print(f"wrote {out_dir / 'BENCHMARKS.md'}, benchmarks.png, benchmarks.json", file=sys.stderr)
     update_readme(out_dir / "README.md", rs, run)

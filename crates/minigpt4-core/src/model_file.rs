@@ -99,6 +99,18 @@ pub struct VisionSpec {
     /// the originals had, since its safetensors file would otherwise read as Hugging Face's.
     #[serde(default)]
     pub ln_vision_eps: Option<f64>,
+    /// How EVA ViT-g's block matrices are held in memory (computed in f32 either way): `f16`
+    /// or `f32`. Absent: f16 for an encoder of over 100 M parameters (the published ViT-g, 1 B:
+    /// 2 GB instead of 4, for 1.5e-3 on the image embeddings), f32 below.
+    #[serde(default)]
+    pub storage: Option<WeightStorage>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightStorage {
+    F16,
+    F32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
 use crate::llama::{Llama, LlamaConfig, Quantize};
 use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
-use crate::model_file::{AdapterKind, LlmSpec, LnVision, ModelSpec, VisionKind};
+use crate::model_file::{AdapterKind, LlmSpec, LnVision, ModelSpec, VisionKind, WeightStorage};
 use crate::names;
 use crate::onnx;
 use crate::projector::Projector;
@@ -166,7 +166,13 @@ impl FrozenParts {
                 let cfg = blip2_config(spec.vision.config.as_ref())?.vision_config;
                 let size = spec.vision.image_size.unwrap_or(cfg.image_size);
                 let vision_w = open_checkpoint(&spec.vision.weights, device, dtype)?;
-                let encoder = EvaVit::load(&cfg, size, &vision_w.pp("vision_model"))?;
+                let storage = match spec.vision.storage {
+                    Some(WeightStorage::F16) => DType::F16,
+                    Some(WeightStorage::F32) => dtype,
+                    None if eva_parameters(&cfg) > 100_000_000 => DType::F16,
+                    None => dtype,
+                };
+                let encoder = EvaVit::load(&cfg, size, &vision_w.pp("vision_model"), storage)?;
                 let ln = spec.vision.ln_vision.unwrap_or(match spec.adapter.kind {
                     AdapterKind::Qformer => LnVision::Checkpoint,
                     AdapterKind::Merge | AdapterKind::Classes => LnVision::Unit,
@@ -502,6 +508,12 @@ pub(crate) fn default_quantize(cfg: &LlamaConfig, device: &Device) -> Quantize {
     } else {
         Quantize::None
     }
+}
+
+/// Parameters of an EVA ViT's blocks (what `storage` is chosen by).
+fn eva_parameters(cfg: &crate::eva_vit::EvaVitConfig) -> u64 {
+    let (d, ff) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    cfg.num_hidden_layers as u64 * (4 * d * d + 2 * d * ff)
 }
 
 /// Parameters of a LLaMA of this shape (embeddings, attention, MLP, the head when untied).

@@ -5,11 +5,11 @@
 //! `post_layernorm`) belongs to the caller, because its epsilon and whether its weights exist
 //! depend on the checkpoint family, not on the encoder.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_core::{DType, Module, Tensor};
+use candle_nn::LayerNorm;
 use serde::{Deserialize, Serialize};
 
-use crate::vit_layers::{multi_head_attention, EmbeddingNames, VitEmbeddings};
+use crate::vit_layers::{multi_head_attention, EmbeddingNames, StoredLinear, VitEmbeddings};
 use crate::{Error, Result};
 use minigpt4_io::weights::VarBuilder;
 
@@ -70,15 +70,15 @@ impl EvaVitConfig {
 }
 
 struct Attention {
-    qkv: Linear,
-    proj: Linear,
+    qkv: StoredLinear,
+    proj: StoredLinear,
     heads: usize,
 }
 
 impl Attention {
-    fn load(cfg: &EvaVitConfig, w: &VarBuilder) -> Result<Self> {
+    fn load(cfg: &EvaVitConfig, w: &VarBuilder, storage: DType) -> Result<Self> {
         let d = cfg.hidden_size;
-        let weight = w.get(&[3 * d, d], "qkv.weight")?;
+        let weight = w.get_with_hints_dtype((3 * d, d), "qkv.weight", Default::default(), storage)?;
         // Published checkpoints keep q and v biases apart (k has none); recent transformers save
         // them fused as one `qkv.bias` with zeros in the k slot. Both become the same bias.
         let bias = if !cfg.qkv_bias {
@@ -91,8 +91,8 @@ impl Attention {
             Some(w.get(&[3 * d], "qkv.bias")?)
         };
         Ok(Self {
-            qkv: Linear::new(weight, bias),
-            proj: candle_nn::linear_b(d, d, true, w.pp("projection"))?,
+            qkv: StoredLinear::new(weight, bias),
+            proj: StoredLinear::load(&w.pp("projection"), d, d, storage)?,
             heads: cfg.num_attention_heads,
         })
     }
@@ -109,19 +109,19 @@ struct Block {
     norm1: LayerNorm,
     attn: Attention,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: StoredLinear,
+    fc2: StoredLinear,
 }
 
 impl Block {
-    fn load(cfg: &EvaVitConfig, w: &VarBuilder) -> Result<Self> {
+    fn load(cfg: &EvaVitConfig, w: &VarBuilder, storage: DType) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             norm1: candle_nn::layer_norm(d, eps, w.pp("layer_norm1"))?,
-            attn: Attention::load(cfg, &w.pp("self_attn"))?,
+            attn: Attention::load(cfg, &w.pp("self_attn"), storage)?,
             norm2: candle_nn::layer_norm(d, eps, w.pp("layer_norm2"))?,
-            fc1: candle_nn::linear_b(d, cfg.intermediate_size, true, w.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear_b(cfg.intermediate_size, d, true, w.pp("mlp.fc2"))?,
+            fc1: StoredLinear::load(&w.pp("mlp.fc1"), d, cfg.intermediate_size, storage)?,
+            fc2: StoredLinear::load(&w.pp("mlp.fc2"), cfg.intermediate_size, d, storage)?,
         })
     }
 
@@ -143,7 +143,9 @@ impl EvaVit {
     /// Loads from `vision_model.*`-style names (pass `weights.pp("vision_model")`).
     /// `image_size` may differ from the checkpoint's: the position embeddings are then resized
     /// bicubically, as LAVIS and transformers do.
-    pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &VarBuilder) -> Result<Self> {
+    /// `storage`: the dtype the block matrices are held in (f16 or the builder's f32; see
+    /// [`StoredLinear`]); everything is computed in the builder's dtype.
+    pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &VarBuilder, storage: DType) -> Result<Self> {
         cfg.validate()?;
         if image_size == 0 || !image_size.is_multiple_of(cfg.patch_size) {
             return Err(Error::Config(format!(
@@ -155,7 +157,7 @@ impl EvaVit {
         let names = EmbeddingNames { patch: "patch_embedding", cls: "class_embedding", pos: "position_embedding" };
         let embeddings = VitEmbeddings::load(&w.pp("embeddings"), &names, d, p, cfg.image_size / p, image_size)?;
         let blocks = (0..cfg.num_hidden_layers)
-            .map(|i| Block::load(cfg, &w.pp("encoder.layers").pp(i)))
+            .map(|i| Block::load(cfg, &w.pp("encoder.layers").pp(i), storage))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { embeddings, blocks, cfg: cfg.clone(), image_size })
     }

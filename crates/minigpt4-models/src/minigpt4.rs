@@ -18,7 +18,7 @@ use crate::{Error, Result};
 use minigpt4_io::weights::Weights;
 
 /// Mirrors the vision/Q-Former part of Hugging Face's `Blip2Config`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Blip2Config {
     #[serde(default)]
     pub vision_config: EvaVitConfig,
@@ -30,6 +30,19 @@ pub struct Blip2Config {
 
 fn default_queries() -> usize {
     32
+}
+
+/// BLIP-2's published sizes, what LAVIS checkpoints (which come without a config) need: EVA
+/// ViT-g/14, the 12-layer Q-Former and 32 query tokens. (A derived `Default` gave 0 queries, so
+/// the real presets could not load their Q-Former; the random full-size benchmark found it.)
+impl Default for Blip2Config {
+    fn default() -> Self {
+        Self {
+            vision_config: EvaVitConfig::default(),
+            qformer_config: QFormerConfig::default(),
+            num_query_tokens: default_queries(),
+        }
+    }
 }
 
 impl Blip2Config {
@@ -98,7 +111,7 @@ impl VisionTower {
     /// when `load_ln_vision`; otherwise it is a LayerNorm with weight 1 and bias 0, as in
     /// MiniGPT-4's Llama-2 variant, which builds `ln_vision` but never loads it.
     pub fn load(cfg: &EvaVitConfig, image_size: usize, w: &Weights, load_ln_vision: bool, ln_eps: f64) -> Result<Self> {
-        let encoder = VisionEncoder::Eva(EvaVit::load(cfg, image_size, &w.pp("vision_model"))?);
+        let encoder = VisionEncoder::Eva(EvaVit::load(cfg, image_size, &w.pp("vision_model"), w.dtype())?);
         let d = cfg.hidden_size;
         let ln_vision = if load_ln_vision {
             candle_nn::layer_norm(d, ln_eps, w.pp("vision_model.post_layernorm"))?
@@ -223,5 +236,20 @@ pub fn image_features(
     match classifier {
         Some(c) => c.join(pixels, &tokens),
         None => Ok(tokens),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_blip2s_published_sizes() {
+        let c = Blip2Config::default();
+        assert_eq!(c.num_query_tokens, 32);
+        assert_eq!((c.vision_config.hidden_size, c.vision_config.num_hidden_layers), (1408, 39));
+        assert_eq!((c.qformer_config.hidden_size, c.qformer_config.num_hidden_layers), (768, 12));
+        // An empty config file means the same.
+        assert_eq!(serde_json::from_str::<Blip2Config>("{}").unwrap(), c);
     }
 }

@@ -5,6 +5,37 @@ use minigpt4_io::weights::VarBuilder;
 
 use crate::Result;
 
+/// A frozen linear layer whose weight is held in a storage dtype of its own (f16 halves EVA
+/// ViT-g's 4 GB) and widened to the input's dtype for each call; the bias stays in the compute
+/// dtype. With storage = compute dtype it is candle's `Linear`.
+pub struct StoredLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl StoredLinear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// `weight` [out, in] in `storage`, `bias` [out] in the builder's dtype.
+    pub fn load(w: &VarBuilder, in_dim: usize, out_dim: usize, storage: candle_core::DType) -> Result<Self> {
+        let weight = w.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), storage)?;
+        Ok(Self { weight, bias: Some(w.get(out_dim, "bias")?) })
+    }
+}
+
+impl candle_core::Module for StoredLinear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let weight = match (self.weight.dtype(), x.dtype()) {
+            (a, b) if a == b => self.weight.clone(),
+            (candle_core::DType::F16, candle_core::DType::F32) => minigpt4_ops::widen::f16_to_f32(&self.weight)?,
+            (_, b) => self.weight.to_dtype(b)?,
+        };
+        candle_nn::Linear::new(weight, self.bias.clone()).forward(x)
+    }
+}
+
 /// A stride-p convolution over non-overlapping patches, run as a matmul (much faster on CPU
 /// than candle's im2col convolution, and the same arithmetic).
 pub struct PatchEmbed {

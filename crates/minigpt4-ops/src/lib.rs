@@ -15,3 +15,4 @@ pub mod cpu;
 pub mod quant_matvec;
 pub mod train_ops;
 pub mod vit_ops;
+pub mod widen;

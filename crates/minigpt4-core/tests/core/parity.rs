@@ -93,7 +93,7 @@ fn lavis_names_give_identical_outputs() {
 struct EvaPre(minigpt4_core::eva_vit::EvaVit);
 impl EvaPre {
     fn load(cfg: &Blip2Config, w: &Weights) -> Self {
-        Self(minigpt4_core::eva_vit::EvaVit::load(&cfg.vision_config, 56, &w.pp("vision_model")).unwrap())
+        Self(minigpt4_core::eva_vit::EvaVit::load(&cfg.vision_config, 56, &w.pp("vision_model"), DType::F32).unwrap())
     }
     fn forward(&self, px: &Tensor) -> Tensor {
         self.0.forward(px).unwrap()
