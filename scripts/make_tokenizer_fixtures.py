@@ -6,8 +6,9 @@ holding only the tokenizer metadata the way llama.cpp's converter writes it -- p
 with the ids Hugging Face `tokenizers` produces for a set of awkward texts. The Rust tests check
 that both loaders reproduce those ids exactly.
 
-* `spm`: a SentencePiece BPE model with byte fallback (LLaMA / Vicuna style). The HF side is built
-  like `transformers`' `LlamaConverter` with `legacy=True` (the form of the published Llama-2 and
+* `spm`: a SentencePiece BPE model with byte fallback (LLaMA / Vicuna style), also kept as the
+  `tokenizer.model` SentencePiece wrote (LLaMA and the Vicuna deltas ship only that). The HF side
+  is built like `transformers`' `LlamaConverter` with `legacy=True` (the form of the published Llama-2 and
   Vicuna `tokenizer.json` files): BPE with merges derived from the piece scores, a
   `Prepend("▁") + Replace(" ", "▁")` normalizer and a `Replace/ByteFallback/Fuse/Strip` decoder.
   Its ids are also checked here against `sentencepiece` itself, so the fixture cannot drift away
@@ -24,6 +25,7 @@ replicated below). Run from the repository root:
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -199,6 +201,9 @@ def spm_fixture(work):
     w.close()
 
     tok.save(os.path.join(OUT, "spm", "tokenizer.json"))
+    # The SentencePiece model itself, as LLaMA and lmsys' Vicuna deltas publish it (no
+    # tokenizer.json there): `Tokenizer::from_sentencepiece` must give the same ids.
+    shutil.copyfile(prefix + ".model", os.path.join(OUT, "spm", "tokenizer.model"))
     return tok
 
 

@@ -83,7 +83,7 @@ pub fn convert(
         let (config, tokenizer) = hf_llm_files(&spec.llm);
         let cfg = LlamaConfig::from_file(&config)?;
         let quantize = quantize.or(spec.llm.quantize).unwrap_or_else(|| default_quantize(&cfg, &Device::Cpu));
-        let tok = Tokenizer::from_file(&tokenizer)?;
+        let tok = Tokenizer::open(&tokenizer)?;
         let name = spec.name.clone().unwrap_or_else(|| "minigpt4".into());
         write_llm_gguf(&spec.llm.weights, &cfg, &tok, spec.template, quantize, &name, &llm_path, progress)?;
         quantize
@@ -412,6 +412,7 @@ pub fn apply_delta(base: &Path, delta: &Path, out: &Path, progress: Progress) ->
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
+        "added_tokens.json",
         "tokenizer.model",
     ] {
         let src = delta.join(f);

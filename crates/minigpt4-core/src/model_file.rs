@@ -15,7 +15,7 @@
 //! [projection]
 //! weights = "pretrained_minigpt4_7b.pth"     # llama_proj.weight / llama_proj.bias
 //! [llm]
-//! weights = "vicuna-7b"                      # HF directory (config.json, tokenizer.json, safetensors) or .gguf
+//! weights = "vicuna-7b"                      # HF directory (config.json, tokenizer.json|.model, weights) or .gguf
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -168,7 +168,8 @@ pub struct LlmSpec {
     /// `config.json`; next to the weights when absent (not used for GGUF).
     #[serde(default)]
     pub config: Option<PathBuf>,
-    /// `tokenizer.json`; next to the weights when absent, or the GGUF's own vocabulary.
+    /// `tokenizer.json` or a SentencePiece `tokenizer.model`; when absent, the one next to the
+    /// weights (`tokenizer.json` first), or the GGUF's own vocabulary.
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
     /// How a dense LLM's matrices are held once loaded: `none`, `f16`, `q8_0`, `q4_0`, `q4_k`.

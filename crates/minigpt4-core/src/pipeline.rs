@@ -475,28 +475,29 @@ fn load_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, T
     if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
         let (llm, ct) = Llama::load_gguf(path, device)?;
         let tok = match &spec.llm.tokenizer {
-            Some(t) => Tokenizer::from_file(t)?,
+            Some(t) => Tokenizer::open(t)?,
             None => Tokenizer::from_gguf(&ct)?,
         };
         return Ok((llm, tok));
     }
     let (config, tokenizer) = hf_llm_files(&spec.llm);
     let cfg = LlamaConfig::from_file(&config)?;
-    let tok = Tokenizer::from_file(&tokenizer)?;
+    let tok = Tokenizer::open(&tokenizer)?;
     let quantize = spec.llm.quantize.unwrap_or_else(|| default_quantize(&cfg, device));
     let w = Weights::open(path, device, dtype)?;
     let llm = Llama::load_quantized(&cfg, &w.pp(""), quantize)?;
     Ok((llm, tok))
 }
 
-/// `config.json` and `tokenizer.json` of a Hugging Face LLM: as the model file says, else next
-/// to the weights.
+/// `config.json` and the tokenizer of a Hugging Face LLM: as the model file says, else next to
+/// the weights (`tokenizer.json`, or the SentencePiece `tokenizer.model` when that is all there
+/// is; load it with [`Tokenizer::open`]).
 pub(crate) fn hf_llm_files(llm: &LlmSpec) -> (PathBuf, PathBuf) {
     let path = &llm.weights;
     let dir = if path.is_dir() { path.clone() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
     (
         llm.config.clone().unwrap_or_else(|| dir.join("config.json")),
-        llm.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json")),
+        llm.tokenizer.clone().unwrap_or_else(|| Tokenizer::hf_dir_file(&dir)),
     )
 }
 

@@ -1,14 +1,15 @@
-//! Text ⇄ token ids for the LLM, from a Hugging Face `tokenizer.json` or from the vocabulary a
-//! GGUF file carries in its metadata.
+//! Text ⇄ token ids for the LLM, from a Hugging Face `tokenizer.json`, a SentencePiece
+//! `tokenizer.model`, or the vocabulary a GGUF file carries in its metadata.
 //!
-//! Both sources end up as a [`tokenizers::Tokenizer`], built so that the ids are the ones Hugging
+//! All sources end up as a [`tokenizers::Tokenizer`], built so that the ids are the ones Hugging
 //! Face produces for the same model:
 //!
 //! * GGUF `tokenizer.ggml.model = "llama"` (SentencePiece BPE: LLaMA, Vicuna, Llama-2) is rebuilt
 //!   the way `transformers`' `LlamaConverter` builds the published Llama-2/Vicuna `tokenizer.json`
 //!   files (`legacy = true`): a BPE whose merges come from the piece scores, byte fallback, a
 //!   `▁` dummy prefix on every piece of text (also after a special token — what SentencePiece and
-//!   llama.cpp do) and a decoder that undoes it.
+//!   llama.cpp do) and a decoder that undoes it. A SentencePiece `tokenizer.model` (what LLaMA
+//!   and lmsys' Vicuna deltas ship) is read by hand and built the same way.
 //! * GGUF `"gpt2"` (byte-level BPE: SmolLM2, Llama-3, Qwen2…) gets vocabulary and merges from the
 //!   metadata and the pre-tokenizer named by `tokenizer.ggml.pre`. candle's own
 //!   `TokenizerFromGguf` is not used: for pre-tokenizers it does not know (SmolLM2's `smollm`) it
@@ -20,7 +21,7 @@
 
 use std::collections::HashSet;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
@@ -208,7 +209,11 @@ impl Tokenizer {
         let add_bos = meta_bool(ct, "tokenizer.ggml.add_bos_token")?;
 
         let mut inner = match model.as_str() {
-            "llama" => build_spm(ct, &tokens, &types, unk)?,
+            "llama" => {
+                let scores = gguf_scores(ct, tokens.len())?;
+                let add_space_prefix = meta_bool(ct, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+                build_spm(&tokens, &scores, &types, unk, add_space_prefix)?
+            }
             "gpt2" => build_byte_level(ct, &tokens)?,
             other => {
                 return Err(Error::Tokenizer(format!(
@@ -220,6 +225,90 @@ impl Tokenizer {
         register_added_tokens(&mut inner, &tokens, &types, [bos, eos])?;
 
         Ok(Self::assemble(inner, bos, eos, add_bos.unwrap_or(model == "llama"), tokens.len()))
+    }
+
+    /// Loads a tokenizer file by its name: a SentencePiece `*.model` (LLaMA, lmsys' Vicuna
+    /// deltas) through [`Tokenizer::from_sentencepiece`], anything else as a Hugging Face
+    /// `tokenizer.json` through [`Tokenizer::from_file`].
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.extension().is_some_and(|e| e == "model") {
+            Self::from_sentencepiece(path)
+        } else {
+            Self::from_file(path)
+        }
+    }
+
+    /// The tokenizer of a Hugging Face model folder: its `tokenizer.json`, else its SentencePiece
+    /// `tokenizer.model` (what the original LLaMA conversion and lmsys' Vicuna deltas ship).
+    /// Returns the path it chose; when neither is there, `tokenizer.json`, so the error names it.
+    pub fn hf_dir_file(dir: &Path) -> PathBuf {
+        let json = dir.join("tokenizer.json");
+        let model = dir.join("tokenizer.model");
+        if !json.exists() && model.exists() {
+            model
+        } else {
+            json
+        }
+    }
+
+    /// Loads a SentencePiece `tokenizer.model` (a serialized `ModelProto`) of a BPE model with
+    /// byte fallback (LLaMA, Vicuna, Llama-2), built as [`Tokenizer::from_gguf`] builds a GGUF
+    /// `"llama"` vocabulary -- the tokenizer `transformers`' `LlamaConverter` makes of the same
+    /// file. Like `LlamaConverter`, only the pieces, scores, types and `add_dummy_prefix` are
+    /// read; the normalizer rules are not (LLaMA's are `identity`).
+    ///
+    /// BOS and EOS are resolved as in [`Tokenizer::from_file`] (sibling `tokenizer_config.json`,
+    /// then `config.json`, then `<s>` / `</s>` among the control pieces);
+    /// [`Tokenizer::add_bos_default`] is `add_bos_token` of `tokenizer_config.json`, else true
+    /// (`LlamaTokenizer`'s default).
+    pub fn from_sentencepiece(path: &Path) -> Result<Self> {
+        let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        if len > MAX_SPM_BYTES {
+            return Err(Error::Tokenizer(format!(
+                "{}: {len} bytes, more than a SentencePiece model may have ({MAX_SPM_BYTES})",
+                path.display()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let model = parse_spm_model(&bytes).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        // Absent, `model_type` is UNIGRAM (the proto's default, what sentencepiece itself then
+        // runs); LLaMA's files record BPE. A file cut inside its pieces lacks the trainer_spec
+        // that follows them and is refused here.
+        let model_type = model.model_type.unwrap_or(1);
+        if model_type != SPM_MODEL_BPE {
+            let name = match model_type {
+                1 if model.model_type.is_none() => "UNIGRAM (no trainer_spec: a truncated file?)",
+                1 => "UNIGRAM",
+                3 => "WORD",
+                4 => "CHAR",
+                _ => "unknown",
+            };
+            return Err(Error::Tokenizer(format!(
+                "{}: SentencePiece model type {model_type} {name} is not supported (only BPE: LLaMA, Vicuna)",
+                path.display()
+            )));
+        }
+        let (tokens, scores, types) = model.pieces;
+        let mut inner = build_spm(&tokens, &scores, &types, None, model.add_dummy_prefix)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let tokenizer_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
+        let model_config = read_json_if_present(&dir.join("config.json"))?;
+        let (tc, mc) = (tokenizer_config.as_ref(), model_config.as_ref());
+        // Resolved once before the pieces are registered (so a configured BOS/EOS typed NORMAL
+        // still becomes special, as in `from_gguf`) and once after (the `<s>`/`</s>` fallback
+        // looks among the special tokens).
+        let configured = [
+            resolve_special(&inner, tc, mc, "bos", &[]).filter(|&id| (id as usize) < tokens.len()),
+            resolve_special(&inner, tc, mc, "eos", &[]).filter(|&id| (id as usize) < tokens.len()),
+        ];
+        register_added_tokens(&mut inner, &tokens, &types, configured)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let bos = resolve_special(&inner, tc, mc, "bos", &["<s>"]);
+        let eos = resolve_special(&inner, tc, mc, "eos", &["</s>"]);
+        let add_bos_default = tc.and_then(|c| c.get("add_bos_token")).and_then(|b| b.as_bool()).unwrap_or(true);
+        Ok(Self::assemble(inner, bos, eos, add_bos_default, tokens.len()))
     }
 
     /// Token ids for `text`, with BOS in front when `add_bos`. Special tokens written in the text
@@ -716,15 +805,9 @@ fn tok_err(what: &str) -> impl Fn(tokenizers::Error) -> Error + '_ {
     move |e| Error::Tokenizer(format!("{what}: {e}"))
 }
 
-/// SentencePiece BPE (`tokenizer.ggml.model = "llama"`), rebuilt as `transformers`'
-/// `LlamaConverter` does.
-fn build_spm(
-    ct: &gguf_file::Content,
-    tokens: &[String],
-    types: &[i64],
-    unk: Option<u32>,
-) -> Result<tokenizers::Tokenizer> {
-    let scores: Vec<f32> = match ct.metadata.get("tokenizer.ggml.scores") {
+/// `tokenizer.ggml.scores`, one per token.
+fn gguf_scores(ct: &gguf_file::Content, n_tokens: usize) -> Result<Vec<f32>> {
+    Ok(match ct.metadata.get("tokenizer.ggml.scores") {
         Some(v) => {
             let arr =
                 v.to_vec().map_err(|_| Error::Tokenizer("GGUF `tokenizer.ggml.scores` is not an array".into()))?;
@@ -736,13 +819,26 @@ fn build_spm(
                         .map_err(|_| Error::Tokenizer(format!("GGUF `tokenizer.ggml.scores`[{i}] is not a float")))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            one_per_token(scores, "tokenizer.ggml.scores", tokens.len())?
+            one_per_token(scores, "tokenizer.ggml.scores", n_tokens)?
         }
         // Without scores the piece order stands in for them, as in a score-sorted vocabulary.
-        None => (0..tokens.len()).map(|i| -(i as f32)).collect(),
-    };
+        None => (0..n_tokens).map(|i| -(i as f32)).collect(),
+    })
+}
+
+/// SentencePiece BPE (GGUF `tokenizer.ggml.model = "llama"`, or a `tokenizer.model`), rebuilt as
+/// `transformers`' `LlamaConverter` does: `scores` and `types` one per token, `types` in
+/// llama.cpp's numbering (the same as SentencePiece's `Type`), `add_space_prefix` SentencePiece's
+/// `add_dummy_prefix`.
+fn build_spm(
+    tokens: &[String],
+    scores: &[f32],
+    types: &[i64],
+    unk: Option<u32>,
+    add_space_prefix: bool,
+) -> Result<tokenizers::Tokenizer> {
     let vocab = vocab_map(tokens);
-    let merges = spm_merges(tokens, &scores, &vocab);
+    let merges = spm_merges(tokens, scores, &vocab);
 
     let unk_token = unk
         .or_else(|| types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| i as u32))
@@ -754,7 +850,6 @@ fn build_spm(
     }
     let bpe = builder.build().map_err(tok_err("building the SentencePiece BPE model"))?;
 
-    let add_space_prefix = meta_bool(ct, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
     let replace_space = Replace::new(" ", SPIECE_SPACE).map_err(tok_err("normalizer"))?;
     let normalizer: NormalizerWrapper = if add_space_prefix {
         NormalizerSequence::new(vec![Prepend::new(SPIECE_SPACE.into()).into(), replace_space.into()]).into()
@@ -910,4 +1005,189 @@ fn one_per_token<T>(values: Vec<T>, key: &str, tokens: usize) -> Result<Vec<T>> 
         )));
     }
     Ok(values)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SentencePiece tokenizer.model
+//
+// A serialized `ModelProto` (sentencepiece_model.proto), read by hand: the format is small and a
+// protobuf dependency would be for these few fields. Every length is checked against the bytes
+// left and every count is capped, so a hostile file is an error, never a panic or a huge
+// allocation.
+
+/// The largest `tokenizer.model` read: LLaMA's is 500 KB, Gemma's 256k-piece one about 4 MB.
+const MAX_SPM_BYTES: u64 = 64 << 20;
+/// The most pieces a model may have (the largest published vocabularies are ~260k).
+const MAX_SPM_PIECES: usize = 1 << 20;
+/// `TrainerSpec.ModelType.BPE`.
+const SPM_MODEL_BPE: u64 = 2;
+
+/// What [`Tokenizer::from_sentencepiece`] needs of a `ModelProto`.
+struct SpmModel {
+    /// Pieces, scores and types (`SentencePiece.Type`: 1 NORMAL, 2 UNKNOWN, 3 CONTROL,
+    /// 4 USER_DEFINED, 5 UNUSED, 6 BYTE -- llama.cpp's `llama_token_type` uses the same numbers).
+    pieces: (Vec<String>, Vec<f32>, Vec<i64>),
+    /// `TrainerSpec.model_type` (1 UNIGRAM, 2 BPE, 3 WORD, 4 CHAR) when the file records it.
+    model_type: Option<u64>,
+    /// `NormalizerSpec.add_dummy_prefix` (default true).
+    add_dummy_prefix: bool,
+}
+
+/// A protobuf field: its number and value (varint, fixed32/64 as their bits, or the bytes of a
+/// length-delimited field).
+enum Field<'a> {
+    Varint(u64),
+    Fixed32(u32),
+    Fixed64,
+    Bytes(&'a [u8]),
+}
+
+struct ProtoReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// The message being read, for messages (`ModelProto`, `pieces[17]`, …).
+    what: String,
+}
+
+impl<'a> ProtoReader<'a> {
+    fn new(data: &'a [u8], what: String) -> Self {
+        Self { data, pos: 0, what }
+    }
+
+    fn bad(&self, msg: impl std::fmt::Display) -> String {
+        format!("not a SentencePiece model: {} at byte {}: {msg}", self.what, self.pos)
+    }
+
+    fn varint(&mut self) -> std::result::Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let Some(&b) = self.data.get(self.pos) else { return Err(self.bad("truncated varint")) };
+            self.pos += 1;
+            if shift == 63 && b > 1 {
+                return Err(self.bad("varint overflows 64 bits"));
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.bad("varint longer than 10 bytes"))
+    }
+
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let left = self.data.len() - self.pos;
+        if n > left {
+            return Err(self.bad(format!("field of {n} bytes with {left} left")));
+        }
+        let out = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// The next field, or `None` at the end of the message.
+    fn field(&mut self) -> std::result::Result<Option<(u64, Field<'a>)>, String> {
+        if self.pos == self.data.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let (number, wire) = (key >> 3, key & 7);
+        if number == 0 {
+            return Err(self.bad("field number 0"));
+        }
+        let value = match wire {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Field::Fixed64
+            }
+            2 => {
+                let n = self.varint()?;
+                let n = usize::try_from(n).map_err(|_| self.bad(format!("length {n}")))?;
+                Field::Bytes(self.take(n)?)
+            }
+            5 => {
+                let b = self.take(4)?;
+                Field::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            // 3/4 are the deprecated groups, which sentencepiece_model.proto does not use.
+            w => return Err(self.bad(format!("field {number} has wire type {w}"))),
+        };
+        Ok(Some((number, value)))
+    }
+}
+
+/// Parses a serialized `ModelProto`: field 1 `pieces` (repeated `SentencePiece {1: piece,
+/// 2: score, 3: type}`), field 2 `trainer_spec` (its field 3 `model_type`), field 3
+/// `normalizer_spec` (its field 3 `add_dummy_prefix`); every other field is skipped by its wire
+/// type, as a protobuf reader does.
+fn parse_spm_model(data: &[u8]) -> std::result::Result<SpmModel, String> {
+    let mut r = ProtoReader::new(data, "ModelProto".into());
+    let (mut tokens, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
+    let mut model_type = None;
+    let mut add_dummy_prefix = true;
+    while let Some((number, value)) = r.field()? {
+        match (number, value) {
+            (1, Field::Bytes(b)) => {
+                if tokens.len() == MAX_SPM_PIECES {
+                    return Err(r.bad(format!("more than {MAX_SPM_PIECES} pieces")));
+                }
+                let (piece, score, ty) = parse_spm_piece(b, tokens.len())?;
+                tokens.push(piece);
+                scores.push(score);
+                types.push(ty);
+            }
+            (2, Field::Bytes(b)) => {
+                let mut t = ProtoReader::new(b, "trainer_spec".into());
+                while let Some((n, v)) = t.field()? {
+                    if let (3, Field::Varint(x)) = (n, v) {
+                        model_type = Some(x);
+                    }
+                }
+            }
+            (3, Field::Bytes(b)) => {
+                let mut t = ProtoReader::new(b, "normalizer_spec".into());
+                while let Some((n, v)) = t.field()? {
+                    if let (3, Field::Varint(x)) = (n, v) {
+                        add_dummy_prefix = x != 0;
+                    }
+                }
+            }
+            (1..=3, _) => return Err(r.bad(format!("field {number} is not a message"))),
+            _ => {}
+        }
+    }
+    if tokens.is_empty() {
+        return Err(r.bad("no pieces"));
+    }
+    Ok(SpmModel { pieces: (tokens, scores, types), model_type, add_dummy_prefix })
+}
+
+/// One `SentencePiece` message: piece, score (0 when absent), type (NORMAL when absent).
+fn parse_spm_piece(data: &[u8], index: usize) -> std::result::Result<(String, f32, i64), String> {
+    let mut r = ProtoReader::new(data, format!("pieces[{index}]"));
+    let (mut piece, mut score, mut ty) = (None, 0f32, 1i64);
+    while let Some((number, value)) = r.field()? {
+        match (number, value) {
+            (1, Field::Bytes(b)) => {
+                let s = std::str::from_utf8(b).map_err(|_| r.bad("piece is not UTF-8"))?;
+                piece = Some(s.to_string());
+            }
+            (2, Field::Fixed32(bits)) => {
+                score = f32::from_bits(bits);
+                if !score.is_finite() {
+                    return Err(r.bad("score is not finite"));
+                }
+            }
+            (3, Field::Varint(t)) => {
+                if !(1..=6).contains(&t) {
+                    return Err(r.bad(format!("type {t} is none of 1..=6 (NORMAL … BYTE)")));
+                }
+                ty = t as i64;
+            }
+            (1..=3, _) => return Err(r.bad(format!("field {number} has the wrong wire type"))),
+            _ => {}
+        }
+    }
+    let piece = piece.ok_or_else(|| r.bad("no piece string"))?;
+    Ok((piece, score, ty))
 }

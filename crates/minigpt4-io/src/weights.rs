@@ -18,6 +18,63 @@ enum Store {
     Safetensors(MmapedSafetensors),
     Pth(crate::torch_pickle::TorchZip),
     Memory(HashMap<String, Tensor>),
+    /// A sharded torch checkpoint (`pytorch_model.bin.index.json`): each shard read lazily as
+    /// `Pth` is, `map` saying which shard holds each name (checked at open).
+    Shards {
+        shards: Vec<Store>,
+        map: HashMap<String, usize>,
+    },
+}
+
+impl Store {
+    fn names(&self) -> Vec<String> {
+        match self {
+            Store::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            Store::Pth(p) => p.names().cloned().collect(),
+            Store::Memory(m) => m.keys().cloned().collect(),
+            Store::Shards { map, .. } => map.keys().cloned().collect(),
+        }
+    }
+
+    fn contains(&self, raw: &str) -> bool {
+        match self {
+            Store::Safetensors(st) => st.get(raw).is_ok(),
+            Store::Pth(p) => p.contains(raw),
+            Store::Memory(m) => m.contains_key(raw),
+            Store::Shards { shards, map } => map.get(raw).is_some_and(|&i| shards[i].contains(raw)),
+        }
+    }
+
+    fn dims(&self, raw: &str) -> Option<Vec<usize>> {
+        match self {
+            Store::Safetensors(st) => st.get(raw).ok().map(|v| v.shape().to_vec()),
+            Store::Pth(p) => p.dims(raw).map(<[usize]>::to_vec),
+            Store::Memory(m) => m.get(raw).map(|t| t.dims().to_vec()),
+            Store::Shards { shards, map } => map.get(raw).and_then(|&i| shards[i].dims(raw)),
+        }
+    }
+
+    /// The tensor as stored, `None` when there is no such name; `origin` names the source in
+    /// messages.
+    fn load(&self, raw: &str, origin: &str) -> Result<Option<Tensor>> {
+        Ok(match self {
+            Store::Safetensors(st) => {
+                let Ok(view) = st.get(raw) else { return Ok(None) };
+                let t = st.load(raw, &Device::Cpu).map_err(|e| Error::BadCheckpoint {
+                    file: origin.to_string(),
+                    msg: format!("reading `{raw}`: {e}"),
+                })?;
+                release_mapped(view.data());
+                Some(t)
+            }
+            Store::Pth(p) => p.get(raw)?,
+            Store::Memory(m) => m.get(raw).cloned(),
+            Store::Shards { shards, map } => match map.get(raw) {
+                Some(&i) => shards[i].load(raw, origin)?,
+                None => None,
+            },
+        })
+    }
 }
 
 pub struct Weights {
@@ -32,8 +89,10 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Opens a checkpoint by its form: a `.safetensors` file, a sharded
-    /// `model.safetensors.index.json`, a directory holding either, or a `.pth`/`.pt`/`.bin` pickle.
+    /// Opens a checkpoint by its form: a `.safetensors` file, a sharded `*.index.json` (safetensors
+    /// or `.bin` shards), a directory holding `model.safetensors.index.json`, `model.safetensors`,
+    /// `pytorch_model.bin.index.json` or `pytorch_model.bin` (first present wins), or a
+    /// `.pth`/`.pt`/`.bin` pickle.
     pub fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
         if path.is_dir() {
             let index = path.join("model.safetensors.index.json");
@@ -44,9 +103,21 @@ impl Weights {
             if single.exists() {
                 return Self::from_safetensors(&[single], device, dtype);
             }
+            // Older checkpoints (and lmsys' Vicuna deltas) are torch pickles; safetensors are
+            // preferred when both are there, as `transformers` does.
+            let index = path.join("pytorch_model.bin.index.json");
+            if index.exists() {
+                return Self::from_index(&index, device, dtype);
+            }
+            let single = path.join("pytorch_model.bin");
+            if single.exists() {
+                return Self::from_pth(&single, device, dtype);
+            }
             return Err(Error::BadCheckpoint {
                 file: path.display().to_string(),
-                msg: "directory holds neither model.safetensors nor model.safetensors.index.json".into(),
+                msg: "directory holds none of model.safetensors.index.json, model.safetensors, \
+                      pytorch_model.bin.index.json, pytorch_model.bin"
+                    .into(),
             });
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -76,7 +147,9 @@ impl Weights {
         Ok(Self::new(Store::Safetensors(st), origin, device, dtype))
     }
 
-    /// A sharded Hugging Face checkpoint: `{"weight_map": {name: file}}`.
+    /// A sharded Hugging Face checkpoint: `{"weight_map": {name: file}}`, the shards safetensors
+    /// (`model.safetensors.index.json`) or torch pickles (`pytorch_model.bin.index.json`, what
+    /// older checkpoints and lmsys' Vicuna deltas publish), not a mix.
     pub fn from_index(index: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
         let bad = |msg: String| Error::BadCheckpoint { file: index.display().to_string(), msg };
@@ -85,14 +158,49 @@ impl Weights {
             json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object".into()))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut files: Vec<PathBuf> = Vec::new();
-        for shard in map.values() {
+        let mut shard_of: HashMap<String, usize> = HashMap::new();
+        for (name, shard) in map {
             let shard = shard.as_str().ok_or_else(|| bad("`weight_map` values must be file names".into()))?;
+            // Only a file name beside the index: `../` or an absolute path would read elsewhere.
+            if Path::new(shard).components().count() != 1 || Path::new(shard).file_name().is_none() {
+                return Err(bad(format!("shard `{shard}` of `{name}` is not a file name beside the index")));
+            }
             let p = dir.join(shard);
-            if !files.contains(&p) {
-                files.push(p);
+            let i = match files.iter().position(|f| *f == p) {
+                Some(i) => i,
+                None => {
+                    files.push(p);
+                    files.len() - 1
+                }
+            };
+            shard_of.insert(name.clone(), i);
+        }
+        if files.is_empty() {
+            return Err(bad("`weight_map` is empty".into()));
+        }
+        let is_st = |p: &PathBuf| p.extension().is_some_and(|e| e == "safetensors");
+        if files.iter().all(is_st) {
+            return Self::from_safetensors(&files, device, dtype);
+        }
+        if files.iter().any(is_st) {
+            return Err(bad("`weight_map` mixes safetensors and torch pickle shards".into()));
+        }
+        let mut shards = Vec::with_capacity(files.len());
+        for f in &files {
+            shards.push(Self::from_pth(f, device, dtype)?.store);
+        }
+        // Every name the index lists must be in the shard it names: found now, not as a missing
+        // tensor halfway through loading a 7B model.
+        let mut names: Vec<&String> = shard_of.keys().collect();
+        names.sort();
+        for name in names {
+            let i = shard_of[name];
+            if !shards[i].contains(name) {
+                return Err(bad(format!("`{name}` is not in its shard {}", files[i].display())));
             }
         }
-        Self::from_safetensors(&files, device, dtype)
+        let store = Store::Shards { shards, map: shard_of };
+        Ok(Self::new(store, index.display().to_string(), device, dtype))
     }
 
     /// A PyTorch checkpoint (zip or legacy layout). Training checkpoints wrap the state dict as
@@ -141,11 +249,7 @@ impl Weights {
     }
 
     fn raw_names(&self) -> Vec<String> {
-        match &self.store {
-            Store::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
-            Store::Pth(p) => p.names().cloned().collect(),
-            Store::Memory(m) => m.keys().cloned().collect(),
-        }
+        self.store.names()
     }
 
     /// Canonical names of every tensor visible through this source, sorted.
@@ -165,42 +269,21 @@ impl Weights {
 
     pub fn contains(&self, name: &str) -> bool {
         let Some(raw) = self.file_name(name) else { return false };
-        match &self.store {
-            Store::Safetensors(st) => st.get(raw).is_ok(),
-            Store::Pth(p) => p.contains(raw),
-            Store::Memory(m) => m.contains_key(raw),
-        }
+        self.store.contains(raw)
     }
 
     /// The shape of `name` as stored, without reading its data.
     pub fn dims(&self, name: &str) -> Result<Vec<usize>> {
         let missing = || Error::MissingTensor { name: name.to_string(), file: self.origin.clone() };
         let raw = self.file_name(name).ok_or_else(missing)?;
-        match &self.store {
-            Store::Safetensors(st) => st.get(raw).map(|v| v.shape().to_vec()).map_err(|_| missing()),
-            Store::Pth(p) => p.dims(raw).map(<[usize]>::to_vec).ok_or_else(missing),
-            Store::Memory(m) => m.get(raw).map(|t| t.dims().to_vec()).ok_or_else(missing),
-        }
+        self.store.dims(raw).ok_or_else(missing)
     }
 
     /// The tensor as stored (any shape), converted to this source's dtype and device.
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
         let missing = || Error::MissingTensor { name: name.to_string(), file: self.origin.clone() };
         let raw = self.file_name(name).ok_or_else(missing)?;
-        let bad = |e: candle_core::Error| Error::BadCheckpoint {
-            file: self.origin.clone(),
-            msg: format!("reading `{raw}`: {e}"),
-        };
-        let t = match &self.store {
-            Store::Safetensors(st) => {
-                let Ok(view) = st.get(raw) else { return Err(missing()) };
-                let t = st.load(raw, &Device::Cpu).map_err(bad)?;
-                release_mapped(view.data());
-                t
-            }
-            Store::Pth(p) => p.get(raw)?.ok_or_else(missing)?,
-            Store::Memory(m) => m.get(raw).cloned().ok_or_else(missing)?,
-        };
+        let t = self.store.load(raw, &self.origin)?.ok_or_else(missing)?;
         // A NaN or ∞ in a weight would run silently: the quantized kernels turn it into finite
         // garbage, and a NaN projection gave an empty answer with exit status 0.
         if !all_finite(&t)? {

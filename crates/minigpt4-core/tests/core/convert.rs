@@ -270,10 +270,20 @@ fn vicuna_delta_is_added_with_the_vocabulary_grown() {
     std::fs::create_dir_all(&delta_dir).unwrap();
     candle_core::safetensors::save(&delta, delta_dir.join("model.safetensors")).unwrap();
     std::fs::copy(base.join("config.json"), delta_dir.join("config.json")).unwrap();
+    // lmsys' deltas ship a SentencePiece tokenizer.model and no tokenizer.json.
+    std::fs::copy(fixture("tokenizer/spm/tokenizer.model"), delta_dir.join("tokenizer.model")).unwrap();
     let out = dir.0.join("vicuna");
     apply_delta(&base, &delta_dir, &out, &mut |_, _, _| {}).unwrap();
     let merged = Weights::open(&out, &CPU, DType::F32).unwrap();
     assert!(out.join("config.json").exists());
+    // The merged folder's tokenizer is found and loads (what `load_llm` and `convert` use).
+    let tokenizer = Tokenizer::hf_dir_file(&out);
+    assert_eq!(tokenizer, out.join("tokenizer.model"));
+    let spm = Tokenizer::from_sentencepiece(&fixture("tokenizer/spm/tokenizer.model")).unwrap();
+    assert_eq!(
+        Tokenizer::open(&tokenizer).unwrap().encode("Hello world", true).unwrap(),
+        spm.encode("Hello world", true).unwrap()
+    );
     for (i, n) in w.names().into_iter().enumerate() {
         let m = merged.get_any(&n).unwrap();
         let b = w.get_any(&n).unwrap();

@@ -299,3 +299,173 @@ fn no_token_covers_more_text_than_max_token_bytes() {
         }
     }
 }
+
+#[test]
+fn sentencepiece_model_matches_hf_ids() {
+    let json = Tokenizer::from_file(&fixtures().join("spm/tokenizer.json")).unwrap();
+    let model_path = fixtures().join("spm/tokenizer.model");
+    let spm = Tokenizer::from_sentencepiece(&model_path).unwrap();
+    check_parity("spm", &spm, "tokenizer.model");
+    assert_eq!(spm.vocab_size(), json.vocab_size());
+    assert_eq!(spm.max_token_bytes(), json.max_token_bytes());
+    for id in 0..json.vocab_size() as u32 {
+        assert_eq!(spm.id_to_token(id), json.id_to_token(id), "piece {id}");
+        assert_eq!(spm.is_special(id), json.is_special(id), "piece {id}");
+    }
+    assert_eq!((spm.bos_id(), spm.eos_id()), (Some(1), Some(2)));
+    assert!(spm.add_bos_default());
+    assert!(!spm.is_special(spm.token_to_id("<tag>").unwrap()), "user-defined is not special");
+    // The GGUF written from it is the same vocabulary.
+    let md = spm.gguf_metadata().unwrap();
+    assert_eq!(md.len(), json.gguf_metadata().unwrap().len());
+
+    // `open` dispatches on the name; a folder without tokenizer.json falls back to the model.
+    check_parity("spm", &Tokenizer::open(&model_path).unwrap(), "open(tokenizer.model)");
+    check_parity("spm", &Tokenizer::open(&fixtures().join("spm/tokenizer.json")).unwrap(), "open(tokenizer.json)");
+    let dir = TempDir::new("spm-only");
+    std::fs::copy(&model_path, dir.0.join("tokenizer.model")).unwrap();
+    assert_eq!(Tokenizer::hf_dir_file(&dir.0), dir.0.join("tokenizer.model"));
+    std::fs::copy(fixtures().join("spm/tokenizer.json"), dir.0.join("tokenizer.json")).unwrap();
+    assert_eq!(Tokenizer::hf_dir_file(&dir.0), dir.0.join("tokenizer.json"));
+    assert_eq!(Tokenizer::hf_dir_file(Path::new("/nonexistent")), Path::new("/nonexistent/tokenizer.json"));
+
+    // BOS/EOS and add_bos from sibling configs, as for tokenizer.json.
+    std::fs::write(dir.0.join("tokenizer_config.json"), r#"{"bos_token": "</s>", "add_bos_token": false}"#).unwrap();
+    std::fs::write(dir.0.join("config.json"), r#"{"eos_token_id": 0}"#).unwrap();
+    let tok = Tokenizer::from_sentencepiece(&dir.0.join("tokenizer.model")).unwrap();
+    assert_eq!((tok.bos_id(), tok.eos_id()), (Some(2), Some(0)));
+    assert!(!tok.add_bos_default());
+}
+
+/// Protobuf bytes: a key, then the value as given (already encoded).
+fn pb_field(number: u64, wire: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = pb_varint((number << 3) | wire);
+    out.extend_from_slice(value);
+    out
+}
+
+fn pb_varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn pb_bytes(number: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut v = pb_varint(bytes.len() as u64);
+    v.extend_from_slice(bytes);
+    pb_field(number, 2, &v)
+}
+
+/// A `ModelProto` with the given pieces and trainer_spec.model_type.
+fn pb_model(pieces: &[Vec<u8>], model_type: u64) -> Vec<u8> {
+    let mut out: Vec<u8> = pieces.iter().flat_map(|p| pb_bytes(1, p)).collect();
+    out.extend(pb_bytes(2, &pb_field(3, 0, &pb_varint(model_type))));
+    out
+}
+
+fn pb_piece(piece: &[u8], score: f32, ty: u64) -> Vec<u8> {
+    let mut p = pb_bytes(1, piece);
+    p.extend(pb_field(2, 5, &score.to_le_bytes()));
+    p.extend(pb_field(3, 0, &pb_varint(ty)));
+    p
+}
+
+#[test]
+fn hostile_sentencepiece_models_are_errors_not_crashes() {
+    let dir = TempDir::new("spm-hostile");
+    let path = dir.0.join("tokenizer.model");
+    let load = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        Tokenizer::from_sentencepiece(&path).map_err(|e| e.to_string())
+    };
+    let expect_err = |bytes: &[u8], what: &str| {
+        let err = load(bytes).err().unwrap_or_else(|| panic!("{what}: loaded"));
+        assert!(err.contains("tokenizer.model"), "{what}: {err}");
+        err
+    };
+
+    // Cut anywhere inside the pieces or the trainer_spec: an error naming the file. (A cut right
+    // after the trainer_spec is a valid model without a normalizer_spec.)
+    let real = std::fs::read(fixtures().join("spm/tokenizer.model")).unwrap();
+    for keep in 0..real.len() - 20 {
+        expect_err(&real[..keep], &format!("cut at {keep}"));
+    }
+    for keep in real.len() - 20..real.len() {
+        let _ = load(&real[..keep]);
+    }
+    // Seeded random byte changes: never a panic.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..300 {
+        let mut bytes = real.clone();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() % bytes.len() as u64) as usize;
+            bytes[i] = next() as u8;
+        }
+        let _ = load(&bytes);
+    }
+    for _ in 0..50 {
+        let garbage: Vec<u8> = (0..next() % 512).map(|_| next() as u8).collect();
+        let _ = load(&garbage);
+    }
+
+    let ok = [
+        pb_piece(b"<unk>", 0.0, 2),
+        pb_piece(b"<s>", 0.0, 3),
+        pb_piece(b"</s>", 0.0, 3),
+        pb_piece(b"a", -1.0, 1),
+        pb_piece("▁".as_bytes(), -2.0, 1),
+        pb_piece("▁a".as_bytes(), -0.5, 1),
+    ];
+    let tok = load(&pb_model(&ok, 2)).unwrap();
+    assert_eq!(tok.encode("a", true).unwrap(), vec![1, 5], "the dummy prefix by default");
+
+    let err = expect_err(&pb_model(&ok, 1), "unigram");
+    assert!(err.contains("UNIGRAM"), "{err}");
+    let no_trainer: Vec<u8> = ok.iter().flat_map(|p| pb_bytes(1, p)).collect();
+    assert!(expect_err(&no_trainer, "no trainer_spec").contains("truncated"));
+    expect_err(&[], "empty");
+    assert!(expect_err(&pb_model(&[], 2), "no pieces").contains("no pieces"));
+    let mut bad = ok.to_vec();
+    bad.push(pb_piece(b"\xff\xfe", 0.0, 1));
+    assert!(expect_err(&pb_model(&bad, 2), "not UTF-8").contains("UTF-8"));
+    bad.pop();
+    bad.push(pb_piece(b"b", 0.0, 9));
+    assert!(expect_err(&pb_model(&bad, 2), "type 9").contains("type 9"));
+    bad.pop();
+    bad.push(pb_piece(b"b", f32::NAN, 1));
+    assert!(expect_err(&pb_model(&bad, 2), "NaN score").contains("not finite"));
+    // A length far past the end, a varint that never ends, a deprecated group.
+    let mut huge = pb_varint((1 << 3) | 2);
+    huge.extend(pb_varint(u64::MAX >> 1));
+    assert!(expect_err(&huge, "huge length").contains("left"));
+    assert!(expect_err(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], "long varint")
+        .contains("varint"));
+    expect_err(&pb_field(7, 3, &[]), "group");
+    expect_err(&pb_field(1, 0, &[5]), "pieces as a varint");
+    // Another field of ModelProto is skipped, whatever its wire type.
+    let mut extra = pb_model(&ok, 2);
+    extra.extend(pb_field(4, 1, &[0; 8]));
+    extra.extend(pb_bytes(5, b"denormalizer"));
+    extra.extend(pb_field(9, 5, &[0; 4]));
+    assert!(load(&extra).is_ok());
+    // add_dummy_prefix = false is read.
+    let mut no_prefix = pb_model(&ok, 2);
+    no_prefix.extend(pb_bytes(3, &pb_field(3, 0, &[0])));
+    assert_eq!(load(&no_prefix).unwrap().encode("a", false).unwrap(), vec![3]);
+
+    let err = Tokenizer::from_sentencepiece(Path::new("/nonexistent/tokenizer.model")).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/tokenizer.model"), "{err}");
+}
