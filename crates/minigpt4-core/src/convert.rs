@@ -267,7 +267,7 @@ fn llm_metadata(
         md.push(("llama.attention.key_length".into(), u32v(cfg.head_dim())));
         md.push(("llama.attention.value_length".into(), u32v(cfg.head_dim())));
     }
-    md.extend(tok.gguf_metadata()?);
+    md.extend(tok.gguf_metadata(cfg.vocab_size)?);
     md.push(("tokenizer.chat_template".into(), Value::String(template.jinja())));
     Ok(md)
 }

@@ -305,10 +305,35 @@ impl Tokenizer {
         ];
         register_added_tokens(&mut inner, &tokens, &types, configured)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        // Tokens added after training (Vicuna v0's `[PAD]` = 32000), as transformers' slow
+        // tokenizer reads them from `added_tokens.json`; they must continue the ids.
+        let mut added: Vec<(String, u32)> = match read_json_if_present(&dir.join("added_tokens.json"))? {
+            Some(serde_json::Value::Object(m)) => {
+                m.into_iter().filter_map(|(t, id)| id.as_u64().map(|id| (t, id as u32))).collect()
+            }
+            _ => Vec::new(),
+        };
+        added.sort_by_key(|(_, id)| *id);
+        let mut vocab_size = tokens.len();
+        for (text, id) in added {
+            if inner.token_to_id(&text) == Some(id) {
+                continue;
+            }
+            if id as usize != vocab_size {
+                return Err(Error::Tokenizer(format!(
+                    "{}: added token {text:?} has id {id}, but the next free id is {vocab_size}",
+                    dir.join("added_tokens.json").display()
+                )));
+            }
+            inner
+                .add_special_tokens(vec![AddedToken::from(text, true).normalized(false)])
+                .map_err(tok_err("added_tokens.json"))?;
+            vocab_size += 1;
+        }
         let bos = resolve_special(&inner, tc, mc, "bos", &["<s>"]);
         let eos = resolve_special(&inner, tc, mc, "eos", &["</s>"]);
         let add_bos_default = tc.and_then(|c| c.get("add_bos_token")).and_then(|b| b.as_bool()).unwrap_or(true);
-        Ok(Self::assemble(inner, bos, eos, add_bos_default, tokens.len()))
+        Ok(Self::assemble(inner, bos, eos, add_bos_default, vocab_size))
     }
 
     /// Token ids for `text`, with BOS in front when `add_bos`. Special tokens written in the text
@@ -590,7 +615,10 @@ impl Tokenizer {
     /// * A byte-level BPE becomes `"gpt2"`: tokens, merges and the `tokenizer.ggml.pre` name of
     ///   its pre-tokenizer (gpt2, smollm, llama-bpe, qwen2); any other pre-tokenizer is an error,
     ///   since llama.cpp would split text differently and the ids would not match.
-    pub fn gguf_metadata(&self) -> Result<Vec<(String, gguf_file::Value)>> {
+    ///
+    /// `model_vocab` is the LLM's embedding rows: llama.cpp wants one token per row, so ids the
+    /// tokenizer does not use are written as unused `[PAD{id}]` pieces.
+    pub fn gguf_metadata(&self, model_vocab: usize) -> Result<Vec<(String, gguf_file::Value)>> {
         use gguf_file::Value;
         let json = |what: &str, v: std::result::Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| Error::Tokenizer(format!("reading the tokenizer's {what}: {e}")))
@@ -604,7 +632,13 @@ impl Tokenizer {
                 model.get("type").unwrap_or(&serde_json::Value::Null)
             )));
         }
-        let n = self.vocab_size;
+        if self.vocab_size > model_vocab {
+            return Err(Error::Tokenizer(format!(
+                "the tokenizer has {} tokens, more than the model's {model_vocab} embedding rows",
+                self.vocab_size
+            )));
+        }
+        let n = model_vocab;
         let mut tokens: Vec<Option<String>> = vec![None; n];
         for (t, id) in self.inner.get_vocab(true) {
             if let Some(slot) = tokens.get_mut(id as usize) {

@@ -115,7 +115,7 @@ fn tokenizer_metadata_gives_the_same_ids() {
     ] {
         let tok = Tokenizer::from_file(&fixture(file)).unwrap();
         let path = dir.0.join("t.gguf");
-        write_gguf(&path, &tok.gguf_metadata().unwrap(), &[], |_| unreachable!()).unwrap();
+        write_gguf(&path, &tok.gguf_metadata(tok.vocab_size()).unwrap(), &[], |_| unreachable!()).unwrap();
         let (_, ct) = read_gguf(&path).unwrap();
         let model = ct.metadata["tokenizer.ggml.model"].to_string().unwrap().clone();
         assert_eq!(model, if kind == "spm" { "llama" } else { "gpt2" });

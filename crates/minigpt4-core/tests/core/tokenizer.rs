@@ -316,8 +316,8 @@ fn sentencepiece_model_matches_hf_ids() {
     assert!(spm.add_bos_default());
     assert!(!spm.is_special(spm.token_to_id("<tag>").unwrap()), "user-defined is not special");
     // The GGUF written from it is the same vocabulary.
-    let md = spm.gguf_metadata().unwrap();
-    assert_eq!(md.len(), json.gguf_metadata().unwrap().len());
+    let md = spm.gguf_metadata(spm.vocab_size()).unwrap();
+    assert_eq!(md.len(), json.gguf_metadata(json.vocab_size()).unwrap().len());
 
     // `open` dispatches on the name; a folder without tokenizer.json falls back to the model.
     check_parity("spm", &Tokenizer::open(&model_path).unwrap(), "open(tokenizer.model)");
@@ -335,6 +335,22 @@ fn sentencepiece_model_matches_hf_ids() {
     let tok = Tokenizer::from_sentencepiece(&dir.0.join("tokenizer.model")).unwrap();
     assert_eq!((tok.bos_id(), tok.eos_id()), (Some(2), Some(0)));
     assert!(!tok.add_bos_default());
+
+    // Vicuna v0 adds `[PAD]` after the pieces (`added_tokens.json`): it takes the next id, is
+    // special, and a GGUF for a model with one more embedding row lists it; an id that does not
+    // continue the pieces is refused.
+    let n = spm.vocab_size() as u32;
+    std::fs::write(dir.0.join("added_tokens.json"), format!(r#"{{"[PAD]": {n}}}"#)).unwrap();
+    let tok = Tokenizer::from_sentencepiece(&dir.0.join("tokenizer.model")).unwrap();
+    assert_eq!((tok.vocab_size(), tok.token_to_id("[PAD]")), (n as usize + 1, Some(n)));
+    assert!(tok.is_special(n));
+    let md = tok.gguf_metadata(n as usize + 3).unwrap();
+    let tokens = md.iter().find(|(k, _)| k == "tokenizer.ggml.tokens").unwrap().1.to_vec().unwrap().len();
+    assert_eq!(tokens, n as usize + 3, "padded to the model's embedding rows");
+    assert!(tok.gguf_metadata(n as usize).is_err(), "more tokens than embedding rows");
+    std::fs::write(dir.0.join("added_tokens.json"), format!(r#"{{"[PAD]": {}}}"#, n + 5)).unwrap();
+    let err = Tokenizer::from_sentencepiece(&dir.0.join("tokenizer.model")).unwrap_err().to_string();
+    assert!(err.contains("next free id"), "{err}");
 }
 
 /// Protobuf bytes: a key, then the value as given (already encoded).
