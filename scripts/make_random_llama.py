@@ -6,8 +6,9 @@ sizes without the real weights. Never committed, never in CI.
     python3 scripts/make_random_llama.py --shape tinyllama --out /tmp/tinyllama-random
     python3 scripts/make_random_llama.py --shape llama-7b --dtype f16 --out /big/llama-7b-random
 
-Needs numpy and safetensors (pip). The tokenizer is the 512-token test fixture's (the ids a
-benchmark feeds stay below 512); the vocabulary size of the weights is the shape's.
+Needs numpy and safetensors (pip). The tokenizer is the 512-token test fixture's, grown with
+plain added tokens `<r{id}>` to the shape's vocabulary so that every id a random model generates
+decodes (`--tokenizer-only` rewrites just that file in an existing folder).
 """
 import argparse
 import json
@@ -27,14 +28,29 @@ SHAPES = {
 }
 
 
+def write_tokenizer(here, out, vocab_size):
+    with open(os.path.join(here, "../crates/minigpt4-core/tests/fixtures/llama/tokenizer.json")) as f:
+        tok = json.load(f)
+    used = 1 + max([*tok["model"]["vocab"].values(), *(t["id"] for t in tok["added_tokens"])])
+    for i in range(used, vocab_size):
+        tok["added_tokens"].append({"id": i, "content": f"<r{i}>", "single_word": False, "lstrip": False,
+                                    "rstrip": False, "normalized": False, "special": False})
+    with open(os.path.join(out, "tokenizer.json"), "w") as f:
+        json.dump(tok, f)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", choices=sorted(SHAPES), required=True)
     ap.add_argument("--dtype", choices=["f16", "f32"], default="f16")
     ap.add_argument("--out", required=True)
     ap.add_argument("--shard-gb", type=float, default=4.0)
+    ap.add_argument("--tokenizer-only", action="store_true")
     a = ap.parse_args()
     s = SHAPES[a.shape]
+    if a.tokenizer_only:
+        write_tokenizer(os.path.dirname(os.path.abspath(__file__)), a.out, s["vocab_size"])
+        return
     d, ff, heads, kv = s["hidden_size"], s["intermediate_size"], s["num_attention_heads"], s["num_key_value_heads"]
     hd = d // heads
     dtype = np.float16 if a.dtype == "f16" else np.float32
@@ -90,7 +106,7 @@ def main():
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     here = os.path.dirname(os.path.abspath(__file__))
-    shutil.copy(os.path.join(here, "../crates/minigpt4-core/tests/fixtures/llama/tokenizer.json"), a.out)
+    write_tokenizer(here, a.out, s["vocab_size"])
     print(f"{a.shape} ({a.dtype}) in {a.out}: {len(shards)} file(s)")
 
 

@@ -185,8 +185,14 @@ def bench_vision_eva(ours, a):
     t0 = time.perf_counter()
     cfg = Blip2Config()  # BLIP-2's published sizes: EVA ViT-g/14, 12-layer Q-Former, 32 queries
     sd = {k: t.float() for k, t in load_file(v["weights"]).items()}
+    vsd = {k[len("vision_model."):]: t for k, t in sd.items() if k.startswith("vision_model.")}
+    # LAVIS/BLIP-2 keep q_bias and v_bias (no k bias); transformers 5 holds them as one qkv.bias.
+    for k in [k for k in vsd if k.endswith(".q_bias")]:
+        p = k[: -len("q_bias")]
+        q_bias, v_bias = vsd.pop(k), vsd.pop(p + "v_bias")
+        vsd[p + "qkv.bias"] = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
     vision = Blip2VisionModel(cfg.vision_config).eval()
-    vision.load_state_dict({k[len("vision_model."):]: t for k, t in sd.items() if k.startswith("vision_model.")})
+    vision.load_state_dict(vsd)
     qformer = Blip2QFormerModel(cfg.qformer_config).eval()
     missing, unexpected = qformer.load_state_dict(
         {k[len("qformer."):]: t for k, t in sd.items() if k.startswith("qformer.")}, strict=False)

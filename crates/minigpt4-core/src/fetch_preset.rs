@@ -32,10 +32,9 @@ use std::time::Duration;
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use minigpt4_io::files::{hex, sync_dir};
+use minigpt4_io::files::{lock_dir, remove_if_present, sha256_file, sync_dir};
 
 /// Where LAVIS publishes EVA ViT-g and the BLIP-2 Q-Former.
 pub const LAVIS_ENDPOINT: &str = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2";
@@ -363,7 +362,7 @@ fn download_url(
             match parse_content_range(&range) {
                 Some((first, total)) if first == start => (start, total),
                 _ => {
-                    remove_file(&part)?;
+                    remove_if_present(&part)?;
                     return Err(fail(
                         dest,
                         format!(
@@ -380,7 +379,7 @@ fn download_url(
             if total == Some(start) {
                 return finish_part(&part, dest, start, Some(start), expected, url);
             }
-            remove_file(&part)?;
+            remove_if_present(&part)?;
             return Err(fail(
                 dest,
                 format!(
@@ -450,7 +449,7 @@ fn finish_part(
     url: &str,
 ) -> Result<()> {
     if let Some(total) = total.filter(|&t| t != len) {
-        remove_file(part)?;
+        remove_if_present(part)?;
         return Err(fail(
             dest,
             format!("GET {url}: got {len} bytes, expected {total}; the partial file was removed, run the fetch again"),
@@ -467,9 +466,9 @@ fn finish_part(
 /// Refuses (and removes) `file` when `expected` is set and its sha256 differs.
 fn verify(file: &Path, dest: &Path, expected: Option<&str>) -> Result<()> {
     let Some(expected) = expected else { return Ok(()) };
-    let (sha, len) = sha256_of(file)?;
+    let (sha, len) = sha256_file(file)?;
     if !sha.eq_ignore_ascii_case(expected) {
-        remove_file(file)?;
+        remove_if_present(file)?;
         return Err(Error::BadCheckpoint {
             file: dest.display().to_string(),
             msg: format!(
@@ -479,22 +478,6 @@ fn verify(file: &Path, dest: &Path, expected: Option<&str>) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn sha256_of(path: &Path) -> Result<(String, u64)> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex(&h.finalize()), n))
 }
 
 /// `bytes FIRST-LAST/TOTAL` (or `bytes */TOTAL`) → (FIRST, TOTAL); TOTAL may be `*`.
@@ -605,7 +588,7 @@ impl HubCtx<'_> {
         let blob = fs::canonicalize(&pointer).map_err(|e| Error::io(&pointer, e))?;
         let len = fs::metadata(&blob).map_err(|e| Error::io(&blob, e))?.len();
         if len != size {
-            remove_file(&blob)?;
+            remove_if_present(&blob)?;
             return Err(fail(
                 &dest,
                 format!(
@@ -707,29 +690,6 @@ fn bar(opts: &PresetFetchOptions, total: Option<u64>, pos: u64, name: &str) -> P
 /// A failed download, with what to do about it.
 fn fail(path: &Path, msg: String) -> Error {
     Error::Fetch { path: path.to_path_buf(), msg }
-}
-
-fn remove_file(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
-/// Holds `dir/.lock` exclusively until dropped: two fetches of one preset wait for each other.
-fn lock_dir(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<File> {
-    let path = dir.join(".lock");
-    let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            progress(&format!("waiting for another fetch into {} to finish", dir.display()));
-            f.lock().map_err(|e| Error::io(&path, e))?;
-        }
-        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-    }
-    Ok(f)
 }
 
 fn fmt_size(n: u64) -> String {

@@ -81,3 +81,29 @@ pub fn minigpt4_home() -> PathBuf {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("minigpt4")
 }
+
+/// Holds `dir/.lock` exclusively until the returned file is dropped: two processes writing into
+/// `dir` (two fetches) wait for each other; `progress` hears about the wait.
+pub fn lock_dir(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<File> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(".lock");
+    let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            progress(&format!("waiting for another fetch into {} to finish", dir.display()));
+            f.lock().map_err(|e| Error::io(&path, e))?;
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    Ok(f)
+}
+
+/// Removes `path`; one that is not there is no error.
+pub fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}

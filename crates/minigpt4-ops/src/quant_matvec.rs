@@ -7,9 +7,11 @@
 //! activation row is quantized once per call to 8-bit blocks that carry their scale `d` and
 //! `s = d·Σq`, and one block of the dot product is
 //!   Σ (d_w·q_w + m_w)·(d_a·q_a) = d_w·d_a·Σ q_w·q_a + m_w·s_a,
-//! an integer dot product of 32 lanes (AVX2 where the CPU has it) plus two multiply-adds. The
-//! weight's f16 block scales are converted once at load into an f32 side table (8 bytes per 32
-//! weights for Q4_1, 4 for Q8_0) so the inner loop has no conversions.
+//! an integer dot product of 32 lanes (AVX2 where the CPU has it) plus two multiply-adds. Q4_1's
+//! two f16 block scales are converted once at load into an f32 side table (8 bytes per 32
+//! weights) so the inner loop has no conversions; Q8_0's one scale is converted in the loop (one
+//! F16C instruction), since its table (4 bytes per 32 weights) came to 0.84 GB for a 7B model
+//! and decoding, bound by memory bandwidth, then also read 38 bytes per block instead of 34.
 //!
 //! Output rows are split over candle's persistent barrier pool (the threads its own quantized
 //! matmul uses; the calling thread works too), so no extra threads compete for the cores.
@@ -44,11 +46,11 @@ impl Format {
         }
     }
 
-    /// Scales kept per block in the side table (`d`, and `m` for Q4_1).
+    /// Scales kept per block in the side table (`d` and `m` for Q4_1; Q8_0 reads its block's).
     fn scales(self) -> usize {
         match self {
             Format::Q4_1 => 2,
-            Format::Q8_0 => 1,
+            Format::Q8_0 => 0,
         }
     }
 }
@@ -94,9 +96,9 @@ impl QuantMatvec {
         }
         let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
         let mut scales = Vec::with_capacity(blocks * format.scales());
-        for block in data.chunks_exact(format.block_bytes()) {
-            scales.push(f16_at(block, 0));
-            if format == Format::Q4_1 {
+        if format == Format::Q4_1 {
+            for block in data.chunks_exact(format.block_bytes()) {
+                scales.push(f16_at(block, 0));
                 scales.push(f16_at(block, 2));
             }
         }
@@ -121,10 +123,10 @@ impl QuantMatvec {
                 let r = first + k;
                 let w = &data[r * nb * bb..(r + 1) * nb * bb];
                 let sc = &self.scales[r * nb * ns..(r + 1) * nb * ns];
-                for ((block, o), sc) in w.chunks_exact(bb).zip(row.chunks_exact_mut(QK)).zip(sc.chunks_exact(ns)) {
+                for (b, (block, o)) in w.chunks_exact(bb).zip(row.chunks_exact_mut(QK)).enumerate() {
                     match self.format {
                         Format::Q4_1 => {
-                            let (d, m) = (sc[0], sc[1]);
+                            let (d, m) = (sc[2 * b], sc[2 * b + 1]);
                             let (lo, hi) = o.split_at_mut(QK / 2);
                             for ((&q, lo), hi) in block[4..].iter().zip(lo).zip(hi) {
                                 *lo = (q & 0x0f) as f32 * d + m;
@@ -132,8 +134,9 @@ impl QuantMatvec {
                             }
                         }
                         Format::Q8_0 => {
+                            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
                             for (&q, o) in block[2..].iter().zip(o) {
-                                *o = q as i8 as f32 * sc[0];
+                                *o = q as i8 as f32 * d;
                             }
                         }
                     }
@@ -242,7 +245,7 @@ type DotFn = fn(&[u8], &[f32], &[ActBlock]) -> f32;
 /// Picks the SIMD kernel when the CPU has it (checked once per call: a cached flag read).
 fn dot_fn(format: Format) -> DotFn {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
         return match format {
             Format::Q4_1 => avx2::dot_q4_1,
             Format::Q8_0 => avx2::dot_q8_0,
@@ -268,9 +271,10 @@ fn dot_q4_1_scalar(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
     acc
 }
 
-fn dot_q8_0_scalar(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
+fn dot_q8_0_scalar(w: &[u8], _: &[f32], a: &[ActBlock]) -> f32 {
     let mut acc = 0f32;
-    for ((wb, &d), ab) in w.chunks_exact(34).zip(sc).zip(a) {
+    for (wb, ab) in w.chunks_exact(34).zip(a) {
+        let d = half::f16::from_le_bytes([wb[0], wb[1]]).to_f32();
         let isum: i32 = wb[2..34].iter().zip(&ab.qs).map(|(&q, &x)| q as i8 as i32 * x as i32).sum();
         acc += d * ab.d * isum as f32;
     }
@@ -290,10 +294,10 @@ mod avx2 {
         unsafe { dot_q4_1_impl(w, sc, a) }
     }
 
-    pub(super) fn dot_q8_0(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
-        assert!(w.len() >= a.len() * 34 && sc.len() >= a.len());
-        // SAFETY: as above.
-        unsafe { dot_q8_0_impl(w, sc, a) }
+    pub(super) fn dot_q8_0(w: &[u8], _: &[f32], a: &[ActBlock]) -> f32 {
+        assert!(w.len() >= a.len() * 34);
+        // SAFETY: as above (F16C detected too).
+        unsafe { dot_q8_0_impl(w, a) }
     }
 
     /// Per block: the 16 nibble bytes expand to 32 unsigned lanes (low nibbles, then high ones,
@@ -320,8 +324,8 @@ mod avx2 {
 
     /// Signed × signed: `maddubs` needs one unsigned side, so it multiplies |w| by the activation
     /// with w's sign moved onto it (≤ 2·127·127 per pair, no saturation).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q8_0_impl(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q8_0_impl(w: &[u8], a: &[ActBlock]) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         for (b, ab) in a.iter().enumerate() {
@@ -330,7 +334,10 @@ mod avx2 {
             let aq = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
             let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
             let sums = _mm256_madd_epi16(prod, ones);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(sc[b] * ab.d), _mm256_cvtepi32_ps(sums), acc);
+            // The block's f16 scale, widened by F16C.
+            let bits = u16::from_le_bytes([w[b * 34], w[b * 34 + 1]]);
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(sums), acc);
         }
         hsum(acc)
     }
