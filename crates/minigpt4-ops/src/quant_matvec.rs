@@ -9,9 +9,9 @@
 //!   Σ (d_w·q_w + m_w)·(d_a·q_a) = d_w·d_a·Σ q_w·q_a + m_w·s_a,
 //! an integer dot product of 32 lanes (AVX2 where the CPU has it) plus two multiply-adds. Q4_1's
 //! two f16 block scales are converted once at load into an f32 side table (8 bytes per 32
-//! weights) so the inner loop has no conversions; Q8_0's one scale is converted in the loop (one
-//! F16C instruction), since its table (4 bytes per 32 weights) came to 0.84 GB for a 7B model
-//! and decoding, bound by memory bandwidth, then also read 38 bytes per block instead of 34.
+//! weights) so the inner loop has no conversions; Q8_0's one scale is widened in the loop through
+//! a 64K-entry f16 → f32 table shared by every matrix, since a per-matrix side table (4 bytes per
+//! 32 weights) came to 0.84 GB for a 7B model.
 //!
 //! Output rows are split over candle's persistent barrier pool (the threads its own quantized
 //! matmul uses; the calling thread works too), so no extra threads compete for the cores.
@@ -245,7 +245,7 @@ type DotFn = fn(&[u8], &[f32], &[ActBlock]) -> f32;
 /// Picks the SIMD kernel when the CPU has it (checked once per call: a cached flag read).
 fn dot_fn(format: Format) -> DotFn {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         return match format {
             Format::Q4_1 => avx2::dot_q4_1,
             Format::Q8_0 => avx2::dot_q8_0,
@@ -271,10 +271,24 @@ fn dot_q4_1_scalar(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
     acc
 }
 
+/// Every f16 value as f32, indexed by its bits: Q8_0's block scales are widened by one lookup.
+/// (A fixed-size array, so a `u16` index needs no bounds check.)
+fn f16_table() -> &'static [f32; 1 << 16] {
+    static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0f32; 1 << 16]);
+        for (b, v) in t.iter_mut().enumerate() {
+            *v = half::f16::from_bits(b as u16).to_f32();
+        }
+        t
+    })
+}
+
 fn dot_q8_0_scalar(w: &[u8], _: &[f32], a: &[ActBlock]) -> f32 {
+    let table = f16_table();
     let mut acc = 0f32;
     for (wb, ab) in w.chunks_exact(34).zip(a) {
-        let d = half::f16::from_le_bytes([wb[0], wb[1]]).to_f32();
+        let d = table[u16::from_le_bytes([wb[0], wb[1]]) as usize];
         let isum: i32 = wb[2..34].iter().zip(&ab.qs).map(|(&q, &x)| q as i8 as i32 * x as i32).sum();
         acc += d * ab.d * isum as f32;
     }
@@ -296,7 +310,7 @@ mod avx2 {
 
     pub(super) fn dot_q8_0(w: &[u8], _: &[f32], a: &[ActBlock]) -> f32 {
         assert!(w.len() >= a.len() * 34);
-        // SAFETY: as above (F16C detected too).
+        // SAFETY: as above.
         unsafe { dot_q8_0_impl(w, a) }
     }
 
@@ -324,8 +338,9 @@ mod avx2 {
 
     /// Signed × signed: `maddubs` needs one unsigned side, so it multiplies |w| by the activation
     /// with w's sign moved onto it (≤ 2·127·127 per pair, no saturation).
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn dot_q8_0_impl(w: &[u8], a: &[ActBlock]) -> f32 {
+        let table = super::f16_table();
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         for (b, ab) in a.iter().enumerate() {
@@ -334,9 +349,9 @@ mod avx2 {
             let aq = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
             let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
             let sums = _mm256_madd_epi16(prod, ones);
-            // The block's f16 scale, widened by F16C.
-            let bits = u16::from_le_bytes([w[b * 34], w[b * 34 + 1]]);
-            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+            // The block's f16 scale, widened through the shared table (one load, like the side
+            // table it replaces, but from 256 KB that stay in cache).
+            let d = table[u16::from_le_bytes([w[b * 34], w[b * 34 + 1]]) as usize];
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(sums), acc);
         }
         hsum(acc)
