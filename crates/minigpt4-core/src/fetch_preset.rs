@@ -34,7 +34,7 @@ use hf_hub::{Cache, Repo, RepoType};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{Error, Result};
-use minigpt4_io::files::{lock_dir, remove_if_present, sha256_file, sync_dir};
+use minigpt4_io::files::{fmt_size, lock_dir, remove_if_present, sha256_file, sync_dir};
 
 /// Where LAVIS publishes EVA ViT-g and the BLIP-2 Q-Former.
 pub const LAVIS_ENDPOINT: &str = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2";
@@ -690,15 +690,6 @@ fn bar(opts: &PresetFetchOptions, total: Option<u64>, pos: u64, name: &str) -> P
 /// A failed download, with what to do about it.
 fn fail(path: &Path, msg: String) -> Error {
     Error::Fetch { path: path.to_path_buf(), msg }
-}
-
-fn fmt_size(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1} kB", n as f64 / 1e3),
-        n => format!("{n} B"),
-    }
 }
 
 #[cfg(test)]

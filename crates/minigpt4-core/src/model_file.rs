@@ -180,6 +180,15 @@ pub struct LlmSpec {
 }
 
 impl ModelSpec {
+    /// Where `ln_vision` comes from: as written, else from the checkpoint with a Q-Former and a
+    /// unit LayerNorm otherwise, as MiniGPT-4 does.
+    pub fn ln_vision(&self) -> LnVision {
+        self.vision.ln_vision.unwrap_or(match self.adapter.kind {
+            AdapterKind::Qformer => LnVision::Checkpoint,
+            AdapterKind::Merge | AdapterKind::Classes => LnVision::Unit,
+        })
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut spec: Self = toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;

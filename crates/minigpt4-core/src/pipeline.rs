@@ -173,11 +173,7 @@ impl FrozenParts {
                     None => dtype,
                 };
                 let encoder = EvaVit::load(&cfg, size, &vision_w.pp("vision_model"), storage)?;
-                let ln = spec.vision.ln_vision.unwrap_or(match spec.adapter.kind {
-                    AdapterKind::Qformer => LnVision::Checkpoint,
-                    AdapterKind::Merge | AdapterKind::Classes => LnVision::Unit,
-                });
-                let ln_vision = match ln {
+                let ln_vision = match spec.ln_vision() {
                     LnVision::Unit => unit_layer_norm(cfg.hidden_size, LAVIS_LN_VISION_EPS, device, dtype)?,
                     LnVision::Checkpoint => {
                         const LN: &str = "vision_model.post_layernorm";

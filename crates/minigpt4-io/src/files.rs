@@ -107,3 +107,13 @@ pub fn remove_if_present(path: &Path) -> Result<()> {
         Err(e) => Err(Error::io(path, e)),
     }
 }
+
+/// A byte count in decimal units, as pip prints them (`1.2 GB`).
+pub fn fmt_size(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} kB", n as f64 / 1e3),
+        n => format!("{n} B"),
+    }
+}

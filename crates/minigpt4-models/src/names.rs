@@ -73,58 +73,51 @@ fn qformer_to_hf(rest: &str) -> Option<String> {
     Some(format!("qformer.encoder.layer.{layer}.{mapped}"))
 }
 
+/// llama.cpp's names for LLaMA's whole-model tensors, (GGUF, Hugging Face).
+const GGUF_TOP: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// llama.cpp's names for the parts of block `i`, (GGUF `blk.{i}.…`, Hugging Face
+/// `model.layers.{i}.…`); both directions read this one table.
+const GGUF_BLOCK: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
 /// llama.cpp GGUF name → Hugging Face `LlamaForCausalLM` name.
 pub fn gguf_to_hf(name: &str) -> Option<String> {
-    match name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
+    if let Some((_, hf)) = GGUF_TOP.iter().find(|(g, _)| *g == name) {
+        return Some(hf.to_string());
     }
-    let r = name.strip_prefix("blk.")?;
-    let (layer, r) = r.split_once('.')?;
+    let (layer, r) = name.strip_prefix("blk.")?.split_once('.')?;
     layer.parse::<usize>().ok()?;
+    // GGUF part names hold no dot: the first one ends the part.
     let (part, suffix) = r.split_once('.')?;
-    let mapped = match part {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{mapped}.{suffix}"))
+    let (_, hf) = GGUF_BLOCK.iter().find(|(g, _)| *g == part)?;
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
 /// Hugging Face `LlamaForCausalLM` name → llama.cpp GGUF name (the inverse of [`gguf_to_hf`]).
 pub fn hf_to_gguf(name: &str) -> Option<String> {
-    match name {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
+    if let Some((g, _)) = GGUF_TOP.iter().find(|(_, hf)| *hf == name) {
+        return Some(g.to_string());
     }
-    let r = name.strip_prefix("model.layers.")?;
-    let (layer, r) = r.split_once('.')?;
+    let (layer, r) = name.strip_prefix("model.layers.")?.split_once('.')?;
     layer.parse::<usize>().ok()?;
+    // Hugging Face part names do (`self_attn.q_proj`): the last dot ends the part.
     let (part, suffix) = r.rsplit_once('.')?;
-    let mapped = match part {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{mapped}.{suffix}"))
+    let (g, _) = GGUF_BLOCK.iter().find(|(_, hf)| *hf == part)?;
+    Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
 #[cfg(test)]

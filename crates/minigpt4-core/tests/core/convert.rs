@@ -26,26 +26,9 @@ use minigpt4_core::tokenizer::Tokenizer;
 use minigpt4_core::weights::Weights;
 use minigpt4_io::gguf_writer::write_gguf;
 
-use crate::common::{fixture, max_abs_diff};
+use crate::common::{fixture, max_abs_diff, TempDir};
 
 const CPU: Device = Device::Cpu;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("minigpt4-convert-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn llama_fixture() -> (LlamaConfig, Tokenizer) {
     let cfg = LlamaConfig::from_file(&fixture("llama/config.json")).unwrap();
@@ -74,7 +57,7 @@ const PROMPT: &str = "Give the following image: a cat sat on the mat.###Human: W
 
 #[test]
 fn gguf_loads_back_with_the_logits_of_quantize_at_load() {
-    let dir = TempDir::new("roundtrip");
+    let dir = TempDir::new("convert-roundtrip");
     let (cfg, tok) = llama_fixture();
     let ids = tok.encode(PROMPT, true).unwrap();
     assert!(ids.len() >= 16, "the prompt must take the prefill (matrix × matrix) path");
@@ -103,7 +86,7 @@ fn gguf_loads_back_with_the_logits_of_quantize_at_load() {
 
 #[test]
 fn tokenizer_metadata_gives_the_same_ids() {
-    let dir = TempDir::new("tokenizer");
+    let dir = TempDir::new("convert-tokenizer");
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer/cases.json")).unwrap()).unwrap();
     let mut texts: Vec<String> = cases.as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().into()).collect();
@@ -135,7 +118,7 @@ fn llama_cpp_python() -> String {
 
 #[test]
 fn llama_cpp_loads_the_gguf_with_the_same_tokens() {
-    let dir = TempDir::new("llamacpp");
+    let dir = TempDir::new("convert-llamacpp");
     let (_, tok) = llama_fixture();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llamacpp_greedy.py");
     for q in [Quantize::None, Quantize::Q8_0] {
@@ -220,7 +203,7 @@ quantize = "q8_0"
 
 #[test]
 fn converted_folder_answers_like_the_originals() {
-    let dir = TempDir::new("folder");
+    let dir = TempDir::new("convert-folder");
     let spec = lavis_spec(&dir.0);
     let original = Pipeline::load(&spec, &CPU).unwrap();
     let image = std::fs::read(fixture("images/cat.jpg")).unwrap();
@@ -252,7 +235,7 @@ fn converted_folder_answers_like_the_originals() {
 
 #[test]
 fn vicuna_delta_is_added_with_the_vocabulary_grown() {
-    let dir = TempDir::new("delta");
+    let dir = TempDir::new("convert-delta");
     let base = fixture("llama");
     // A delta whose vocabulary has one more row (Vicuna adds `[PAD]`) in embed and head.
     let w = Weights::open(&base.join("model.safetensors"), &CPU, DType::F32).unwrap();

@@ -1,7 +1,7 @@
 //! Tokenizer parity: the GGUF-embedded vocabularies must give the ids Hugging Face gives.
 //! Fixtures come from `scripts/make_tokenizer_fixtures.py`.
 
-use crate::common;
+use crate::common::{self, TempDir};
 
 use std::path::{Path, PathBuf};
 
@@ -26,24 +26,6 @@ fn cases() -> Vec<Value> {
 
 fn ids_of(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("minigpt4-tok-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn check_parity(kind: &str, tok: &Tokenizer, source: &str) {
@@ -117,13 +99,13 @@ fn bos_eos_from_sibling_configs() {
     let src = std::fs::read(fixtures().join("gpt2/tokenizer.json")).unwrap();
 
     // No config at all: found by name among the special tokens.
-    let dir = TempDir::new("names");
+    let dir = TempDir::new("tok-names");
     std::fs::write(dir.0.join("tokenizer.json"), &src).unwrap();
     let tok = Tokenizer::from_file(&dir.0.join("tokenizer.json")).unwrap();
     assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)));
 
     // config.json ids, eos given as a list.
-    let dir = TempDir::new("config");
+    let dir = TempDir::new("tok-config");
     std::fs::write(dir.0.join("tokenizer.json"), &src).unwrap();
     std::fs::write(dir.0.join("config.json"), r#"{"bos_token_id": 0, "eos_token_id": [0, 2]}"#).unwrap();
     let tok = Tokenizer::from_file(&dir.0.join("tokenizer.json")).unwrap();
@@ -322,7 +304,7 @@ fn sentencepiece_model_matches_hf_ids() {
     // `open` dispatches on the name; a folder without tokenizer.json falls back to the model.
     check_parity("spm", &Tokenizer::open(&model_path).unwrap(), "open(tokenizer.model)");
     check_parity("spm", &Tokenizer::open(&fixtures().join("spm/tokenizer.json")).unwrap(), "open(tokenizer.json)");
-    let dir = TempDir::new("spm-only");
+    let dir = TempDir::new("tok-spm-only");
     std::fs::copy(&model_path, dir.0.join("tokenizer.model")).unwrap();
     assert_eq!(Tokenizer::hf_dir_file(&dir.0), dir.0.join("tokenizer.model"));
     std::fs::copy(fixtures().join("spm/tokenizer.json"), dir.0.join("tokenizer.json")).unwrap();
@@ -395,7 +377,7 @@ fn pb_piece(piece: &[u8], score: f32, ty: u64) -> Vec<u8> {
 
 #[test]
 fn hostile_sentencepiece_models_are_errors_not_crashes() {
-    let dir = TempDir::new("spm-hostile");
+    let dir = TempDir::new("tok-spm-hostile");
     let path = dir.0.join("tokenizer.model");
     let load = |bytes: &[u8]| {
         std::fs::write(&path, bytes).unwrap();
