@@ -154,7 +154,6 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MINIGPT4_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    keep_freed_buffers_for_reuse();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         exit_quietly_on_closed_pipe();
@@ -181,22 +180,6 @@ fn main() {
             eprintln!("error: {e:#}");
             std::process::exit(2);
         }
-    }
-}
-
-/// glibc serves every allocation over its mmap threshold (at most 32 MB) with fresh pages and
-/// unmaps them on free, so the per-call temporaries of a large model (EVA ViT-g's widened f16
-/// matrices, up to 35 MB; activations) page-fault in anew each call. Raising the threshold lets
-/// freed buffers be reused from the heap: the full-size EVA ViT-g encode went from 6.4 s to 5.2 s
-/// (median of 3, 2 threads) at the same peak RSS (2.43 GB). Not above 64 MB: with 256 MB, the
-/// LLM's dequantized prefill matrices (180 MB at 7B) stayed in fragmented heaps and a q4_k
-/// `describe` peaked 5 GB above its loaded size.
-fn keep_freed_buffers_for_reuse() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: plain tuning calls, made before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
 
