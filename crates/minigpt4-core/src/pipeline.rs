@@ -144,18 +144,34 @@ pub struct FrozenParts {
     pub projection_in: usize,
 }
 
-impl FrozenParts {
-    /// Loads every part `spec` names except `[projection]`, which need not exist yet.
-    pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
-        let dtype = DType::F32;
-        if let Some((what, path)) = spec.missing_files().into_iter().find(|(what, _)| *what != "projection") {
-            return Err(Error::Config(format!(
-                "the model's {what} file {} does not exist{}",
-                path.display(),
-                fetch_hint(spec.name.as_deref())
-            )));
-        }
+/// The frozen image side: vision tower, adapter, classifier and their preprocessing — all that
+/// filling a feature cache needs, without the LLM.
+pub struct VisionParts {
+    pub vision: VisionTower,
+    pub adapter: Adapter,
+    pub classifier: Option<Classifier>,
+    pub image: ImageConfig,
+    /// The projection's input width: the adapter's tokens plus the class tokens.
+    pub projection_in: usize,
+}
 
+/// Refuses a model whose files named by `needed` are missing, with the fetch hint.
+fn check_files(spec: &ModelSpec, needed: impl Fn(&str) -> bool) -> Result<()> {
+    if let Some((what, path)) = spec.missing_files().into_iter().find(|(what, _)| needed(what)) {
+        return Err(Error::Config(format!(
+            "the model's {what} file {} does not exist{}",
+            path.display(),
+            fetch_hint(spec.name.as_deref())
+        )));
+    }
+    Ok(())
+}
+
+impl VisionParts {
+    /// Loads the vision tower, adapter and classifier `spec` names.
+    pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
+        check_files(spec, |what| !matches!(what, "projection" | "llm" | "llm config" | "tokenizer"))?;
+        let dtype = DType::F32;
         // Opened once: it may hold ln_vision as well as the Q-Former (LAVIS keeps them together).
         let adapter_w = match &spec.adapter.weights {
             Some(p) => Some((p, open_checkpoint(p, device, dtype)?)),
@@ -253,18 +269,18 @@ impl FrozenParts {
             None => None,
         };
 
-        let (llm, tokenizer) = load_llm(spec, device, dtype)?;
         let projection_in = adapter.out_dim(vision_dim) + classifier.as_ref().map_or(0, Classifier::width);
-        Ok(Self {
-            vision,
-            adapter,
-            classifier,
-            llm,
-            tokenizer,
-            template: spec.template,
-            image: image_cfg,
-            projection_in,
-        })
+        Ok(Self { vision, adapter, classifier, image: image_cfg, projection_in })
+    }
+}
+
+impl FrozenParts {
+    /// Loads every part `spec` names except `[projection]`, which need not exist yet.
+    pub fn load(spec: &ModelSpec, device: &Device) -> Result<Self> {
+        check_files(spec, |what| what != "projection")?;
+        let VisionParts { vision, adapter, classifier, image, projection_in } = VisionParts::load(spec, device)?;
+        let (llm, tokenizer) = load_llm(spec, device, DType::F32)?;
+        Ok(Self { vision, adapter, classifier, llm, tokenizer, template: spec.template, image, projection_in })
     }
 
     /// `(in, out)` widths of the projection these parts take.

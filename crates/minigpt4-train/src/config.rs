@@ -8,6 +8,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Stage;
+use crate::distributed::Ranks;
 use crate::optim::AdamWConfig;
 use crate::progress::Progress;
 use crate::schedule::LrSchedule;
@@ -58,8 +59,12 @@ pub struct TrainOptions {
     #[arg(long, num_args = 1.., value_name = "MANIFEST")]
     pub data: Vec<PathBuf>,
     /// Run directory: projection.safetensors, checkpoints/, log.csv, loss.png, config.json.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "features_only", default_value = ".", hide_default_value = true)]
     pub out: PathBuf,
+    /// Only fill the feature cache (--cache-dir) for the training records and stop; under
+    /// mpirun each rank encodes its own share of the records.
+    #[arg(long)]
+    pub features_only: bool,
     /// Optimizer steps [stage 1: 20000, stage 2: 1000].
     #[arg(long)]
     pub steps: Option<usize>,
@@ -126,6 +131,9 @@ pub struct TrainOptions {
     pub progress: Progress,
     #[arg(skip = Device::Cpu)]
     pub device: Device,
+    /// The ranks of a data-parallel run (one process alone unless started by mpirun).
+    #[arg(skip)]
+    pub ranks: Ranks,
     /// Stops after this many steps in total without finishing the run, as a crash would (for
     /// testing resume).
     #[arg(skip)]
@@ -159,7 +167,9 @@ impl TrainOptions {
             feature_memory: 1 << 30,
             progress: Progress::Auto,
             device: Device::Cpu,
+            ranks: Ranks::default(),
             stop_after: None,
+            features_only: false,
         }
     }
 }

@@ -124,6 +124,11 @@ impl Sequence {
         self.prompt_len(image_tokens) + self.target.len() - 1
     }
 
+    /// Positions that carry a label: every target token.
+    pub fn target_tokens(&self) -> usize {
+        self.target.len()
+    }
+
     /// The label of every input position: `Some(token)` where position `p` must predict the
     /// target token at `p + 1`, `None` on prompt positions.
     pub fn labels(&self, image_tokens: usize) -> Vec<Option<u32>> {

@@ -12,6 +12,7 @@ pub mod caption;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod eval;
 pub mod features;
 pub mod io;

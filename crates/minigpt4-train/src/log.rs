@@ -19,7 +19,7 @@ pub struct Row {
 
 pub struct CsvLog {
     path: PathBuf,
-    file: std::fs::File,
+    file: Option<std::fs::File>,
     pub rows: Vec<Row>,
 }
 
@@ -61,12 +61,19 @@ impl CsvLog {
         }
         crate::io::write_atomic(path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(path).with_context(|| path.display().to_string())?;
-        Ok(Self { path: path.to_path_buf(), file, rows })
+        Ok(Self { path: path.to_path_buf(), file: Some(file), rows })
+    }
+
+    /// A log kept in memory only (the ranks other than 0 of a data-parallel run).
+    pub fn detached() -> Self {
+        Self { path: PathBuf::new(), file: None, rows: Vec::new() }
     }
 
     pub fn push(&mut self, r: Row) -> Result<()> {
-        self.file.write_all(line(&r).as_bytes()).with_context(|| self.path.display().to_string())?;
-        self.file.flush()?;
+        if let Some(file) = &mut self.file {
+            file.write_all(line(&r).as_bytes()).with_context(|| self.path.display().to_string())?;
+            file.flush()?;
+        }
         self.rows.push(r);
         Ok(())
     }

@@ -14,6 +14,7 @@ use minigpt4_core::model_file::{minigpt4_home, ModelSpec};
 use crate::checkpoint::{self, Checkpoint, BIAS, WEIGHT};
 use crate::config::{self, TrainConfig, TrainOptions};
 use crate::data::{self, DataOrder, Sample, Sequence, Texts};
+use crate::distributed::{self, Ranks};
 use crate::features::{self, FeatureCache, FeatureStore};
 use crate::io::Digest;
 use crate::log::{CsvLog, Row};
@@ -105,6 +106,10 @@ pub struct TrainReport {
     pub skipped_samples: Vec<String>,
     /// Wall time of the steps run in this session and their throughput.
     pub train_seconds: f64,
+    /// Of `train_seconds`, the time spent summing gradients over ranks (0 in one process).
+    pub all_reduce_seconds: f64,
+    /// Ranks that trained (1 in one process).
+    pub ranks: usize,
     pub steps_this_session: usize,
     pub samples_per_second: f64,
     pub feature_seconds: f64,
@@ -114,6 +119,9 @@ pub struct StepStats {
     pub loss: f64,
     pub lr: f64,
     pub seconds: f64,
+    /// Of `seconds`, the all-reduce of the gradients.
+    pub all_reduce_seconds: f64,
+    /// Target tokens of the global batch (every rank's share).
     pub target_tokens: usize,
 }
 
@@ -137,6 +145,7 @@ pub struct Trainer {
     encoder_fingerprint: String,
     llm_digest: String,
     log: CsvLog,
+    ranks: Ranks,
     pub report: TrainReport,
 }
 
@@ -152,8 +161,16 @@ fn llm_digest(spec: &ModelSpec) -> Result<String> {
 
 /// Prepares the run directory: the checkpoint to resume from (with `resume`), else a check
 /// that the directory holds no other run.
-fn open_run(out: &Path, resume: bool, device: &candle_core::Device, progress: &Progress) -> Result<Option<Checkpoint>> {
-    checkpoint::remove_stale_temporaries(out);
+fn open_run(
+    out: &Path,
+    resume: bool,
+    device: &candle_core::Device,
+    progress: &Progress,
+    ranks: &Ranks,
+) -> Result<Option<Checkpoint>> {
+    if ranks.is_root() {
+        checkpoint::remove_stale_temporaries(out);
+    }
     if !resume {
         if !checkpoint::list(out).is_empty() || out.join("projection.safetensors").exists() {
             bail!(
@@ -180,16 +197,28 @@ struct RecordImages {
     of_record: Vec<Option<usize>>,
 }
 
+/// The frozen image side as feature extraction uses it.
+struct Encoder<'a> {
+    encode: &'a dyn Fn(&Tensor) -> minigpt4_core::Result<Tensor>,
+    image: &'a minigpt4_core::image::ImageConfig,
+    limits: &'a minigpt4_core::image::Limits,
+}
+
 /// Makes sure every distinct image of `records` has its features in `cache` (computing what is
 /// missing), and numbers the usable ones by content.
+///
+/// With several ranks, each encodes the images of its own share of the records (every
+/// `size`-th distinct image), all wait for each other, and then every rank reads the keys of
+/// all images from the now complete cache (which must be on a file system all ranks share).
 fn cache_image_features(
     records: &[minigpt4_data::Record],
-    frozen: &Frozen,
+    encoder: &Encoder,
     cache: &FeatureCache,
     opts: &TrainOptions,
     report: &mut TrainReport,
 ) -> Result<RecordImages> {
     let progress = opts.progress;
+    let ranks = &opts.ranks;
     let mut paths: Vec<PathBuf> = Vec::new();
     let mut index_of: HashMap<PathBuf, usize> = HashMap::new();
     for r in records {
@@ -198,17 +227,35 @@ fn cache_image_features(
             paths.push(r.image.clone());
         }
     }
+    let extract = |paths: &[PathBuf], progress: &Progress| {
+        features::extract(
+            encoder.encode,
+            paths,
+            cache,
+            encoder.image,
+            encoder.limits,
+            &opts.device,
+            opts.feature_batch,
+            progress,
+        )
+    };
     let t0 = Instant::now();
-    let extraction = features::extract(
-        &|px| frozen.image_features(px),
-        &paths,
-        cache,
-        &frozen.image,
-        &frozen.limits,
-        &opts.device,
-        opts.feature_batch,
-        &progress,
-    )?;
+    let extraction = if ranks.size() == 1 {
+        extract(&paths, &progress)?
+    } else {
+        let mine: Vec<PathBuf> = paths.iter().skip(ranks.rank()).step_by(ranks.size()).cloned().collect();
+        let own = extract(&mine, &progress)?;
+        let mut counts = [own.computed as f64, own.reused as f64];
+        ranks.sum_f64(&mut counts)?;
+        ranks.barrier()?;
+        // Everything is cached now: this only reads and hashes the images.
+        let mut all = extract(&paths, &Progress::Quiet)?;
+        if all.computed > 0 {
+            progress.warn(None, &format!("{} images were encoded again after the ranks' shares", all.computed));
+        }
+        (all.computed, all.reused) = (counts[0] as usize + all.computed, counts[1] as usize);
+        all
+    };
     report.feature_seconds = t0.elapsed().as_secs_f64();
     for (p, why) in &extraction.skipped {
         progress.warn(None, &format!("skipped image {}: {why}", p.display()));
@@ -268,7 +315,7 @@ fn warm_start_projection(
     config: &TrainConfig,
     ctx: &WarmStartContext,
     frozen: &Frozen,
-    init_record: &Path,
+    init_record: Option<&Path>,
     progress: &Progress,
     start: (&Tensor, &Tensor),
 ) -> Result<(Tensor, Tensor)> {
@@ -279,7 +326,9 @@ fn warm_start_projection(
         let targets = warm_start::noun_targets(records, image_of, features, &frozen.llm, &frozen.tokenizer)?;
         let f = warm_start::fit_nouns(&targets)?;
         let meta = [("init".to_string(), "nouns".to_string()), ("records".to_string(), f.records.to_string())].into();
-        checkpoint::save_projection(init_record, &f.weight, &f.bias, meta)?;
+        if let Some(path) = init_record {
+            checkpoint::save_projection(path, &f.weight, &f.bias, meta)?;
+        }
         progress.status(&format!(
             "warm start: ridge fit of {} images onto {} caption nouns in {:.1}s",
             f.records,
@@ -317,7 +366,9 @@ fn warm_start_projection(
             ("classes".to_string(), nouns.len().to_string()),
         ]
         .into();
-        checkpoint::save_projection(init_record, &w, &b, meta)?;
+        if let Some(path) = init_record {
+            checkpoint::save_projection(path, &w, &b, meta)?;
+        }
         (w.to_dtype(weight0.dtype())?, b.to_dtype(bias0.dtype())?)
     } else {
         (weight0.clone(), bias0.clone())
@@ -355,8 +406,12 @@ impl Trainer {
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
         let device = &opts.device;
 
-        let resume_from = open_run(&out, opts.resume, device, &progress)?;
+        let ranks = opts.ranks.clone();
+        let resume_from = open_run(&out, opts.resume, device, &progress, &ranks)?;
+        // No rank writes before every rank has checked the run directory.
+        ranks.barrier()?;
         let config = config::resolve(opts, resume_from.as_ref().map(|c| &c.config))?;
+        distributed::check_batch(config.batch, ranks.size())?;
 
         // The projection to start from: a checkpoint to resume, `--init`, or a random start for
         // the seed (also written to the run directory, as the record of where it began).
@@ -369,7 +424,7 @@ impl Trainer {
         let (out_dim, in_dim) = weight0.dims2()?;
         // Where the run began, kept in the run directory (a warm start below replaces it).
         let init_record = out.join("projection-init.safetensors");
-        if let model::Start::Random(seed) = start {
+        if let (model::Start::Random(seed), true) = (start, ranks.is_root()) {
             model::write_random_projection(&init_record, in_dim, out_dim, seed, device)?;
         }
 
@@ -390,7 +445,8 @@ impl Trainer {
         let fingerprint = features::encoder_fingerprint(spec, &frozen.image)?;
         let cache_root = opts.cache_dir.clone().unwrap_or_else(|| minigpt4_home().join("cache"));
         let cache = FeatureCache::new(&cache_root, &fingerprint);
-        let images = cache_image_features(&train.records, &frozen, &cache, opts, &mut report)?;
+        let encoder = Encoder { encode: &|px| frozen.image_features(px), image: &frozen.image, limits: &frozen.limits };
+        let images = cache_image_features(&train.records, &encoder, &cache, opts, &mut report)?;
         let (extraction, image_keys, image_of) = (images.extraction, images.keys, images.of_record);
 
         let texts = Texts::new(
@@ -436,13 +492,15 @@ impl Trainer {
         let (weight0, bias0) = match (&resume_from, &config.init, config.warm_start) {
             (None, None, warm) if warm != WarmStart::Random => {
                 let ctx = WarmStartContext { spec, records: &train.records, image_of: &image_of, features: &features };
-                warm_start_projection(&config, &ctx, &frozen, &init_record, &progress, (&weight0, &bias0))?
+                let record = ranks.is_root().then_some(init_record.as_path());
+                warm_start_projection(&config, &ctx, &frozen, record, &progress, (&weight0, &bias0))?
             }
             _ => (weight0, bias0),
         };
         let (opt, step, samples_seen, elapsed_before) = optimizer(&config, &weight0, &bias0, resume_from.as_ref())?;
         report.resumed_from = resume_from.as_ref().map(|c| c.step);
-        let log = CsvLog::open(&out.join("log.csv"), step)?;
+        let log = if ranks.is_root() { CsvLog::open(&out.join("log.csv"), step)? } else { CsvLog::detached() };
+        report.ranks = ranks.size();
 
         let summary = serde_json::json!({
             "config": config,
@@ -456,7 +514,9 @@ impl Trainer {
             "images": report.images,
             "samples": report.samples,
         });
-        crate::io::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        if ranks.is_root() {
+            crate::io::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        }
 
         Ok(Self {
             order: DataOrder::new(config.seed, samples.len()),
@@ -476,6 +536,7 @@ impl Trainer {
             encoder_fingerprint: fingerprint,
             llm_digest,
             log,
+            ranks,
             report,
             config,
         })
@@ -501,19 +562,30 @@ impl Trainer {
 
     /// One optimizer step: `grad_accum` micro-batches, gradients summed (each micro-batch loss
     /// divided by `grad_accum`), then AdamW.
+    ///
+    /// With several ranks, each micro-batch of the global sample order is split into contiguous
+    /// shares (rank order). A rank's loss is the sum of its tokens' cross-entropies divided by the
+    /// target tokens of the *whole* micro-batch, so the sum over ranks of their gradients is the
+    /// single-process gradient of the micro-batch mean (up to summation order); every rank then
+    /// takes the same AdamW step from the same summed gradient.
     pub fn step(&mut self) -> Result<StepStats> {
         let t0 = Instant::now();
         let lr = self.config.schedule.at(self.step);
         let (b, k) = (self.config.batch, self.config.grad_accum);
+        let (lo, hi) = distributed::share(b, self.ranks.rank(), self.ranks.size());
         let (w, bias) = (self.weight().as_tensor().clone(), self.bias().as_tensor().clone());
         let mut acc: Option<(Tensor, Tensor)> = None;
         let (mut loss_sum, mut tokens) = (0f64, 0usize);
         for micro in 0..k {
-            let seqs = self.draw(self.samples_seen + (micro * b) as u64, b);
+            // Every rank draws the whole micro-batch (tokenized text only) to know its token count.
+            let mut seqs = self.draw(self.samples_seen + (micro * b) as u64, b);
+            let micro_tokens = seqs.iter().map(Sequence::target_tokens).sum::<usize>();
+            let seqs: Vec<Sequence> = seqs.drain(lo..hi).collect();
             let feats = seqs.iter().map(|s| self.features.get(s.image)).collect::<Result<Vec<_>>>()?;
             let feats = Tensor::cat(&feats, 0)?;
             let (loss, n) = batch_loss(&self.frozen.llm, &seqs, &feats, &w, &bias)?;
-            let scaled = (loss / k as f64)?;
+            // n == micro_tokens in one process, where this is exactly loss / k.
+            let scaled = (loss * (n as f64 / (micro_tokens * k) as f64))?;
             let grads = scaled.backward()?;
             let gw = grads.get(&w).context("no gradient reached llama_proj.weight")?.clone();
             let gb = grads.get(&bias).context("no gradient reached llama_proj.bias")?.clone();
@@ -522,20 +594,43 @@ impl Trainer {
                 Some((aw, ab)) => ((aw + gw)?, (ab + gb)?),
             });
             loss_sum += f64::from(scaled.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
-            tokens += n;
+            tokens += micro_tokens;
         }
+        let (mut gw, mut gb) = acc.expect("grad_accum ≥ 1");
+        let t_reduce = Instant::now();
+        if self.ranks.size() > 1 {
+            // One all-reduce for weight and bias together.
+            let n_w = gw.elem_count();
+            let flat = Tensor::cat(&[gw.flatten_all()?, gb.flatten_all()?], 0)?;
+            let summed = self.ranks.all_reduce_sum(&flat)?;
+            gw = summed.narrow(0, 0, n_w)?.reshape(gw.shape())?;
+            gb = summed.narrow(0, n_w, gb.elem_count())?.reshape(gb.shape())?;
+            let mut loss = [loss_sum];
+            self.ranks.sum_f64(&mut loss)?;
+            loss_sum = loss[0];
+        }
+        let all_reduce_seconds = t_reduce.elapsed().as_secs_f64();
         if !loss_sum.is_finite() {
             bail!("the loss became {loss_sum} at step {} (lr {lr:e}); the last checkpoint is intact", self.step + 1);
         }
-        let (gw, gb) = acc.expect("grad_accum ≥ 1");
         self.opt.update(&[gw, gb], lr)?;
         self.step += 1;
         self.samples_seen += (b * k) as u64;
-        Ok(StepStats { loss: loss_sum, lr, seconds: t0.elapsed().as_secs_f64(), target_tokens: tokens })
+        Ok(StepStats {
+            loss: loss_sum,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+            all_reduce_seconds,
+            target_tokens: tokens,
+        })
     }
 
+    /// Writes a checkpoint (rank 0; the others only return the path it has).
     pub fn checkpoint(&self, elapsed_s: f64) -> Result<PathBuf> {
         let path = checkpoint::checkpoint_path(&self.out, self.step);
+        if !self.ranks.is_root() {
+            return Ok(path);
+        }
         let p = &self.opt.params;
         Checkpoint {
             path: path.clone(),
@@ -580,6 +675,7 @@ impl Trainer {
                 break;
             }
             let s = self.step()?;
+            self.report.all_reduce_seconds += s.all_reduce_seconds;
             let sps = (self.config.batch * self.config.grad_accum) as f64 / s.seconds.max(1e-9);
             let elapsed = self.elapsed_before + session.elapsed().as_secs_f64();
             self.log.push(Row { step: self.step, loss: s.loss, lr: s.lr, samples_per_s: sps, elapsed_s: elapsed })?;
@@ -614,22 +710,59 @@ impl Trainer {
                 self.checkpoint(self.elapsed_before + secs)?;
             }
             let path = self.out.join("projection.safetensors");
-            let meta = HashMap::from([
-                ("stage".to_string(), self.config.stage.number().to_string()),
-                ("steps".to_string(), self.step.to_string()),
-                ("seed".to_string(), self.config.seed.to_string()),
-            ]);
-            checkpoint::save_projection(&path, self.weight().as_tensor(), self.bias().as_tensor(), meta)?;
-            self.plot()?;
+            if self.ranks.is_root() {
+                let meta = HashMap::from([
+                    ("stage".to_string(), self.config.stage.number().to_string()),
+                    ("steps".to_string(), self.step.to_string()),
+                    ("seed".to_string(), self.config.seed.to_string()),
+                ]);
+                checkpoint::save_projection(&path, self.weight().as_tensor(), self.bias().as_tensor(), meta)?;
+                self.plot()?;
+            }
             self.report.projection = Some(path);
         }
         Ok(self.report)
     }
 }
 
-/// Prepares and runs a training run.
+/// Prepares and runs a training run, or with `features_only` only fills the feature cache.
 pub fn train(spec: &ModelSpec, opts: &TrainOptions) -> Result<TrainReport> {
-    Trainer::prepare(spec, opts)?.run()
+    if opts.features_only {
+        return cache_features(spec, opts);
+    }
+    let report = Trainer::prepare(spec, opts)?.run()?;
+    // No rank leaves (and finalizes MPI) while rank 0 is still writing the last files.
+    opts.ranks.barrier()?;
+    Ok(report)
+}
+
+/// `train --features-only`: the features of every training record's image in the cache, with
+/// the vision side alone loaded (no LLM). Under mpirun each rank encodes its share.
+pub fn cache_features(spec: &ModelSpec, opts: &TrainOptions) -> Result<TrainReport> {
+    let parts = minigpt4_core::pipeline::VisionParts::load(spec, &opts.device)
+        .with_context(|| format!("loading the vision side of `{}`", spec.name.as_deref().unwrap_or("?")))?;
+    let train = data::read_train_records(&opts.data)?;
+    let mut report = TrainReport {
+        heldout_records: train.heldout,
+        records: train.records.len(),
+        skipped_lines: train.skipped_lines,
+        ranks: opts.ranks.size(),
+        ..Default::default()
+    };
+    for l in &report.skipped_lines {
+        opts.progress.warn(None, &format!("skipped manifest line {l}"));
+    }
+    let fingerprint = features::encoder_fingerprint(spec, &parts.image)?;
+    let cache_root = opts.cache_dir.clone().unwrap_or_else(|| minigpt4_home().join("cache"));
+    let cache = FeatureCache::new(&cache_root, &fingerprint);
+    let limits = minigpt4_core::image::Limits::default();
+    let encode = |px: &Tensor| {
+        minigpt4_core::minigpt4::image_features(&parts.vision, &parts.adapter, parts.classifier.as_ref(), px)
+    };
+    let encoder = Encoder { encode: &encode, image: &parts.image, limits: &limits };
+    let images = cache_image_features(&train.records, &encoder, &cache, opts, &mut report)?;
+    report.images = images.keys.len();
+    Ok(report)
 }
 
 /// Where a run's outputs are.

@@ -6,3 +6,4 @@ mod fetch_presets;
 mod hostile_files;
 mod hostile_server;
 mod train_cli;
+mod train_mpi;
