@@ -26,6 +26,9 @@ pub trait Collective {
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor>;
     /// The element-wise sum of `values` over all ranks, in place (counts and scalars).
     fn sum_f64(&self, values: &mut [f64]) -> Result<()>;
+    /// The element-wise maximum of `bytes` over all ranks, in place: an all-gather when each rank
+    /// fills its own slots and leaves the others zero.
+    fn max_u8(&self, bytes: &mut [u8]) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
     /// Ends every rank of the job with `code` (a rank that fails alone must not leave the
@@ -80,6 +83,9 @@ impl Collective for SingleProcess {
         Ok(t.clone())
     }
     fn sum_f64(&self, _values: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn max_u8(&self, _bytes: &mut [u8]) -> Result<()> {
         Ok(())
     }
     fn barrier(&self) -> Result<()> {

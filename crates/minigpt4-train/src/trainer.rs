@@ -243,18 +243,9 @@ fn cache_image_features(
     let extraction = if ranks.size() == 1 {
         extract(&paths, &progress)?
     } else {
-        let mine: Vec<PathBuf> = paths.iter().skip(ranks.rank()).step_by(ranks.size()).cloned().collect();
-        let own = extract(&mine, &progress)?;
-        let mut counts = [own.computed as f64, own.reused as f64];
-        ranks.sum_f64(&mut counts)?;
-        ranks.barrier()?;
-        // Everything is cached now: this only reads and hashes the images.
-        let mut all = extract(&paths, &Progress::Quiet)?;
-        if all.computed > 0 {
-            progress.warn(None, &format!("{} images were encoded again after the ranks' shares", all.computed));
-        }
-        (all.computed, all.reused) = (counts[0] as usize + all.computed, counts[1] as usize);
-        all
+        let mine: Vec<usize> = (ranks.rank()..paths.len()).step_by(ranks.size()).collect();
+        let own = extract(&mine.iter().map(|&i| paths[i].clone()).collect::<Vec<_>>(), &progress)?;
+        gather_extraction(ranks, &paths, &mine, own, cache)?
     };
     report.feature_seconds = t0.elapsed().as_secs_f64();
     for (p, why) in &extraction.skipped {
@@ -280,6 +271,52 @@ fn cache_image_features(
         .collect();
     let of_record = records.iter().map(|r| path_image[index_of[&r.image]]).collect();
     Ok(RecordImages { extraction, keys, of_record })
+}
+
+/// Every image's key from every rank's share (a rank only read its own images), so that all ranks
+/// number the images alike. Keys travel as fixed-width byte slots, zero where an image was
+/// skipped; each rank reports (on rank 0) the images the others could not use.
+fn gather_extraction(
+    ranks: &Ranks,
+    paths: &[PathBuf],
+    mine: &[usize],
+    own: features::Extraction,
+    cache: &FeatureCache,
+) -> Result<features::Extraction> {
+    const SLOT: usize = 48;
+    let mut slots = vec![0u8; paths.len() * SLOT];
+    for (&i, key) in mine.iter().zip(&own.keys) {
+        if let Some(k) = key {
+            anyhow::ensure!(k.len() < SLOT && !k.is_empty(), "image key {k:?} does not fit its slot");
+            slots[i * SLOT..i * SLOT + k.len()].copy_from_slice(k.as_bytes());
+        }
+    }
+    ranks.max_u8(&mut slots)?;
+    let mut counts = [own.computed as f64, own.reused as f64];
+    ranks.sum_f64(&mut counts)?;
+    let mut all = features::Extraction {
+        computed: counts[0] as usize,
+        reused: counts[1] as usize,
+        skipped: own.skipped,
+        ..Default::default()
+    };
+    for (i, slot) in slots.chunks_exact(SLOT).enumerate() {
+        let key = std::str::from_utf8(slot).context("an image key from another rank")?.trim_end_matches('\0');
+        if !key.is_empty() {
+            all.keys.push(Some(key.to_string()));
+        } else {
+            all.keys.push(None);
+            if i % ranks.size() != ranks.rank() {
+                let why = format!("not usable (reported by rank {})", i % ranks.size());
+                all.skipped.push((paths[i].clone(), why));
+            }
+        }
+    }
+    all.shape = match own.shape {
+        Some(s) => Some(s),
+        None => all.keys.iter().flatten().next().and_then(|k| cache.probe(k)),
+    };
+    Ok(all)
 }
 
 /// Refuses to resume `c` when what its steps were computed from has changed.

@@ -29,6 +29,12 @@ fn manifest(dir: &Path) -> PathBuf {
             fixture(&format!("images/{f}")).display()
         )
     })
+    // Two broken images, one in each rank's share of the distinct images: skipped by both.
+    .chain(["broken-a.png", "broken-b.png"].iter().map(|f| {
+        let p = dir.join(f);
+        std::fs::write(&p, b"not an image").unwrap();
+        format!(r#"{{"image": "{}", "caption": "Nothing.", "source": "t", "split": "train"}}"#, p.display())
+    }))
     .collect();
     let p = dir.join("m.jsonl");
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
@@ -171,6 +177,8 @@ fn two_ranks_take_the_same_steps_as_one_process_and_resume_its_checkpoints() {
     assert_eq!(stderr.matches("data-parallel training: MPI").count(), 1, "{stderr}");
     assert!(stderr.contains("2 ranks"), "{stderr}");
     assert_eq!(stderr.matches("projection: ").count(), 1, "only rank 0 reports: {stderr}");
+    assert!(stderr.contains("skipped image") && stderr.contains("broken-a.png"), "{stderr}");
+    assert!(stderr.contains("broken-b.png: not usable (reported by rank 1)"), "{stderr}");
 
     // Two ranks resume the single process's checkpoint at step 4 and end where it ended.
     let resumed = dir.path().join("resumed");

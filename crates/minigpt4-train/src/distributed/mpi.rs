@@ -50,6 +50,15 @@ impl Collective for Mpi {
         Ok(())
     }
 
+    fn max_u8(&self, bytes: &mut [u8]) -> Result<()> {
+        // MPI counts are 32-bit.
+        for chunk in bytes.chunks_mut(1 << 30) {
+            let send = chunk.to_vec();
+            self.world.all_reduce_into(&send[..], chunk, SystemOperation::max());
+        }
+        Ok(())
+    }
+
     fn barrier(&self) -> Result<()> {
         self.world.barrier();
         Ok(())

@@ -91,6 +91,10 @@ impl Collective for Nccl {
         self.mpi.sum_f64(values)
     }
 
+    fn max_u8(&self, bytes: &mut [u8]) -> Result<()> {
+        self.mpi.max_u8(bytes)
+    }
+
     fn barrier(&self) -> Result<()> {
         self.mpi.barrier()
     }
