@@ -123,15 +123,21 @@ def chart(rs, path: Path):
 FULL_START, FULL_END = "<!-- full-size:start -->", "<!-- full-size:end -->"
 
 
-def kept_full_size(path: Path) -> list[str]:
-    """The "Full size" section of an existing BENCHMARKS.md (its own, slower run), kept verbatim."""
+MPI_START, MPI_END = "<!-- mpi:start -->", "<!-- mpi:end -->"
+
+
+def kept_sections(path: Path) -> list[str]:
+    """The sections of an existing BENCHMARKS.md that other runs write ("Full size" from
+    `bench.sh --full-size`, data-parallel training from `scripts/bench-mpi.sh`), kept verbatim."""
     if not path.exists():
         return []
     text = path.read_text()
-    if FULL_START not in text or FULL_END not in text:
-        return []
-    a, b = text.index(FULL_START), text.index(FULL_END) + len(FULL_END)
-    return ["", text[a:b]]
+    kept = []
+    for start, end in [(FULL_START, FULL_END), (MPI_START, MPI_END)]:
+        if start in text and end in text:
+            a, b = text.index(start), text.index(end) + len(end)
+            kept += ["", text[a:b]]
+    return kept
 
 
 def full_size(run_dir: Path, out_dir: Path):
@@ -285,7 +291,7 @@ def main():
         L.append("")
         L.append(f"Greedy decode agreement: llama.cpp's first {d['same_prefix_as_ours']} of {d['new_tokens'] + 1} "
                  "generated ids equal ours (the two sides round activations differently, see above).")
-    L.extend(kept_full_size(out_dir / "BENCHMARKS.md"))
+    L.extend(kept_sections(out_dir / "BENCHMARKS.md"))
     (out_dir / "BENCHMARKS.md").write_text("\n".join(L) + "\n")
     print(f"wrote {out_dir / 'BENCHMARKS.md'}, benchmarks.png, benchmarks.json", file=sys.stderr)
     update_readme(out_dir / "README.md", rs, run)

@@ -81,12 +81,15 @@ pub fn run(args: TrainArgs) -> Result<bool> {
         );
     }
     if r.ranks > 1 {
+        let pct = |s: f64| 100.0 * s / r.train_seconds.max(1e-9);
         eprintln!(
-            "{} ranks; gradient all-reduce {:.2}s of {:.1}s ({:.1}%)",
+            "{} ranks; gradient all-reduce {:.2}s of {:.1}s ({:.1}%), waiting for the slowest rank {:.2}s ({:.1}%)",
             r.ranks,
             r.all_reduce_seconds,
             r.train_seconds,
-            100.0 * r.all_reduce_seconds / r.train_seconds.max(1e-9)
+            pct(r.all_reduce_seconds),
+            r.wait_seconds,
+            pct(r.wait_seconds)
         );
     }
     if let Some(p) = &r.projection {

@@ -106,8 +106,10 @@ pub struct TrainReport {
     pub skipped_samples: Vec<String>,
     /// Wall time of the steps run in this session and their throughput.
     pub train_seconds: f64,
-    /// Of `train_seconds`, the time spent summing gradients over ranks (0 in one process).
+    /// Of `train_seconds`, the time spent summing gradients over ranks (0 in one process) and,
+    /// before that, waiting for the slowest rank.
     pub all_reduce_seconds: f64,
+    pub wait_seconds: f64,
     /// Ranks that trained (1 in one process).
     pub ranks: usize,
     pub steps_this_session: usize,
@@ -119,6 +121,8 @@ pub struct StepStats {
     pub loss: f64,
     pub lr: f64,
     pub seconds: f64,
+    /// Of `seconds`, waiting for the other ranks to finish their shares.
+    pub wait_seconds: f64,
     /// Of `seconds`, the all-reduce of the gradients.
     pub all_reduce_seconds: f64,
     /// Target tokens of the global batch (every rank's share).
@@ -634,8 +638,14 @@ impl Trainer {
             tokens += micro_tokens;
         }
         let (mut gw, mut gb) = acc.expect("grad_accum ≥ 1");
-        let t_reduce = Instant::now();
+        let (mut wait_seconds, mut all_reduce_seconds) = (0.0, 0.0);
         if self.ranks.size() > 1 {
+            // Waiting for the slowest rank (uneven shares, a busy core) is timed apart from
+            // the communication itself.
+            let t_wait = Instant::now();
+            self.ranks.barrier()?;
+            wait_seconds = t_wait.elapsed().as_secs_f64();
+            let t_reduce = Instant::now();
             // One all-reduce for weight and bias together.
             let n_w = gw.elem_count();
             let flat = Tensor::cat(&[gw.flatten_all()?, gb.flatten_all()?], 0)?;
@@ -645,8 +655,8 @@ impl Trainer {
             let mut loss = [loss_sum];
             self.ranks.sum_f64(&mut loss)?;
             loss_sum = loss[0];
+            all_reduce_seconds = t_reduce.elapsed().as_secs_f64();
         }
-        let all_reduce_seconds = t_reduce.elapsed().as_secs_f64();
         if !loss_sum.is_finite() {
             bail!("the loss became {loss_sum} at step {} (lr {lr:e}); the last checkpoint is intact", self.step + 1);
         }
@@ -657,6 +667,7 @@ impl Trainer {
             loss: loss_sum,
             lr,
             seconds: t0.elapsed().as_secs_f64(),
+            wait_seconds,
             all_reduce_seconds,
             target_tokens: tokens,
         })
@@ -713,6 +724,7 @@ impl Trainer {
             }
             let s = self.step()?;
             self.report.all_reduce_seconds += s.all_reduce_seconds;
+            self.report.wait_seconds += s.wait_seconds;
             let sps = (self.config.batch * self.config.grad_accum) as f64 / s.seconds.max(1e-9);
             let elapsed = self.elapsed_before + session.elapsed().as_secs_f64();
             self.log.push(Row { step: self.step, loss: s.loss, lr: s.lr, samples_per_s: sps, elapsed_s: elapsed })?;
