@@ -99,10 +99,33 @@ impl Collective for SingleProcess {
     }
 }
 
-/// Rank `rank`'s share `[lo, hi)` of `n` items split as evenly as possible in rank order
-/// (contiguous, so the concatenation over ranks is the single-process order).
-pub fn share(n: usize, rank: usize, size: usize) -> (usize, usize) {
-    (n * rank / size, n * (rank + 1) / size)
+/// Rank `rank`'s share `[lo, hi)` of items with costs `costs`, cut into contiguous pieces of about
+/// equal total cost, every rank getting at least one item (needs `costs.len() >= size`). A
+/// micro-batch's samples differ in length; cut by count, the rank with the longer ones keeps the
+/// others waiting at the all-reduce.
+pub fn share_by_cost(costs: &[usize], rank: usize, size: usize) -> (usize, usize) {
+    let n = costs.len();
+    let total: usize = costs.iter().sum();
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0usize);
+    for c in costs {
+        prefix.push(prefix.last().unwrap() + c);
+    }
+    // Boundary k: the first index whose prefix reaches k/size of the total, moved so that every
+    // rank keeps at least one item on either side.
+    let mut lo = 0;
+    for k in 1..=size {
+        let hi = if k == size {
+            n
+        } else {
+            prefix.partition_point(|&p| p * size < total * k).max(lo + 1).min(n - (size - k))
+        };
+        if k == rank + 1 {
+            return (lo, hi);
+        }
+        lo = hi;
+    }
+    (n, n)
 }
 
 /// Environment variables MPI launchers set in every rank: Open MPI's `mpirun`, MPICH/Hydra, Intel
@@ -169,18 +192,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shares_cover_the_batch_in_order() {
-        for n in 0..20 {
-            for size in 1..6 {
+    fn cost_shares_cover_the_batch_in_order_and_balance_it() {
+        let mut rng = crate::data::SplitMix64::new(7);
+        for n in 1..24 {
+            for size in 1..=n.min(6) {
+                let costs: Vec<usize> = (0..n).map(|_| 1 + rng.below(60)).collect();
                 let mut next = 0;
                 for r in 0..size {
-                    let (lo, hi) = share(n, r, size);
-                    assert_eq!(lo, next);
-                    assert!(hi - lo <= n.div_ceil(size));
+                    let (lo, hi) = share_by_cost(&costs, r, size);
+                    assert_eq!(lo, next, "{costs:?} {size}");
+                    assert!(hi > lo, "every rank gets a sample: {costs:?} {size}");
                     next = hi;
                 }
                 assert_eq!(next, n);
             }
         }
+        // Long samples first: a cut by count would give rank 0 almost all the work.
+        let costs = [50, 50, 50, 10, 10, 10, 10, 10];
+        assert_eq!(share_by_cost(&costs, 0, 2), (0, 2));
+        assert_eq!(share_by_cost(&costs, 1, 2), (2, 8));
     }
 }

@@ -308,6 +308,8 @@ pub struct FeatureStore {
     keys: Vec<String>,
     memory: Option<Vec<Tensor>>,
     device: Device,
+    /// `N` of the `[1, N, d_a]` entries: image tokens per sample.
+    tokens: usize,
 }
 
 impl FeatureStore {
@@ -319,7 +321,8 @@ impl FeatureStore {
         budget_bytes: usize,
     ) -> Result<Self> {
         let per: usize = shape.iter().product::<usize>() * 4;
-        let mut s = Self { cache, keys, memory: None, device: device.clone() };
+        let tokens = shape.get(1).copied().unwrap_or(0);
+        let mut s = Self { cache, keys, memory: None, device: device.clone(), tokens };
         if per * s.keys.len() <= budget_bytes {
             let all = s.keys.iter().map(|k| s.cache.load(k, device)).collect::<Result<Vec<_>>>()?;
             s.memory = Some(all);
@@ -329,6 +332,11 @@ impl FeatureStore {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Image tokens per sample.
+    pub fn tokens(&self) -> usize {
+        self.tokens
     }
 
     pub fn is_empty(&self) -> bool {

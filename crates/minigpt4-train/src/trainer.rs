@@ -605,7 +605,7 @@ impl Trainer {
     /// divided by `grad_accum`), then AdamW.
     ///
     /// With several ranks, each micro-batch of the global sample order is split into contiguous
-    /// shares (rank order). A rank's loss is the sum of its tokens' cross-entropies divided by the
+    /// shares (rank order) of about equal length in positions. A rank's loss is the sum of its tokens' cross-entropies divided by the
     /// target tokens of the *whole* micro-batch, so the sum over ranks of their gradients is the
     /// single-process gradient of the micro-batch mean (up to summation order); every rank then
     /// takes the same AdamW step from the same summed gradient.
@@ -613,7 +613,6 @@ impl Trainer {
         let t0 = Instant::now();
         let lr = self.config.schedule.at(self.step);
         let (b, k) = (self.config.batch, self.config.grad_accum);
-        let (lo, hi) = distributed::share(b, self.ranks.rank(), self.ranks.size());
         let (w, bias) = (self.weight().as_tensor().clone(), self.bias().as_tensor().clone());
         let mut acc: Option<(Tensor, Tensor)> = None;
         let (mut loss_sum, mut tokens) = (0f64, 0usize);
@@ -621,6 +620,9 @@ impl Trainer {
             // Every rank draws the whole micro-batch (tokenized text only) to know its token count.
             let mut seqs = self.draw(self.samples_seen + (micro * b) as u64, b);
             let micro_tokens = seqs.iter().map(Sequence::target_tokens).sum::<usize>();
+            let n_img = self.features.tokens();
+            let lengths: Vec<usize> = seqs.iter().map(|s| s.input_len(n_img)).collect();
+            let (lo, hi) = distributed::share_by_cost(&lengths, self.ranks.rank(), self.ranks.size());
             let seqs: Vec<Sequence> = seqs.drain(lo..hi).collect();
             let feats = seqs.iter().map(|s| self.features.get(s.image)).collect::<Result<Vec<_>>>()?;
             let feats = Tensor::cat(&feats, 0)?;
