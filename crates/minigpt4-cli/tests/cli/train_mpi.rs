@@ -180,6 +180,12 @@ fn two_ranks_take_the_same_steps_as_one_process_and_resume_its_checkpoints() {
     assert!(stderr.contains("skipped image") && stderr.contains("broken-a.png"), "{stderr}");
     assert!(stderr.contains("broken-b.png: not usable (reported by rank 1)"), "{stderr}");
 
+    // An error on the ranks ends the job with the message, and no rank waits for the others.
+    let out = run(train(dir.path(), Some(2), "two", 12, 4, &[]), limit);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("error (rank 0 of 2)") && err.contains("pass --resume"), "{err}");
+
     // Two ranks resume the single process's checkpoint at step 4 and end where it ended.
     let resumed = dir.path().join("resumed");
     std::fs::create_dir_all(resumed.join("checkpoints")).unwrap();
