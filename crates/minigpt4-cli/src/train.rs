@@ -38,7 +38,9 @@ pub fn run(args: TrainArgs) -> Result<bool> {
     let r = match minigpt4_train::train(&spec, &o) {
         Ok(r) => r,
         Err(e) if o.ranks.size() > 1 => {
-            eprintln!("error (rank {} of {}): {e:#}", o.ranks.rank(), o.ranks.size());
+            // One write, so that ranks failing together do not interleave their lines.
+            let line = format!("error (rank {} of {}): {e:#}\n", o.ranks.rank(), o.ranks.size());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             o.ranks.abort(2)
         }
         Err(e) => return Err(e),
