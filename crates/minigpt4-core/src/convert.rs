@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 use crate::llama::{LlamaConfig, Quantize};
 use crate::model_file::{AdapterKind, LnVision, ModelSpec, VisionKind};
-use crate::names;
+use crate::names::{self, permute_for_gguf};
 use crate::pipeline::{default_quantize, hf_llm_files, is_pickle, open_checkpoint};
 use crate::template::TemplateKind;
 use crate::tokenizer::Tokenizer;
@@ -223,13 +223,6 @@ fn gguf_dtype(quantize: Quantize, dims: &[usize]) -> GgmlDType {
         [_, in_dim] => crate::llama::block_type_for(want, *in_dim).unwrap_or(GgmlDType::F16),
         _ => GgmlDType::F32,
     }
-}
-
-/// Hugging Face's q/k rows (each head's rotary pairs split in halves) reordered into llama.cpp's
-/// (pairs adjacent): `convert_hf_to_gguf.py`'s `LlamaModel.permute`.
-pub fn permute_for_gguf(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
-    Ok(w.reshape((heads, 2, rows / heads / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
 }
 
 fn llm_metadata(

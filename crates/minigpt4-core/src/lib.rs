@@ -22,7 +22,7 @@ pub mod tokenizer;
 
 pub use minigpt4_io::{error, torch_pickle, weights};
 pub use minigpt4_models::{
-    adapter, dinov2, efficientnet_lite, eva_vit, llama, minigpt4, names, onnx, projector, qformer, vit_layers,
+    adapter, dinov2, efficientnet_lite, eva_vit, llama, lora, minigpt4, names, onnx, projector, qformer, vit_layers,
 };
 pub use minigpt4_ops::quant_matvec;
 

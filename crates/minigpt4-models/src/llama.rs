@@ -16,6 +16,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::lora::{LoraAdapter, LoraPair, LoraTarget};
 use crate::names;
 use crate::{Error, Result};
 use minigpt4_io::weights::VarBuilder;
@@ -224,11 +225,16 @@ enum Weight {
     Dense(candle_nn::Linear),
     Quantized(QMatMul),
     Native(Arc<QuantMatvec>),
+    /// A quantized (or f16) matrix with a LoRA update added as a side product, `W·x + s·B·(A·x)`:
+    /// merging would need the dense matrix, and requantizing the sum would lose the update's
+    /// precision.
+    Lora(Box<Weight>, Arc<LoraPair>),
 }
 
 impl Weight {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match self {
+            Weight::Lora(base, pair) => Ok((base.forward(x, mode)? + pair.forward(x)?)?),
             Weight::Dense(l) if mode == Mode::Differentiable && x.device().is_cpu() => {
                 Ok(train_ops::frozen_matmul(x, l.weight())?)
             }
@@ -255,6 +261,7 @@ impl Weight {
         match self {
             Weight::Quantized(QMatMul::QTensor(q)) => Some(q),
             Weight::Native(mv) => Some(mv.qtensor()),
+            Weight::Lora(base, _) => base.qtensor(),
             Weight::Dense(_) | Weight::Quantized(_) => None,
         }
     }
@@ -269,6 +276,9 @@ impl Weight {
     }
 
     fn to_dense(&self, dtype: DType) -> Result<Weight> {
+        if let Weight::Lora(base, pair) = self {
+            return base.to_dense(dtype)?.with_lora(pair.clone());
+        }
         if let Some(q) = self.qtensor() {
             return Ok(Weight::Dense(candle_nn::Linear::new(q.dequantize(&q.device())?.to_dtype(dtype)?, None)));
         }
@@ -282,6 +292,30 @@ impl Weight {
 
     fn is_quantized(&self) -> bool {
         self.qtensor().is_some()
+    }
+
+    /// `[out, in]` of the matrix.
+    fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            Weight::Dense(l) => l.weight().dims2()?,
+            Weight::Quantized(QMatMul::Tensor(t)) | Weight::Quantized(QMatMul::TensorF16(t)) => t.dims2()?,
+            Weight::Quantized(QMatMul::QTensor(q)) => q.shape().dims2()?,
+            Weight::Native(mv) => mv.qtensor().shape().dims2()?,
+            Weight::Lora(base, _) => base.dims()?,
+        })
+    }
+
+    /// This matrix with a LoRA update: merged into a dense matrix (exactly what PEFT's
+    /// `merge_and_unload` computes), added as a side product to any other.
+    fn with_lora(self, pair: Arc<LoraPair>) -> Result<Weight> {
+        Ok(match self {
+            Weight::Dense(l) => {
+                let w = l.weight();
+                let merged = (w.to_dtype(DType::F32)? + pair.delta()?.to_device(w.device())?)?.to_dtype(w.dtype())?;
+                Weight::Dense(candle_nn::Linear::new(merged, None))
+            }
+            other => Weight::Lora(Box::new(other), pair),
+        })
     }
 }
 
@@ -360,6 +394,7 @@ impl Source<'_> {
             Weight::Quantized(QMatMul::QTensor(q)) => Ok(Embedding::Quantized(q)),
             Weight::Native(mv) => Ok(Embedding::Quantized(mv.qtensor().clone())),
             Weight::Dense(l) => Ok(Embedding::Dense(l.weight().clone())),
+            Weight::Lora(..) => unreachable!("LoRA is applied after loading"),
             Weight::Quantized(QMatMul::Tensor(t)) | Weight::Quantized(QMatMul::TensorF16(t)) => {
                 Ok(Embedding::Dense(t.to_dtype(dtype)?))
             }
@@ -671,6 +706,46 @@ impl Llama {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { lm_head: dense(&self.lm_head)?, blocks, ..self })
+    }
+
+    /// Adds `adapter`'s updates to the matrices it names: merged into dense matrices, a side
+    /// product on quantized ones (see [`Weight::Lora`]). q/k updates are permuted into the
+    /// GGUF row order when the decoder came from a GGUF.
+    pub fn apply_lora(&mut self, adapter: &LoraAdapter) -> Result<()> {
+        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads());
+        for (&(layer, target), pair) in &adapter.pairs {
+            let what = format!("{}: layers.{layer}.{}", adapter.origin, target.module());
+            let Some(block) = self.blocks.get_mut(layer) else {
+                return Err(Error::Config(format!("{what}: the decoder has {} layers", self.cfg.num_hidden_layers)));
+            };
+            let slot = match target {
+                LoraTarget::Q => &mut block.attn.q,
+                LoraTarget::K => &mut block.attn.k,
+                LoraTarget::V => &mut block.attn.v,
+                LoraTarget::O => &mut block.attn.o,
+                LoraTarget::Gate => &mut block.mlp.gate,
+                LoraTarget::Up => &mut block.mlp.up,
+                LoraTarget::Down => &mut block.mlp.down,
+            };
+            let (out_dim, in_dim) = slot.dims()?;
+            let (a, b) = (pair.a.dims(), pair.b.dims());
+            if a[1] != in_dim || b[0] != out_dim {
+                return Err(Error::Config(format!(
+                    "{what}: lora_A {a:?} / lora_B {b:?} do not fit a [{out_dim}, {in_dim}] matrix"
+                )));
+            }
+            let mut pair =
+                LoraPair { a: pair.a.to_device(&self.device)?, b: pair.b.to_device(&self.device)?, scale: pair.scale };
+            if self.interleaved_rope {
+                match target {
+                    LoraTarget::Q => pair.b = names::permute_for_gguf(&pair.b, heads)?,
+                    LoraTarget::K => pair.b = names::permute_for_gguf(&pair.b, kv_heads)?,
+                    _ => {}
+                }
+            }
+            *slot = slot.clone().with_lora(Arc::new(pair))?;
+        }
+        Ok(())
     }
 
     pub fn is_quantized(&self) -> bool {

@@ -120,6 +120,14 @@ pub fn hf_to_gguf(name: &str) -> Option<String> {
     Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
+/// Hugging Face's q/k rows (each head's rotary pairs split in halves) reordered into llama.cpp's
+/// (pairs adjacent): `convert_hf_to_gguf.py`'s `LlamaModel.permute`. A GGUF's q/k matrices are
+/// stored this way, so anything added to them (a LoRA update) must be permuted alike.
+pub fn permute_for_gguf(w: &candle_core::Tensor, heads: usize) -> crate::Result<candle_core::Tensor> {
+    let (rows, cols) = w.dims2()?;
+    Ok(w.reshape((heads, 2, rows / heads / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ mod fetch;
 mod generate;
 mod gradient;
 mod image;
+mod lora;
 mod parity;
 mod pipeline;
 mod quantize;
