@@ -12,6 +12,10 @@ v_proj, random A and B so that it changes the logits) made by PEFT, written twic
   fixtures/lora/reference.safetensors  input_ids [1, T], logits [1, T, V] of the adapted model
                              (PEFT, unmerged), logits_merged (merge_and_unload)
   fixtures/lora/greedy.json  12 greedy tokens of the adapted model and their top-1/top-2 margin
+  fixtures/lora/vision-112.safetensors  the fixture EVA (fixtures/blip2, trained at 56 px) run at
+                             112 px with its position embeddings resized bicubically
+                             (transformers' interpolate_pos_encoding, LAVIS's interpolate_pos_embed):
+                             MiniGPT-v2's 448 px on a 224 px EVA, at fixture size
 
 Same environment as scripts/make_fixtures.py plus `pip install peft==0.21.2`. Run from the
 repository root after make_fixtures.py (it reads fixtures/llama):
@@ -30,8 +34,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import peft
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import save_file
-from transformers import LlamaForCausalLM
+from safetensors.torch import load_file, save_file
+from transformers import Blip2Config, Blip2Model, LlamaForCausalLM
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
@@ -64,6 +68,7 @@ def main():
     (OUT / "peft" / "README.md").unlink(missing_ok=True)
     acfg = json.loads((OUT / "peft" / "adapter_config.json").read_text())
     acfg["base_model_name_or_path"] = "../../llama"
+    acfg["target_modules"] = sorted(acfg["target_modules"])  # a set in PEFT: any order
     (OUT / "peft" / "adapter_config.json").write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
 
     with torch.no_grad():
@@ -104,5 +109,25 @@ def main():
     print("greedy", ids_out, "min margin", min(margins))
 
 
+def vision_112():
+    # model.safetensors keeps LAVIS's separate q/v biases, which transformers 5 no longer reads:
+    # its fused-bias twin loads without a missing tensor.
+    model = Blip2Model(Blip2Config.from_pretrained(FIX / "blip2")).eval()
+    state = load_file(FIX / "blip2" / "model_fused_qkv_bias.safetensors")
+    vision = {k[len("vision_model."):]: v for k, v in state.items() if k.startswith("vision_model.")}
+    model.vision_model.load_state_dict(vision, strict=True)
+    vm = model.vision_model
+    g = torch.Generator().manual_seed(112)
+    pixel_values = torch.randn(1, 3, 112, 112, generator=g)
+    with torch.no_grad():
+        emb = vm.embeddings(pixel_values, interpolate_pos_encoding=True)
+        pre = vm.encoder(inputs_embeds=emb).last_hidden_state
+    assert pre.shape == (1, 1 + 8 * 8, 32), pre.shape
+    save_file({"pixel_values": pixel_values.contiguous(), "vision_pre_norm": pre.contiguous()},
+              OUT / "vision-112.safetensors")
+    print("EVA at 112 px:", tuple(pre.shape))
+
+
 if __name__ == "__main__":
     main()
+    vision_112()

@@ -177,6 +177,16 @@ pub struct LlmSpec {
     /// `low_resource` mode), `none` below. GGUF files keep their own blocks.
     #[serde(default)]
     pub quantize: Option<minigpt4_models::llama::Quantize>,
+    /// A LoRA adapter on the decoder: a PEFT folder (`adapter_config.json` +
+    /// `adapter_model.safetensors`) or a checkpoint holding `...lora_A`/`lora_B` tensors
+    /// (MiniGPT-v2's `.pth`, which holds the projection too). Merged into dense matrices, a
+    /// side product on quantized ones.
+    #[serde(default)]
+    pub lora: Option<PathBuf>,
+    /// LoRA's α for an adapter without `adapter_config.json` (the scale is α / r) [16,
+    /// MiniGPT-v2's].
+    #[serde(default)]
+    pub lora_alpha: Option<f64>,
 }
 
 impl ModelSpec {
@@ -215,6 +225,7 @@ impl ModelSpec {
         fix(&mut self.llm.weights);
         self.llm.config.as_mut().map(fix);
         self.llm.tokenizer.as_mut().map(fix);
+        self.llm.lora.as_mut().map(fix);
     }
 
     /// Every file the model needs that is not there, with the part that needs it.
@@ -231,6 +242,7 @@ impl ModelSpec {
         need.push(("llm", &self.llm.weights));
         need.extend(self.llm.config.iter().map(|p| ("llm config", p)));
         need.extend(self.llm.tokenizer.iter().map(|p| ("tokenizer", p)));
+        need.extend(self.llm.lora.iter().map(|p| ("lora", p)));
         need.into_iter().filter(|(_, p)| !p.exists()).map(|(what, p)| (what, p.clone())).collect()
     }
 }

@@ -18,6 +18,7 @@ use crate::eva_vit::EvaVit;
 use crate::generate::{generate, Generation, GenerationConfig};
 use crate::image::{self, ImageConfig, Limits};
 use crate::llama::{Llama, LlamaConfig, Quantize};
+use crate::lora::LoraAdapter;
 use crate::minigpt4::{unit_layer_norm, Blip2Config, MiniGpt4, VisionEncoder, VisionTower, LAVIS_LN_VISION_EPS};
 use crate::model_file::{AdapterKind, LlmSpec, LnVision, ModelSpec, VisionKind, WeightStorage};
 use crate::names;
@@ -482,7 +483,19 @@ pub fn efficientnet_config(config: Option<&PathBuf>, image_size: Option<usize>) 
     Ok(cfg)
 }
 
+/// MiniGPT-v2's LoRA α (DESIGN §6), for adapters that do not say theirs.
+pub const MINIGPT_V2_LORA_ALPHA: f64 = 16.0;
+
 fn load_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, Tokenizer)> {
+    let (mut llm, tok) = load_base_llm(spec, device, dtype)?;
+    if let Some(path) = &spec.llm.lora {
+        let adapter = LoraAdapter::open(path, spec.llm.lora_alpha.unwrap_or(MINIGPT_V2_LORA_ALPHA), device)?;
+        llm.apply_lora(&adapter)?;
+    }
+    Ok((llm, tok))
+}
+
+fn load_base_llm(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(Llama, Tokenizer)> {
     let path = &spec.llm.weights;
     if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
         let (llm, ct) = Llama::load_gguf(path, device)?;

@@ -156,7 +156,7 @@ pub struct Trainer {
 fn llm_digest(spec: &ModelSpec) -> Result<String> {
     let mut d = Digest::default();
     features::digest_file(&mut d, &spec.llm.weights)?;
-    for p in spec.llm.config.iter().chain(&spec.llm.tokenizer) {
+    for p in spec.llm.config.iter().chain(&spec.llm.tokenizer).chain(&spec.llm.lora) {
         features::digest_file(&mut d, p)?;
     }
     d.update_str(spec.template.name());

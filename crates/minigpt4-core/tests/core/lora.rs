@@ -179,3 +179,39 @@ fn adapters_that_do_not_fit_are_refused_with_the_reason() {
     let err = LoraAdapter::open(&dir.0, 16.0, &CPU).unwrap_err();
     assert!(err.to_string().contains("DoRA"), "{err}");
 }
+
+#[test]
+fn eva_at_twice_its_trained_size_matches_transformers_interpolation() {
+    // MiniGPT-v2 runs EVA ViT-g, trained at 224 px, at 448 px with bicubically resized position
+    // embeddings; the fixture EVA (56 px) at 112 px is the same operation.
+    let r = load_ref("lora/vision-112.safetensors");
+    let cfg: minigpt4_core::minigpt4::Blip2Config =
+        serde_json::from_str(&std::fs::read_to_string(fixture("blip2/config.json")).unwrap()).unwrap();
+    let w = Weights::open(&fixture("blip2/model.safetensors"), &CPU, DType::F32).unwrap();
+    let eva = minigpt4_core::eva_vit::EvaVit::load(&cfg.vision_config, 112, &w.pp("vision_model"), DType::F32).unwrap();
+    let tokens = eva.forward(&r["pixel_values"]).unwrap();
+    assert_close("EVA at 112 px (position embeddings 4×4 → 8×8) vs transformers", &tokens, &r["vision_pre_norm"], TOL);
+}
+
+#[test]
+fn minigptv2_model_file_puts_the_adapter_and_448_path_together() {
+    use minigpt4_core::model_file::ModelSpec;
+    use minigpt4_core::pipeline::Pipeline;
+    let spec = ModelSpec::from_file(&fixture("lora/model.toml")).unwrap();
+    let p = Pipeline::load(&spec, &CPU).unwrap();
+    // 8×8 patches at 112 px, CLS dropped, 4 merged into one: 16 image tokens of the LLM's width.
+    let img = p.image_embeds(&std::fs::read(fixture("images/cat.jpg")).unwrap(), "cat.jpg").unwrap();
+    assert_eq!(img.dims(), &[1, 16, 64]);
+    // The decoder is the base with the checkpoint's adapter, exactly.
+    let adapter = LoraAdapter::open(&fixture("lora/minigptv2.pth"), 16.0, &CPU).unwrap();
+    assert_close(
+        "model file's LLM vs base + adapter",
+        &logits(&p.model.llm),
+        &logits(&with(base(Quantize::None), &adapter)),
+        0.0,
+    );
+    let mut conv = minigpt4_core::template::Conversation::new(p.template);
+    conv.add_image();
+    conv.ask("[grounding] describe this image in detail");
+    assert_eq!(conv.prompt(), "<s>[INST] <Img><ImageHere></Img> [grounding] describe this image in detail [/INST]");
+}
