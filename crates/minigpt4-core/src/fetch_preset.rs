@@ -6,6 +6,7 @@
 //! | `minigpt4-vicuna-7b` | `eva_vit_g.pth`, `blip2_pretrained_flant5xxl.pth` | `lmsys/vicuna-7b-delta-v0` → `vicuna-7b-delta-v0/` | `pretrained_minigpt4_7b.pth` |
 //! | `minigpt4-vicuna-13b` | the same two | `lmsys/vicuna-13b-delta-v0` → `vicuna-13b-delta-v0/` | `pretrained_minigpt4.pth` |
 //! | `minigpt4-llama2-7b` | `eva_vit_g.pth` | `meta-llama/Llama-2-7b-chat-hf` → `Llama-2-7b-chat-hf/` (gated) | `pretrained_minigpt4_llama2_7b.pth` |
+//! | `minigpt4-v2` | `eva_vit_g.pth` | the same Llama-2-7b-chat | `minigptv2_checkpoint.pth` (projection + LoRA) |
 //!
 //! Vicuna v0 is a delta on top of the original LLaMA weights, which are not openly on the Hub:
 //! the delta is fetched, and the user applies it (`minigpt4 convert --base … --delta … --out
@@ -102,7 +103,7 @@ const LLAMA2_FILES: &[&str] = &[
 ];
 
 /// The published presets and where their files come from.
-pub const PRESET_SOURCES: [PresetSource; 3] = [
+pub const PRESET_SOURCES: [PresetSource; 4] = [
     PresetSource {
         preset: "minigpt4-vicuna-7b",
         lavis: &[EVA_VIT_G, BLIP2_QFORMER],
@@ -149,6 +150,23 @@ pub const PRESET_SOURCES: [PresetSource; 3] = [
             file: "pretrained_minigpt4_llama2_7b.pth",
             label: "MiniGPT-4 (LLaMA-2 Chat 7B)",
             url: "https://drive.google.com/file/d/11nAPjEok8eAGGEG1N2vXo3kBLCg0WgUk/view?usp=sharing",
+        },
+    },
+    PresetSource {
+        preset: "minigpt4-v2",
+        lavis: &[EVA_VIT_G],
+        hub: HubSource {
+            repo: "meta-llama/Llama-2-7b-chat-hf",
+            revision: "main",
+            dir: "Llama-2-7b-chat-hf",
+            files: HubFiles::Sharded(LLAMA2_FILES),
+            delta_for: None,
+        },
+        // The projection and the LoRA adapter (after stage 3), one file.
+        projection: ProjectionSource {
+            file: "minigptv2_checkpoint.pth",
+            label: "MiniGPT-v2 (after stage 3)",
+            url: "https://drive.google.com/file/d/1jAbxUiyl04SFJMN4sF1vvUU69Etuz4qa/view?usp=sharing",
         },
     },
 ];

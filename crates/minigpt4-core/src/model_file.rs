@@ -363,6 +363,30 @@ weights = "pretrained_minigpt4_llama2_7b.pth"
 weights = "Llama-2-7b-chat-hf"
 "#,
     ),
+    (
+        // MiniGPT-v2 (Chen et al., arXiv 2310.09478): EVA at 448 px, merge-4 (256 tokens of
+        // 5632), Llama-2-7b-chat with LoRA r = 64, α = 16 on q/v; one checkpoint holds the
+        // projection and the adapter.
+        "minigpt4-v2",
+        r#"
+name = "minigpt4-v2"
+template = "minigptv2"
+[vision]
+kind = "eva_vit_g"
+weights = "eva_vit_g.pth"
+image_size = 448
+ln_vision = "unit"
+[adapter]
+kind = "merge"
+merge = 4
+[projection]
+weights = "minigptv2_checkpoint.pth"
+[llm]
+weights = "Llama-2-7b-chat-hf"
+lora = "minigptv2_checkpoint.pth"
+lora_alpha = 16
+"#,
+    ),
 ];
 
 pub fn preset_names() -> Vec<&'static str> {
