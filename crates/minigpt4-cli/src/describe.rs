@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
+use minigpt4_core::grounding::{self, Grounded, Task};
 use minigpt4_core::template::Conversation;
 
 use crate::{GenArgs, ModelArgs};
@@ -18,9 +19,17 @@ pub struct DescribeArgs {
     pub inputs: Vec<PathBuf>,
     #[arg(long, default_value = "Describe this image in detail.")]
     pub prompt: String,
-    /// One JSON line per image: path, prompt, text, timings (or error).
+    /// One JSON line per image: path, prompt, text, boxes (in image pixels), timings (or error).
     #[arg(long)]
     pub json: bool,
+    /// MiniGPT-v2's task identifier, put in front of the prompt; answers with boxes
+    /// (`<p>label</p>{<x1><y1><x2><y2>}`) are parsed into `boxes`.
+    #[arg(long, value_name = "grounding|refer|detection|identify|vqa")]
+    pub task: Option<Task>,
+    /// Write the image with the answer's boxes and labels drawn: a PNG file for one image, a
+    /// folder (`<name>.boxes.png` each) for several.
+    #[arg(long, value_name = "OUT")]
+    pub draw: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -63,30 +72,48 @@ pub fn run(args: DescribeArgs) -> Result<bool> {
     }
     let pipeline = args.model.load()?;
     let cfg = args.gen.config(&pipeline)?;
+    let prompt = match args.task {
+        Some(t) => t.ask(&args.prompt),
+        None => args.prompt.clone(),
+    };
+    if let Some(out) = args.draw.as_ref().filter(|_| files.len() > 1) {
+        std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))?;
+    }
     let stream = files.len() == 1 && !args.json;
     let mut all_ok = true;
     for file in &files {
         let started = Instant::now();
-        let result = describe_one(&pipeline, file, &args.prompt, &cfg, stream);
+        let result = describe_one(&pipeline, file, &prompt, &cfg, stream);
         let total_s = started.elapsed().as_secs_f64();
+        let result = result.and_then(|(answer, first_token_s, tokens)| {
+            let image = minigpt4_core::image::load_rgb_file(file, &pipeline.limits)?;
+            let grounded = grounding::parse_answer(&answer, image.width(), image.height());
+            for w in &grounded.warnings {
+                eprintln!("warning: {}: a box in the answer was left out: {w}", file.display());
+            }
+            if let Some(out) = &args.draw {
+                draw(&image, &grounded, file, out, files.len() > 1)?;
+            }
+            Ok((answer, grounded, first_token_s, tokens))
+        });
         match result {
-            Ok((text, first_token_s, tokens)) => {
+            Ok((answer, grounded, first_token_s, tokens)) => {
                 if args.json {
                     let line = serde_json::json!({
-                        "path": file, "prompt": args.prompt, "text": text,
-                        "tokens": tokens, "first_token_s": first_token_s, "total_s": total_s,
+                        "path": file, "prompt": prompt, "text": grounded.text, "boxes": grounded.boxes,
+                        "answer": answer, "tokens": tokens, "first_token_s": first_token_s, "total_s": total_s,
                     });
                     println!("{line}");
                 } else if stream {
                     println!();
                 } else {
-                    println!("{}: {text}", file.display());
+                    println!("{}: {answer}", file.display());
                 }
             }
             Err(e) => {
                 all_ok = false;
                 if args.json {
-                    println!("{}", serde_json::json!({"path": file, "prompt": args.prompt, "error": format!("{e:#}")}));
+                    println!("{}", serde_json::json!({"path": file, "prompt": prompt, "error": format!("{e:#}")}));
                 } else {
                     eprintln!("error: {}: {e:#}", file.display());
                 }
@@ -94,6 +121,21 @@ pub fn run(args: DescribeArgs) -> Result<bool> {
         }
     }
     Ok(all_ok)
+}
+
+/// The image with `grounded`'s boxes drawn, at `out` (or `out/<name>.boxes.png` for several images).
+fn draw(image: &image::RgbImage, grounded: &Grounded, file: &Path, out: &Path, several: bool) -> Result<()> {
+    let path = if several {
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+        out.join(format!("{stem}.boxes.png"))
+    } else {
+        out.to_path_buf()
+    };
+    let drawn = grounding::draw_boxes(image, &grounded.boxes);
+    let mut png = Vec::new();
+    drawn.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    minigpt4_core::files::write_atomic(&path, &png).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
 }
 
 fn describe_one(

@@ -14,13 +14,14 @@ pub mod convert;
 pub mod fetch;
 pub mod fetch_preset;
 pub mod generate;
+pub mod grounding;
 pub mod image;
 pub mod model_file;
 pub mod pipeline;
 pub mod template;
 pub mod tokenizer;
 
-pub use minigpt4_io::{error, torch_pickle, weights};
+pub use minigpt4_io::{error, files, torch_pickle, weights};
 pub use minigpt4_models::{
     adapter, dinov2, efficientnet_lite, eva_vit, llama, lora, minigpt4, names, onnx, projector, qformer, vit_layers,
 };

@@ -208,3 +208,33 @@ fn bench_json_runs_every_part_on_the_fixture_model() {
     assert!(median(&t["step_s"]) > 0.0 && t["losses"][0].as_f64().unwrap().is_finite());
     assert_eq!(t["sequences"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn describe_with_a_minigptv2_task_gives_json_boxes_and_a_drawing() {
+    // The random-weight MiniGPT-v2 fixture (EVA at 112 px, LoRA from its checkpoint): its answers
+    // are noise, so what is checked is the plumbing: the task identifier in the prompt, `boxes`
+    // in the JSON, and a drawn PNG of the image's size (box parsing and drawing are tested on
+    // known answers in grounding.rs).
+    let dir = tmpdir("v2");
+    let img = fixtures().join("images/cat.jpg").display().to_string();
+    let m = fixtures().join("lora/model.toml").display().to_string();
+    let drawn = dir.join("cat.boxes.png");
+    let d = drawn.display().to_string();
+    let mut args = vec!["describe", "--model", &m, "--task", "grounding", "--json", "--draw", &d, &img];
+    args.extend(FAST);
+    let out = minigpt4(&args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(line["prompt"], "[grounding] Describe this image in detail.");
+    assert!(line["boxes"].is_array() && line["text"].is_string() && line["answer"].is_string(), "{line}");
+    let (w, h) = image::image_dimensions(&drawn).unwrap();
+    assert_eq!((w, h), image::image_dimensions(fixtures().join("images/cat.jpg")).unwrap());
+
+    let out = minigpt4(&["describe", "--model", &m, "--task", "segment", &img], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("expected one of: grounding, refer, detection, identify, vqa"),
+        "{}",
+        text(&out.stderr)
+    );
+}
