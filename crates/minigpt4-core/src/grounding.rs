@@ -120,7 +120,7 @@ pub fn parse_answer(answer: &str, width: u32, height: u32) -> Grounded {
     let mut text = String::with_capacity(answer.len());
     let mut label = String::new();
     let mut rest = answer;
-    let (sx, sy) = (width as f32 / GRID, height as f32 / GRID);
+    let (w, h) = (width as f32, height as f32);
     while !rest.is_empty() {
         if let Some(r) = rest.strip_prefix("<p>") {
             // A phrase: its text stays in the answer and labels the boxes that follow.
@@ -140,10 +140,10 @@ pub fn parse_answer(answer: &str, width: u32, height: u32) -> Grounded {
                     let (y1, y2) = (clamp(b.min(d)), clamp(b.max(d)));
                     out.boxes.push(GroundedBox {
                         label: label.clone(),
-                        x1: x1 * sx,
-                        y1: y1 * sy,
-                        x2: x2 * sx,
-                        y2: y2 * sy,
+                        x1: x1 * w / GRID,
+                        y1: y1 * h / GRID,
+                        x2: x2 * w / GRID,
+                        y2: y2 * h / GRID,
                     });
                 }
                 Err(why) => out.warnings.push(why),

@@ -7,6 +7,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use minigpt4_core::generate::{GenerationConfig, MAX_BEAMS};
+use minigpt4_core::grounding::Task;
 use minigpt4_core::template::{Conversation, TemplateKind, IMAGE_PLACEHOLDER};
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,6 +33,9 @@ pub struct ChatRequest {
     pub stream_options: Option<StreamOptions>,
     // Extensions (the web page's controls).
     pub num_beams: Option<u64>,
+    /// MiniGPT-v2's task identifier (`grounding`, `refer`, `detection`, `identify`, `vqa`), put
+    /// in front of the last user message's text; boxes in the answer come back in `boxes`.
+    pub task: Option<String>,
     pub repetition_penalty: Option<f64>,
     pub top_k: Option<u64>,
     // OpenAI parameters accepted only where they change nothing.
@@ -135,8 +139,12 @@ pub fn parse_request(body: &[u8]) -> ApiResult<ChatRequest> {
 }
 
 /// Builds the conversation and the decoding settings, refusing what cannot be honoured.
-pub fn prepare(req: ChatRequest, template: TemplateKind, limits: RequestLimits) -> ApiResult<Prepared> {
+pub fn prepare(mut req: ChatRequest, template: TemplateKind, limits: RequestLimits) -> ApiResult<Prepared> {
     check_unsupported(&req)?;
+    if let Some(task) = &req.task {
+        let task: Task = task.parse().map_err(|e: String| ApiError::invalid(e).param("task").code("invalid_value"))?;
+        tag_last_question(&mut req.messages, task)?;
+    }
     let (conv, images) = build_conversation(&req.messages, template, limits.max_images)?;
     let gen = generation_config(&req)?;
 
@@ -163,6 +171,36 @@ pub fn prepare(req: ChatRequest, template: TemplateKind, limits: RequestLimits) 
             .code("invalid_value"));
     }
     Ok(Prepared { conv, images, gen, max_tokens, stream, include_usage })
+}
+
+/// Puts `task`'s identifier in front of the last user message's text (its first text part).
+fn tag_last_question(messages: &mut [RawMessage], task: Task) -> ApiResult<()> {
+    let Some((i, m)) = messages.iter_mut().enumerate().rev().find(|(_, m)| m.role == "user") else {
+        return Err(ApiError::invalid("task needs a user message to apply to").param("task").code("invalid_value"));
+    };
+    let text = match &mut m.content {
+        Value::String(s) => Some(s),
+        Value::Array(parts) => parts
+            .iter_mut()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+            .find_map(|p| match p.get_mut("text") {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            }),
+        _ => None,
+    };
+    match text {
+        Some(s) => *s = task.ask(s),
+        None => {
+            return Err(ApiError::invalid(format!(
+                "task needs text in messages[{i}] to put `{}` in front of",
+                task.tag()
+            ))
+            .param(format!("messages[{i}].content"))
+            .code("invalid_value"))
+        }
+    }
+    Ok(())
 }
 
 fn unsupported(param: &str, message: impl Into<String>) -> ApiError {

@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::Stream;
 use minigpt4_core::generate::FinishReason;
+use minigpt4_core::grounding::{self, GroundedBox};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -41,6 +42,8 @@ pub enum WorkerEvent {
     Text(String),
     Done {
         text: String,
+        /// MiniGPT-v2 boxes in the answer, in pixels of the conversation's last image.
+        boxes: Vec<GroundedBox>,
         finish_reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
@@ -232,8 +235,10 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
                 secs = started.elapsed().as_secs_f32(),
                 "answered"
             );
+            let boxes = answer_boxes(&text, p.images.last(), &pipeline.limits);
             let _ = tx.send(WorkerEvent::Done {
                 text,
+                boxes,
                 finish_reason: g.finish_reason,
                 prompt_tokens,
                 completion_tokens: g.token_ids.len(),
@@ -241,6 +246,39 @@ fn run_job(state: &AppState, p: Prepared, tx: &mpsc::UnboundedSender<WorkerEvent
         }
         Err(e) => fail(ApiError::server(format!("generation failed: {e}"))),
     }
+}
+
+/// The boxes of a grounded answer, in pixels of `image` (the conversation's last one, which the
+/// answer is about); none without an image or box markup.
+fn answer_boxes(
+    text: &str,
+    image: Option<&api::ImageInput>,
+    limits: &minigpt4_core::image::Limits,
+) -> Vec<GroundedBox> {
+    let Some(image) = image.filter(|_| text.contains('{')) else { return Vec::new() };
+    match minigpt4_core::image::load_rgb(&image.bytes, &image.param, limits) {
+        Ok(img) => {
+            let g = grounding::parse_answer(text, img.width(), img.height());
+            for w in &g.warnings {
+                tracing::warn!("a box in the answer was left out: {w}");
+            }
+            g.boxes
+        }
+        Err(e) => {
+            tracing::warn!("boxes not read: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The assistant message: OpenAI's fields, plus `boxes` when the answer has any (a field OpenAI
+/// clients ignore).
+fn assistant_message(text: &str, boxes: &[GroundedBox]) -> Value {
+    let mut m = json!({ "role": "assistant", "content": text, "refusal": null });
+    if !boxes.is_empty() {
+        m["boxes"] = json!(boxes);
+    }
+    m
 }
 
 struct ResponseMeta {
@@ -264,7 +302,7 @@ async fn collect(meta: ResponseMeta, mut rx: mpsc::UnboundedReceiver<WorkerEvent
     loop {
         match rx.recv().await {
             Some(WorkerEvent::Text(_)) | Some(WorkerEvent::Ready { .. }) => {}
-            Some(WorkerEvent::Done { text, finish_reason, prompt_tokens, completion_tokens }) => {
+            Some(WorkerEvent::Done { text, boxes, finish_reason, prompt_tokens, completion_tokens }) => {
                 return Ok(Json(json!({
                     "id": meta.id,
                     "object": "chat.completion",
@@ -273,7 +311,7 @@ async fn collect(meta: ResponseMeta, mut rx: mpsc::UnboundedReceiver<WorkerEvent
                     "system_fingerprint": null,
                     "choices": [{
                         "index": 0,
-                        "message": { "role": "assistant", "content": text, "refusal": null },
+                        "message": assistant_message(&text, &boxes),
                         "logprobs": null,
                         "finish_reason": finish_name(finish_reason),
                     }],
@@ -328,8 +366,9 @@ impl SseState {
             match self.rx.recv().await {
                 Some(WorkerEvent::Text(t)) => return Some(self.chunk(json!({ "content": t }), None)),
                 Some(WorkerEvent::Ready { .. }) => {}
-                Some(WorkerEvent::Done { finish_reason, prompt_tokens, completion_tokens, .. }) => {
-                    let last = self.chunk(json!({}), Some(finish_name(finish_reason)));
+                Some(WorkerEvent::Done { boxes, finish_reason, prompt_tokens, completion_tokens, .. }) => {
+                    let delta = if boxes.is_empty() { json!({}) } else { json!({ "boxes": boxes }) };
+                    let last = self.chunk(delta, Some(finish_name(finish_reason)));
                     self.pending.push_back(last);
                     if self.include_usage {
                         let u = json!({
@@ -364,4 +403,29 @@ fn sse_response(
     state.pending.push_back(first);
     let stream = futures_util::stream::unfold(state, |mut s| async move { s.next_event().await.map(|ev| (Ok(ev), s)) });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grounded_answers_carry_boxes_in_the_image_pixels() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../minigpt4-core/tests/fixtures/images/cat.jpg");
+        let bytes = std::fs::read(path).unwrap();
+        let limits = minigpt4_core::image::Limits::default();
+        let decoded = minigpt4_core::image::load_rgb(&bytes, "cat.jpg", &limits).unwrap();
+        let (w, h) = decoded.dimensions();
+        let image = api::ImageInput { bytes, param: "messages[0].content[0]".into() };
+        let boxes = answer_boxes("<p>a cat</p>{<0><0><50><100>} on a floor", Some(&image), &limits);
+        assert_eq!(boxes.len(), 1);
+        assert_eq!((boxes[0].x2, boxes[0].y2), (w as f32 / 2.0, h as f32));
+        let m = assistant_message("<p>a cat</p>{<0><0><50><100>} on a floor", &boxes);
+        assert_eq!(m["boxes"][0]["label"], "a cat");
+        assert_eq!(m["content"], "<p>a cat</p>{<0><0><50><100>} on a floor");
+        // Plain answers, or no image: no boxes, and the message has exactly OpenAI's fields.
+        assert!(answer_boxes("A cat.", Some(&image), &limits).is_empty());
+        assert!(answer_boxes("<p>a cat</p>{<0><0><50><100>}", None, &limits).is_empty());
+        assert!(assistant_message("A cat.", &[]).get("boxes").is_none());
+    }
 }

@@ -843,3 +843,34 @@ async fn colliding_image_cache_keys_never_mix_clients() {
     p.force_image_cache_key_collisions(false);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_identifier_goes_in_front_of_the_last_question() {
+    let server = start(config()).await;
+    let ask = |task: Option<&str>| {
+        let mut body = json!({
+            "messages": [image_question(&cat_url(), QUESTION)],
+            "max_tokens": 2,
+            "temperature": 0,
+        });
+        if let Some(t) = task {
+            body["task"] = json!(t);
+        }
+        body
+    };
+    // The prompt is the question with `[grounding] ` in front, position for position.
+    let r = server.chat(&ask(Some("grounding"))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut conv = Conversation::new(pipeline().template);
+    conv.add_image();
+    conv.ask(&format!("[grounding] {QUESTION}"));
+    assert_eq!(r.json()["usage"]["prompt_tokens"].as_u64().unwrap(), prompt_positions(&conv, &["cat.jpg"]));
+    // No boxes in an answer without box markup: the message is OpenAI's, field for field.
+    assert!(r.json()["choices"][0]["message"].get("boxes").is_none());
+
+    let r = server.chat(&ask(Some("segment"))).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "task");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("expected one of: grounding"));
+    server.stop().await;
+}
