@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 const els = {
   model: $("model-name"), status: $("server-status"), drop: $("drop"), file: $("file"),
   preview: $("preview"), dropHint: $("drop-hint"), imageNote: $("image-note"), clearImage: $("clear-image"),
-  temperature: $("temperature"), beams: $("beams"), topP: $("top-p"), maxTokens: $("max-tokens"),
+  temperature: $("temperature"), beams: $("beams"), topP: $("top-p"), maxTokens: $("max-tokens"), task: $("task"),
   reset: $("reset"), log: $("log"), empty: $("empty"), composer: $("composer"), prompt: $("prompt"),
   send: $("send"), stop: $("stop"),
 };
@@ -184,7 +184,56 @@ function requestBody() {
     top_p: Number(els.topP.value),
     num_beams: Number(els.beams.value),
     max_tokens: Math.max(1, Math.min(Number(els.maxTokens.value) || 300, state.limits.max_tokens)),
+    task: els.task.value || undefined,
   };
+}
+
+// ---------- grounded answers (MiniGPT-v2) ----------
+
+const BOX_COLOURS = ["#e6194b", "#3cb44b", "#0082c8", "#f58230", "#911eb4", "#46f0f0", "#f032e6", "#ffe119"];
+
+// The answer without its box markup: <p>label</p> keeps the label, {<x1><y1><x2><y2>} and
+// <delim> go.
+function plainAnswer(text) {
+  return text.replace(/<\/?p>/g, "").replace(/\{(<[^>]*>)*\}/g, "").replace(/<delim>/g, "").replace(/[ \t]+/g, " ").trim();
+}
+
+// The image with the answer's boxes (image pixels, as the server sends them) drawn over it, in
+// an SVG whose view box is the image's own size, so they scale with it.
+function groundedImage(imageUrl, boxes) {
+  const wrap = document.createElement("div");
+  wrap.className = "grounded";
+  const img = document.createElement("img");
+  img.alt = "the image with the answer's boxes";
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  img.addEventListener("load", () => {
+    svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
+    svg.setAttribute("preserveAspectRatio", "none");
+    const labels = [];
+    for (const b of boxes) {
+      let k = labels.indexOf(b.label);
+      if (k < 0) { labels.push(b.label); k = labels.length - 1; }
+      const colour = BOX_COLOURS[k % BOX_COLOURS.length];
+      const rect = document.createElementNS(svgNS, "rect");
+      rect.setAttribute("x", b.x1); rect.setAttribute("y", b.y1);
+      rect.setAttribute("width", Math.max(0, b.x2 - b.x1)); rect.setAttribute("height", Math.max(0, b.y2 - b.y1));
+      rect.setAttribute("stroke", colour);
+      rect.dataset.label = b.label;
+      svg.appendChild(rect);
+      if (b.label) {
+        const t = document.createElementNS(svgNS, "text");
+        t.setAttribute("x", b.x1 + 4);
+        t.setAttribute("y", b.y1 + 16);
+        t.textContent = b.label;
+        svg.appendChild(t);
+      }
+    }
+    wrap.dataset.boxes = String(boxes.length);
+  });
+  img.src = imageUrl;
+  wrap.append(img, svg);
+  return wrap;
 }
 
 // Reads server-sent events from a fetch response, calling onData with each `data:` payload.
@@ -222,7 +271,7 @@ async function ask(text) {
   bubble.dataset.state = "streaming";
   const textEl = bubble.querySelector(".text");
   const started = performance.now();
-  let answer = "", finish = null, usage = null, failed = null;
+  let answer = "", finish = null, usage = null, failed = null, boxes = null;
 
   state.controller = new AbortController();
   setBusy(true);
@@ -251,6 +300,7 @@ async function ask(text) {
           textEl.textContent = answer;
           scrollDown();
         }
+        if (choice.delta && Array.isArray(choice.delta.boxes)) boxes = choice.delta.boxes;
         if (choice.finish_reason) finish = choice.finish_reason;
       }
     });
@@ -285,6 +335,11 @@ async function ask(text) {
   meta.textContent = parts.join(" · ");
   bubble.appendChild(meta);
   if (!answer) textEl.textContent = "(empty answer)";
+  const shown = lastImageInHistory();
+  if (boxes && boxes.length && shown) {
+    textEl.textContent = plainAnswer(answer);
+    bubble.insertBefore(groundedImage(shown, boxes), textEl);
+  }
   if (failed !== null) showError(failed);
   bubble.dataset.state = "done";
   setStatus("ready");
