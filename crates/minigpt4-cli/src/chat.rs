@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use clap::Args;
+use minigpt4_core::grounding::Task;
 use minigpt4_core::pipeline::Pipeline;
 use minigpt4_core::template::Conversation;
 
@@ -17,6 +18,9 @@ use crate::{GenArgs, ModelArgs};
 pub struct ChatArgs {
     /// An image to start the conversation with.
     pub image: Option<PathBuf>,
+    /// MiniGPT-v2's task identifier, put in front of every question (change it with /task).
+    #[arg(long, value_name = "grounding|refer|detection|identify|vqa")]
+    pub task: Option<Task>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -24,6 +28,7 @@ pub struct ChatArgs {
 }
 
 const HELP: &str = "commands: /image PATH (add an image), /reset (forget everything), \
+/task grounding|refer|detection|identify|vqa|none (MiniGPT-v2's task identifier for the next questions), \
 /save FILE (transcript as JSON), /help, /quit";
 
 struct Session<'a> {
@@ -77,6 +82,7 @@ pub fn run(args: ChatArgs) -> Result<bool> {
         eprintln!("{HELP}");
     }
     let mut ok = true;
+    let mut task = args.task;
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     loop {
@@ -106,6 +112,17 @@ pub fn run(args: ChatArgs) -> Result<bool> {
                     eprintln!("error: {e:#}");
                 }
             },
+            "/task" if rest == "none" => {
+                task = None;
+                println!("(no task identifier)");
+            }
+            "/task" if !rest.is_empty() => match rest.parse::<Task>() {
+                Ok(t) => {
+                    task = Some(t);
+                    println!("(questions now start with {})", t.tag());
+                }
+                Err(e) => eprintln!("error: {e}"),
+            },
             "/save" if !rest.is_empty() => match s.save(rest) {
                 Ok(()) => println!("(saved {rest})"),
                 Err(e) => {
@@ -118,7 +135,10 @@ pub fn run(args: ChatArgs) -> Result<bool> {
                 if s.images.is_empty() {
                     eprintln!("note: no image yet; add one with /image PATH");
                 }
-                s.conv.ask(line);
+                match task {
+                    Some(t) => s.conv.ask(&t.ask(line)),
+                    None => s.conv.ask(line),
+                }
                 let result = pipeline.respond(&s.conv, &s.images, &cfg, &mut |piece| {
                     let _ = stdout.write_all(piece.as_bytes());
                     let _ = stdout.flush();

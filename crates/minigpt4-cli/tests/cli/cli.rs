@@ -81,7 +81,7 @@ fn chat_through_a_pipe() {
     let transcript = dir.join("t.json");
     let img = fixtures().join("images/cat.jpg");
     let script = format!(
-        "/image {}\nWhat is in the picture?\nAnd the colour?\n/save {}\n/reset\n/help\n/quit\n",
+        "/image {}\nWhat is in the picture?\n/task grounding\nAnd the colour?\n/task none\n/task segment\n/save {}\n/reset\n/help\n/quit\n",
         img.display(),
         transcript.display()
     );
@@ -99,6 +99,10 @@ fn chat_through_a_pipe() {
     // image + question, answer, question, answer
     assert_eq!(messages.len(), 4, "{saved}");
     assert!(messages[0]["text"].as_str().unwrap().contains("<ImageHere>"));
+    // /task puts MiniGPT-v2's identifier in front of the questions that follow.
+    assert_eq!(messages[2]["text"], "[grounding] And the colour?", "{saved}");
+    assert!(stdout.contains("(questions now start with [grounding])") && stdout.contains("(no task identifier)"));
+    assert!(text(&out.stderr).contains("unknown task `segment`"));
     assert_eq!(saved["images"].as_array().unwrap().len(), 1);
 }
 
