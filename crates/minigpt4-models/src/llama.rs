@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::lora::{LoraAdapter, LoraPair, LoraTarget};
@@ -712,40 +712,107 @@ impl Llama {
     /// product on quantized ones (see [`Weight::Lora`]). q/k updates are permuted into the
     /// GGUF row order when the decoder came from a GGUF.
     pub fn apply_lora(&mut self, adapter: &LoraAdapter) -> Result<()> {
-        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads());
         for (&(layer, target), pair) in &adapter.pairs {
-            let what = format!("{}: layers.{layer}.{}", adapter.origin, target.module());
-            let Some(block) = self.blocks.get_mut(layer) else {
-                return Err(Error::Config(format!("{what}: the decoder has {} layers", self.cfg.num_hidden_layers)));
-            };
-            let slot = match target {
-                LoraTarget::Q => &mut block.attn.q,
-                LoraTarget::K => &mut block.attn.k,
-                LoraTarget::V => &mut block.attn.v,
-                LoraTarget::O => &mut block.attn.o,
-                LoraTarget::Gate => &mut block.mlp.gate,
-                LoraTarget::Up => &mut block.mlp.up,
-                LoraTarget::Down => &mut block.mlp.down,
-            };
-            let (out_dim, in_dim) = slot.dims()?;
-            let (a, b) = (pair.a.dims(), pair.b.dims());
-            if a[1] != in_dim || b[0] != out_dim {
-                return Err(Error::Config(format!(
-                    "{what}: lora_A {a:?} / lora_B {b:?} do not fit a [{out_dim}, {in_dim}] matrix"
-                )));
-            }
-            let mut pair =
-                LoraPair { a: pair.a.to_device(&self.device)?, b: pair.b.to_device(&self.device)?, scale: pair.scale };
-            if self.interleaved_rope {
-                match target {
-                    LoraTarget::Q => pair.b = names::permute_for_gguf(&pair.b, heads)?,
-                    LoraTarget::K => pair.b = names::permute_for_gguf(&pair.b, kv_heads)?,
-                    _ => {}
-                }
-            }
+            let pair = self.fitted_pair(&adapter.origin, layer, target, pair)?;
+            let slot = self.lora_slot(layer, target);
             *slot = slot.clone().with_lora(Arc::new(pair))?;
         }
         Ok(())
+    }
+
+    /// Adds `adapter` as a side product on every matrix it names, never merged, with its `A` and
+    /// `B` as trainable `Var`s: MiniGPT-v2's stage 3 trains them with the projection while the
+    /// decoder stays frozen. Returns the variables under PEFT's names
+    /// (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`); updating a variable
+    /// updates the decoder. Call on a dense decoder (after `into_dense`), which would otherwise
+    /// merge the variables away.
+    pub fn add_trainable_lora(&mut self, adapter: &LoraAdapter) -> Result<Vec<(String, Var)>> {
+        let mut vars = Vec::new();
+        for (&(layer, target), pair) in &adapter.pairs {
+            let pair = self.fitted_pair(&adapter.origin, layer, target, pair)?;
+            let (a, b) = (Var::from_tensor(&pair.a)?, Var::from_tensor(&pair.b)?);
+            let name = |ab: &str| format!("base_model.model.model.layers.{layer}.{}.lora_{ab}.weight", target.module());
+            let trainable = LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: pair.scale };
+            vars.push((name("A"), a));
+            vars.push((name("B"), b));
+            let slot = self.lora_slot(layer, target);
+            *slot = Weight::Lora(Box::new(slot.clone()), Arc::new(trainable));
+        }
+        Ok(vars)
+    }
+
+    fn lora_slot(&mut self, layer: usize, target: LoraTarget) -> &mut Weight {
+        let block = &mut self.blocks[layer];
+        match target {
+            LoraTarget::Q => &mut block.attn.q,
+            LoraTarget::K => &mut block.attn.k,
+            LoraTarget::V => &mut block.attn.v,
+            LoraTarget::O => &mut block.attn.o,
+            LoraTarget::Gate => &mut block.mlp.gate,
+            LoraTarget::Up => &mut block.mlp.up,
+            LoraTarget::Down => &mut block.mlp.down,
+        }
+    }
+
+    /// `pair` checked against the matrix it adapts, on this decoder's device and row order.
+    fn fitted_pair(&mut self, origin: &str, layer: usize, target: LoraTarget, pair: &LoraPair) -> Result<LoraPair> {
+        let what = format!("{origin}: layers.{layer}.{}", target.module());
+        if layer >= self.blocks.len() {
+            return Err(Error::Config(format!("{what}: the decoder has {} layers", self.cfg.num_hidden_layers)));
+        }
+        let (out_dim, in_dim) = self.lora_slot(layer, target).dims()?;
+        let (a, b) = (pair.a.dims(), pair.b.dims());
+        if a[1] != in_dim || b[0] != out_dim {
+            return Err(Error::Config(format!(
+                "{what}: lora_A {a:?} / lora_B {b:?} do not fit a [{out_dim}, {in_dim}] matrix"
+            )));
+        }
+        let mut fitted = LoraPair {
+            a: pair.a.to_device(&self.device)?.to_dtype(self.dtype)?,
+            b: pair.b.to_device(&self.device)?.to_dtype(self.dtype)?,
+            scale: pair.scale,
+        };
+        if self.interleaved_rope {
+            let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads());
+            match target {
+                LoraTarget::Q => fitted.b = names::permute_for_gguf(&fitted.b, heads)?,
+                LoraTarget::K => fitted.b = names::permute_for_gguf(&fitted.b, kv_heads)?,
+                _ => {}
+            }
+        }
+        Ok(fitted)
+    }
+
+    /// The adapter as it is now (trained variables included), in Hugging Face row order: what a
+    /// PEFT folder holds.
+    pub fn lora_adapter(&self) -> Result<LoraAdapter> {
+        let mut out = LoraAdapter { origin: "the decoder".into(), ..Default::default() };
+        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads());
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let slots = [
+                (LoraTarget::Q, &block.attn.q),
+                (LoraTarget::K, &block.attn.k),
+                (LoraTarget::V, &block.attn.v),
+                (LoraTarget::O, &block.attn.o),
+                (LoraTarget::Gate, &block.mlp.gate),
+                (LoraTarget::Up, &block.mlp.up),
+                (LoraTarget::Down, &block.mlp.down),
+            ];
+            for (target, w) in slots {
+                if let Weight::Lora(_, pair) = w {
+                    let mut p = LoraPair { a: pair.a.copy()?, b: pair.b.copy()?, scale: pair.scale };
+                    if self.interleaved_rope {
+                        match target {
+                            LoraTarget::Q => p.b = names::unpermute_from_gguf(&p.b, heads)?,
+                            LoraTarget::K => p.b = names::unpermute_from_gguf(&p.b, kv_heads)?,
+                            _ => {}
+                        }
+                    }
+                    out.pairs.insert((layer, target), p);
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn is_quantized(&self) -> bool {

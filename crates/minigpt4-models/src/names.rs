@@ -128,6 +128,12 @@ pub fn permute_for_gguf(w: &candle_core::Tensor, heads: usize) -> crate::Result<
     Ok(w.reshape((heads, 2, rows / heads / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
 }
 
+/// The inverse of [`permute_for_gguf`]: llama.cpp's q/k rows back into Hugging Face's order.
+pub fn unpermute_from_gguf(w: &candle_core::Tensor, heads: usize) -> crate::Result<candle_core::Tensor> {
+    let (rows, cols) = w.dims2()?;
+    Ok(w.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

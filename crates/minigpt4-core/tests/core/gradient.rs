@@ -97,3 +97,50 @@ fn fused_ops_would_have_dropped_the_gradient() {
     assert!(slow.backward().unwrap().get(x.as_tensor()).is_some());
     println!("fused rms_norm propagates gradient: {fast_grad}");
 }
+
+#[test]
+fn lora_gradients_match_finite_differences() {
+    // MiniGPT-v2's stage 3 trains LoRA on q/v with the projection; the decoder stays frozen.
+    let cfg = LlamaConfig::from_file(&fixture("llama/config.json")).unwrap();
+    let w = Weights::open(&fixture("llama/model.safetensors"), &Device::Cpu, DType::F64).unwrap();
+    let mut llm = Llama::load(&cfg, &w.pp("")).unwrap();
+    let adapter = minigpt4_core::lora::LoraAdapter::open(&fixture("lora/peft"), 16.0, &Device::Cpu).unwrap();
+    let vars = llm.add_trainable_lora(&adapter).unwrap();
+    assert_eq!(vars.len(), 8, "A and B of q and v in 2 layers");
+
+    let features = Tensor::randn(0f64, 1.0, (1, 4, 128), &Device::Cpu).unwrap();
+    let weight = Tensor::randn(0f64, 0.05, (64, 128), &Device::Cpu).unwrap();
+    let bias = Tensor::randn(0f64, 0.05, 64, &Device::Cpu).unwrap();
+    let (prefix, targets) = ([1u32, 40, 41], [50u32, 60, 70, 80, 2]);
+    let at = |llm: &Llama| loss(llm, &features, &weight, &bias, &prefix, &targets);
+    let grads = at(&llm).backward().unwrap();
+
+    let eps = 1e-5;
+    let mut worst = 0f64;
+    let mut checked = 0;
+    for (name, var) in &vars {
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient reached {name}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let v0 = var.as_tensor().copy().unwrap();
+        let flat: Vec<f64> = v0.flatten_all().unwrap().to_vec1().unwrap();
+        for idx in (0..flat.len()).step_by(37) {
+            let mut value_at = |delta: f64| {
+                let mut v = flat.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, v0.shape(), &Device::Cpu).unwrap()).unwrap();
+                at(&llm).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (value_at(eps) - value_at(-eps)) / (2.0 * eps);
+            var.set(&v0).unwrap();
+            worst = worst.max((numeric - g[idx]).abs() / numeric.abs().max(1e-3));
+            checked += 1;
+        }
+    }
+    println!("LoRA gradient vs central differences: worst relative error {worst:.2e} over {checked} entries");
+    assert!(worst < 1e-6, "{worst}");
+}

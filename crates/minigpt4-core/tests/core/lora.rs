@@ -215,3 +215,23 @@ fn minigptv2_model_file_puts_the_adapter_and_448_path_together() {
     conv.ask("[grounding] describe this image in detail");
     assert_eq!(conv.prompt(), "<s>[INST] <Img><ImageHere></Img> [grounding] describe this image in detail [/INST]");
 }
+
+#[test]
+fn trainable_adapter_reads_back_in_hugging_face_order() {
+    // On a GGUF decoder the q/k rows are permuted; what is read back (for saving) is PEFT's order.
+    let adapter = peft();
+    let (gguf, _) = Llama::load_gguf(&fixture("llama/model-f32.gguf"), &CPU).unwrap();
+    let mut trainable = gguf.into_dense().unwrap();
+    let vars = trainable.add_trainable_lora(&adapter).unwrap();
+    assert_eq!(vars.len(), 8);
+    let back = trainable.lora_adapter().unwrap();
+    for (key, pair) in &adapter.pairs {
+        let got = &back.pairs[key];
+        assert_eq!(max_abs_diff(&got.a, &pair.a), 0.0);
+        assert_eq!(max_abs_diff(&got.b, &pair.b), 0.0);
+        assert_eq!(got.scale, pair.scale);
+    }
+    // Not merged: the side product gives PEFT's logits.
+    let r = load_ref("lora/reference.safetensors");
+    assert_close("trainable side product vs PEFT", &logits(&trainable), &r["logits"], TOL);
+}
