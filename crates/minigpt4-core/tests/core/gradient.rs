@@ -129,7 +129,7 @@ fn lora_gradients_match_finite_differences() {
         let v0 = var.as_tensor().copy().unwrap();
         let flat: Vec<f64> = v0.flatten_all().unwrap().to_vec1().unwrap();
         for idx in (0..flat.len()).step_by(37) {
-            let mut value_at = |delta: f64| {
+            let value_at = |delta: f64| {
                 let mut v = flat.clone();
                 v[idx] += delta;
                 var.set(&Tensor::from_vec(v, v0.shape(), &Device::Cpu).unwrap()).unwrap();
