@@ -7,6 +7,10 @@
 //!   `[projection] weights = FILE` read it (other tensors are ignored);
 //! * the AdamW state `adamw.exp_avg.llama_proj.{weight,bias}` and
 //!   `adamw.exp_avg_sq.llama_proj.{weight,bias}`;
+//! * with LoRA training, the adapter under MiniGPT-v2's checkpoint names
+//!   (`llama_model.base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, so the file is
+//!   also an `[llm] lora`) and its AdamW state under `adamw.exp_avg.lora-state.…` (names without
+//!   `.lora_`, which an adapter reader would take for weights);
 //! * metadata: `format` = `minigpt4-train-checkpoint/1`, `step` (optimizer steps done, which is
 //!   also AdamW's step count and, times `batch × grad_accum`, the position in the seeded data
 //!   stream), `samples_seen`, `elapsed_s`, `config` (the [`TrainConfig`] as JSON), `data_digest`,
@@ -56,10 +60,21 @@ pub struct Checkpoint {
     /// (exp_avg, exp_avg_sq) of weight and bias.
     pub weight_moments: (Tensor, Tensor),
     pub bias_moments: (Tensor, Tensor),
+    /// Trained LoRA tensors: (PEFT name, value, exp_avg, exp_avg_sq).
+    pub lora: Vec<(String, Tensor, Tensor, Tensor)>,
 }
 
 fn m_name(which: &str, p: &str) -> String {
     format!("adamw.{which}.{p}")
+}
+
+/// Where a LoRA tensor (PEFT name) lives in a checkpoint.
+pub fn lora_tensor_name(peft: &str) -> String {
+    format!("llama_model.{peft}")
+}
+
+fn lora_moment_name(which: &str, peft: &str) -> String {
+    m_name(which, &format!("lora-state.{}", peft.replace(".lora_", ".lora-")))
 }
 
 impl Checkpoint {
@@ -82,18 +97,23 @@ impl Checkpoint {
             m_name("exp_avg", BIAS),
             m_name("exp_avg_sq", BIAS),
         ];
-        io::save_safetensors(
-            &self.path,
-            &[
-                (WEIGHT, &self.weight),
-                (BIAS, &self.bias),
-                (&names[0], wm),
-                (&names[1], wv),
-                (&names[2], bm),
-                (&names[3], bv),
-            ],
-            meta,
-        )
+        let lora_names: Vec<[String; 3]> = self
+            .lora
+            .iter()
+            .map(|(n, ..)| [lora_tensor_name(n), lora_moment_name("exp_avg", n), lora_moment_name("exp_avg_sq", n)])
+            .collect();
+        let mut tensors: Vec<(&str, &Tensor)> = vec![
+            (WEIGHT, &self.weight),
+            (BIAS, &self.bias),
+            (&names[0], wm),
+            (&names[1], wv),
+            (&names[2], bm),
+            (&names[3], bv),
+        ];
+        for ((_, value, m, v), [nv, nm, ns]) in self.lora.iter().zip(&lora_names) {
+            tensors.extend([(nv.as_str(), value), (nm.as_str(), m), (ns.as_str(), v)]);
+        }
+        io::save_safetensors(&self.path, &tensors, meta)
     }
 
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
@@ -105,6 +125,19 @@ impl Checkpoint {
         let config: TrainConfig = serde_json::from_str(l.meta("config")?)
             .with_context(|| format!("{}: bad `config` metadata", path.display()))?;
         let get = |n: &str| -> Result<Tensor> { Ok(l.tensor(n)?.clone()) };
+        let mut lora = Vec::new();
+        let mut names: Vec<&String> =
+            l.tensors.keys().filter(|n| n.starts_with("llama_model.") && n.contains(".lora_")).collect();
+        names.sort();
+        for n in names {
+            let peft = &n["llama_model.".len()..];
+            lora.push((
+                peft.to_string(),
+                get(n)?,
+                get(&lora_moment_name("exp_avg", peft))?,
+                get(&lora_moment_name("exp_avg_sq", peft))?,
+            ));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             step: parse("step")?.parse().with_context(|| format!("{}: bad `step`", path.display()))?,
@@ -120,6 +153,7 @@ impl Checkpoint {
             bias: get(BIAS)?,
             weight_moments: (get(&m_name("exp_avg", WEIGHT))?, get(&m_name("exp_avg_sq", WEIGHT))?),
             bias_moments: (get(&m_name("exp_avg", BIAS))?, get(&m_name("exp_avg_sq", BIAS))?),
+            lora,
         })
     }
 }

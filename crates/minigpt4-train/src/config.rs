@@ -41,10 +41,22 @@ pub struct TrainConfig {
     /// The class table `--warm-start classes` reads (TSV with a `noun` column, one row per class).
     #[serde(default)]
     pub class_names: Option<PathBuf>,
+    /// LoRA on the decoder, trained with the projection (stage 3, or `--lora`).
+    #[serde(default)]
+    pub lora: Option<LoraSettings>,
     /// Checkpoint every this many steps (does not change the result).
     pub save_every: usize,
     /// Checkpoints kept (the newest); 0 keeps all (does not change the result).
     pub keep_checkpoints: usize,
+}
+
+/// A trained LoRA adapter's shape (MiniGPT-v2: r = 64, α = 16 on q_proj and v_proj). A model
+/// file's `[llm] lora` is the start when there is one, else a fresh adapter (PEFT's init: `A`
+/// Kaiming-uniform, `B` zero, so training starts at the base model).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraSettings {
+    pub r: usize,
+    pub alpha: f64,
 }
 
 /// What the caller asks for; `None` means "the stage default", or on `resume` "what the
@@ -52,9 +64,20 @@ pub struct TrainConfig {
 /// CLI flattens them), the rest are for library callers and tests.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainOptions {
-    /// 1: alignment on image–caption pairs; 2: instruction tuning (taken from the checkpoint with --resume).
-    #[arg(long, value_name = "1|2")]
+    /// 1: alignment on image–caption pairs; 2: instruction tuning; 3: MiniGPT-v2's multi-task
+    /// stage, instruction data with LoRA trained too (taken from the checkpoint with --resume).
+    #[arg(long, value_name = "1|2|3")]
     pub stage: Option<Stage>,
+    /// Train a LoRA adapter on the decoder's q_proj and v_proj with the projection (stage 3
+    /// always does).
+    #[arg(long)]
+    pub lora: bool,
+    /// LoRA rank of a fresh adapter [64].
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA α (scale α / r) [16, or the model file's lora_alpha].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
     /// JSONL manifests ({"image","caption","turns","source","split"}); only split "train" is read.
     #[arg(long, num_args = 1.., value_name = "MANIFEST")]
     pub data: Vec<PathBuf>,
@@ -144,6 +167,9 @@ impl TrainOptions {
     pub fn new(out: impl Into<PathBuf>) -> Self {
         Self {
             stage: None,
+            lora: false,
+            lora_r: None,
+            lora_alpha: None,
             data: Vec::new(),
             out: out.into(),
             steps: None,
@@ -191,7 +217,8 @@ fn absolute(p: &PathBuf) -> PathBuf {
 /// AdamW β = (0.9, 0.999), ε = 1e-8, weight decay 0.05 (weight only), seed 42, a checkpoint
 /// every steps / 10 (at most 1,000), the newest 3 kept.
 pub fn resolve(o: &TrainOptions, previous: Option<&TrainConfig>) -> Result<TrainConfig> {
-    let stage = o.stage.or(previous.map(|p| p.stage)).ok_or_else(|| anyhow::anyhow!("--stage is required (1 or 2)"))?;
+    let stage =
+        o.stage.or(previous.map(|p| p.stage)).ok_or_else(|| anyhow::anyhow!("--stage is required (1, 2 or 3)"))?;
     let data: Vec<PathBuf> = if o.data.is_empty() {
         previous.map(|p| p.data.clone()).unwrap_or_default()
     } else {
@@ -203,14 +230,29 @@ pub fn resolve(o: &TrainOptions, previous: Option<&TrainConfig>) -> Result<Train
     let (steps_d, batch_d, accum_d, lr_d, min_d, txt_d) = match stage {
         Stage::One => (20_000, 32, 8, 1e-4, 8e-5, 32),
         Stage::Two => (1_000, 12, 1, 3e-5, 1e-5, 160),
+        // MiniGPT-v2's finetune config: lr 1e-5 down to 1e-6.
+        Stage::Three => (1_000, 12, 1, 1e-5, 1e-6, 160),
     };
     let pick = |given: Option<usize>, prev: Option<usize>, default: usize| given.or(prev).unwrap_or(default);
     let pickf = |given: Option<f64>, prev: Option<f64>, default: f64| given.or(prev).unwrap_or(default);
     let steps = pick(o.steps, previous.map(|p| p.steps), steps_d);
     let warmup_d = match stage {
         Stage::One => steps / 4,
-        Stage::Two => 200.min(steps / 5),
+        Stage::Two | Stage::Three => 200.min(steps / 5),
     };
+    let lora = match previous {
+        Some(p) => p.lora,
+        None if o.lora || stage == Stage::Three => {
+            Some(LoraSettings { r: o.lora_r.unwrap_or(64), alpha: o.lora_alpha.unwrap_or(16.0) })
+        }
+        None => None,
+    };
+    if previous.is_none() && lora.is_none() && (o.lora_r.is_some() || o.lora_alpha.is_some()) {
+        bail!("--lora-r and --lora-alpha are for LoRA training: add --lora (or --stage 3)");
+    }
+    if lora.is_some_and(|l| l.r == 0 || !(l.alpha > 0.0 && l.alpha.is_finite())) {
+        bail!("--lora-r must be at least 1 and --lora-alpha positive");
+    }
     let ps = previous.map(|p| p.schedule);
     let cfg = TrainConfig {
         stage,
@@ -237,6 +279,7 @@ pub fn resolve(o: &TrainOptions, previous: Option<&TrainConfig>) -> Result<Train
         class_names: o.class_names.as_ref().map(absolute).or(previous.and_then(|p| p.class_names.clone())),
         save_every: pick(o.save_every, previous.map(|p| p.save_every), (steps / 10).clamp(1, 1000)),
         keep_checkpoints: pick(o.keep_checkpoints, previous.map(|p| p.keep_checkpoints), 3),
+        lora,
     };
     if cfg.init.is_some() && cfg.warm_start != WarmStart::Random {
         bail!("--init and --warm-start both choose the starting projection; pass one");
@@ -288,6 +331,7 @@ pub fn differences(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
     cmp("init", format!("{:?}", a.init), format!("{:?}", b.init));
     cmp("warm-start", format!("{:?}", a.warm_start), format!("{:?}", b.warm_start));
     cmp("class-names", format!("{:?}", a.class_names), format!("{:?}", b.class_names));
+    cmp("lora", format!("{:?}", a.lora), format!("{:?}", b.lora));
     d
 }
 

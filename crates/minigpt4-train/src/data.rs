@@ -33,6 +33,10 @@ pub enum Stage {
     One,
     #[serde(rename = "2")]
     Two,
+    /// MiniGPT-v2's multi-task stage: stage 2's instruction data, with LoRA on the decoder
+    /// trained next to the projection.
+    #[serde(rename = "3")]
+    Three,
 }
 
 impl Stage {
@@ -40,6 +44,7 @@ impl Stage {
         match self {
             Stage::One => 1,
             Stage::Two => 2,
+            Stage::Three => 3,
         }
     }
 }
@@ -50,7 +55,8 @@ impl std::str::FromStr for Stage {
         match s.trim() {
             "1" => Ok(Stage::One),
             "2" => Ok(Stage::Two),
-            _ => bail!("stage must be 1 or 2, not `{s}`"),
+            "3" => Ok(Stage::Three),
+            _ => bail!("stage must be 1, 2 or 3, not `{s}`"),
         }
     }
 }
@@ -224,7 +230,7 @@ impl Texts {
                         r.caption
                     )),
                 },
-                Stage::Two => {
+                Stage::Two | Stage::Three => {
                     match self.stage2_target(&r.caption)? {
                         Some(target) => samples.push(Sample { image, prompt: Prompt::RandomInstruction, target }),
                         None => skipped.push(format!("{}: empty description", r.image.display())),

@@ -18,6 +18,7 @@ pub mod features;
 pub mod io;
 pub mod keyword;
 pub mod log;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -150,6 +150,8 @@ pub struct Trainer {
     llm_digest: String,
     log: CsvLog,
     ranks: Ranks,
+    /// The decoder's weights, named in a trained adapter's config.
+    base_llm: PathBuf,
     pub report: TrainReport,
 }
 
@@ -422,9 +424,14 @@ fn optimizer(
     config: &TrainConfig,
     weight: &Tensor,
     bias: &Tensor,
+    lora: Vec<(String, Var)>,
     resume: Option<&Checkpoint>,
 ) -> Result<(AdamW, usize, u64, f64)> {
-    let params = vec![(WEIGHT.into(), Var::from_tensor(weight)?, true), (BIAS.into(), Var::from_tensor(bias)?, false)];
+    let mut params =
+        vec![(WEIGHT.into(), Var::from_tensor(weight)?, true), (BIAS.into(), Var::from_tensor(bias)?, false)];
+    // LoRA matrices decay like the projection's weight (LAVIS decays every parameter of 2 or more
+    // dimensions).
+    params.extend(lora.into_iter().map(|(name, var)| (name, var, true)));
     let mut opt = AdamW::new(config.adamw, params)?;
     let Some(c) = resume else { return Ok((opt, 0, 0, 0.0)) };
     if c.samples_seen != (c.step * config.batch * config.grad_accum) as u64 {
@@ -433,6 +440,12 @@ fn optimizer(
     opt.step = c.step;
     for (name, (m, v)) in [(WEIGHT, &c.weight_moments), (BIAS, &c.bias_moments)] {
         let p = opt.param_mut(name).expect("the optimizer holds weight and bias");
+        (p.exp_avg, p.exp_avg_sq) = (m.clone(), v.clone());
+    }
+    for (name, _, m, v) in &c.lora {
+        let p = opt
+            .param_mut(name)
+            .with_context(|| format!("{}: `{name}` is not a LoRA matrix of this decoder", c.path.display()))?;
         (p.exp_avg, p.exp_avg_sq) = (m.clone(), v.clone());
     }
     Ok((opt, c.step, c.samples_seen, c.elapsed_s))
@@ -461,7 +474,13 @@ impl Trainer {
             (None, Some(init)) => model::Start::File(init),
             (None, None) => model::Start::Random(config.seed),
         };
-        let (frozen, weight0, bias0) = model::load(spec, device, start)?;
+        // A trained adapter must stay a side product (a merged one would take no gradient): the
+        // decoder is loaded without it and the adapter added as variables below.
+        let mut load_spec = spec.clone();
+        if config.lora.is_some() {
+            load_spec.llm.lora = None;
+        }
+        let (mut frozen, weight0, bias0) = model::load(&load_spec, device, start)?;
         let (out_dim, in_dim) = weight0.dims2()?;
         // Where the run began, kept in the run directory (a warm start below replaces it).
         let init_record = out.join("projection-init.safetensors");
@@ -538,7 +557,16 @@ impl Trainer {
             }
             _ => (weight0, bias0),
         };
-        let (opt, step, samples_seen, elapsed_before) = optimizer(&config, &weight0, &bias0, resume_from.as_ref())?;
+        let lora_vars = match config.lora {
+            Some(settings) => {
+                let saved = resume_from.as_ref().map(|c| c.lora.as_slice());
+                let adapter = crate::lora::start(&frozen.llm, spec, settings, config.seed, saved, device)?;
+                frozen.llm.add_trainable_lora(&adapter)?
+            }
+            None => Vec::new(),
+        };
+        let (opt, step, samples_seen, elapsed_before) =
+            optimizer(&config, &weight0, &bias0, lora_vars, resume_from.as_ref())?;
         report.resumed_from = resume_from.as_ref().map(|c| c.step);
         let log = if ranks.is_root() { CsvLog::open(&out.join("log.csv"), step)? } else { CsvLog::detached() };
         report.ranks = ranks.size();
@@ -578,6 +606,7 @@ impl Trainer {
             llm_digest,
             log,
             ranks,
+            base_llm: spec.llm.weights.clone(),
             report,
             config,
         })
@@ -613,8 +642,9 @@ impl Trainer {
         let t0 = Instant::now();
         let lr = self.config.schedule.at(self.step);
         let (b, k) = (self.config.batch, self.config.grad_accum);
-        let (w, bias) = (self.weight().as_tensor().clone(), self.bias().as_tensor().clone());
-        let mut acc: Option<(Tensor, Tensor)> = None;
+        let params: Vec<Tensor> = self.opt.params.iter().map(|p| p.var.as_tensor().clone()).collect();
+        let (w, bias) = (&params[0], &params[1]);
+        let mut acc: Option<Vec<Tensor>> = None;
         let (mut loss_sum, mut tokens) = (0f64, 0usize);
         for micro in 0..k {
             // Every rank draws the whole micro-batch (tokenized text only) to know its token count.
@@ -626,20 +656,25 @@ impl Trainer {
             let seqs: Vec<Sequence> = seqs.drain(lo..hi).collect();
             let feats = seqs.iter().map(|s| self.features.get(s.image)).collect::<Result<Vec<_>>>()?;
             let feats = Tensor::cat(&feats, 0)?;
-            let (loss, n) = batch_loss(&self.frozen.llm, &seqs, &feats, &w, &bias)?;
+            let (loss, n) = batch_loss(&self.frozen.llm, &seqs, &feats, w, bias)?;
             // n == micro_tokens in one process, where this is exactly loss / k.
             let scaled = (loss * (n as f64 / (micro_tokens * k) as f64))?;
             let grads = scaled.backward()?;
-            let gw = grads.get(&w).context("no gradient reached llama_proj.weight")?.clone();
-            let gb = grads.get(&bias).context("no gradient reached llama_proj.bias")?.clone();
+            let g = self
+                .opt
+                .params
+                .iter()
+                .zip(&params)
+                .map(|(p, t)| grads.get(t).cloned().with_context(|| format!("no gradient reached {}", p.name)))
+                .collect::<Result<Vec<_>>>()?;
             acc = Some(match acc {
-                None => (gw, gb),
-                Some((aw, ab)) => ((aw + gw)?, (ab + gb)?),
+                None => g,
+                Some(a) => a.iter().zip(&g).map(|(a, g)| a + g).collect::<candle_core::Result<Vec<_>>>()?,
             });
             loss_sum += f64::from(scaled.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
             tokens += micro_tokens;
         }
-        let (mut gw, mut gb) = acc.expect("grad_accum ≥ 1");
+        let mut grads = acc.expect("grad_accum ≥ 1");
         let (mut wait_seconds, mut all_reduce_seconds) = (0.0, 0.0);
         if self.ranks.size() > 1 {
             // Waiting for the slowest rank (uneven shares, a busy core) is timed apart from
@@ -648,12 +683,16 @@ impl Trainer {
             self.ranks.barrier()?;
             wait_seconds = t_wait.elapsed().as_secs_f64();
             let t_reduce = Instant::now();
-            // One all-reduce for weight and bias together.
-            let n_w = gw.elem_count();
-            let flat = Tensor::cat(&[gw.flatten_all()?, gb.flatten_all()?], 0)?;
+            // One all-reduce for every trained tensor together.
+            let flat =
+                Tensor::cat(&grads.iter().map(|g| g.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
             let summed = self.ranks.all_reduce_sum(&flat)?;
-            gw = summed.narrow(0, 0, n_w)?.reshape(gw.shape())?;
-            gb = summed.narrow(0, n_w, gb.elem_count())?.reshape(gb.shape())?;
+            let mut at = 0;
+            for g in grads.iter_mut() {
+                let n = g.elem_count();
+                *g = summed.narrow(0, at, n)?.reshape(g.shape())?;
+                at += n;
+            }
             let mut loss = [loss_sum];
             self.ranks.sum_f64(&mut loss)?;
             loss_sum = loss[0];
@@ -662,7 +701,7 @@ impl Trainer {
         if !loss_sum.is_finite() {
             bail!("the loss became {loss_sum} at step {} (lr {lr:e}); the last checkpoint is intact", self.step + 1);
         }
-        self.opt.update(&[gw, gb], lr)?;
+        self.opt.update(&grads, lr)?;
         self.step += 1;
         self.samples_seen += (b * k) as u64;
         Ok(StepStats {
@@ -695,6 +734,10 @@ impl Trainer {
             bias: p[1].var.as_tensor().clone(),
             weight_moments: (p[0].exp_avg.clone(), p[0].exp_avg_sq.clone()),
             bias_moments: (p[1].exp_avg.clone(), p[1].exp_avg_sq.clone()),
+            lora: p[2..]
+                .iter()
+                .map(|p| (p.name.clone(), p.var.as_tensor().clone(), p.exp_avg.clone(), p.exp_avg_sq.clone()))
+                .collect(),
         }
         .save()?;
         checkpoint::prune(&self.out, self.config.keep_checkpoints);
@@ -768,6 +811,10 @@ impl Trainer {
                     ("seed".to_string(), self.config.seed.to_string()),
                 ]);
                 checkpoint::save_projection(&path, self.weight().as_tensor(), self.bias().as_tensor(), meta)?;
+                if let Some(settings) = self.config.lora {
+                    let adapter = self.frozen.llm.lora_adapter()?;
+                    crate::lora::save_peft(&self.out.join("lora"), &adapter, settings, &self.base_llm)?;
+                }
                 self.plot()?;
             }
             self.report.projection = Some(path);
@@ -818,7 +865,7 @@ pub fn cache_features(spec: &ModelSpec, opts: &TrainOptions) -> Result<TrainRepo
 
 /// Where a run's outputs are.
 pub fn outputs(out: &Path) -> Vec<PathBuf> {
-    ["projection.safetensors", "log.csv", "loss.png", "config.json", "checkpoints"]
+    ["projection.safetensors", "lora", "log.csv", "loss.png", "config.json", "checkpoints"]
         .iter()
         .map(|n| out.join(n))
         .collect()

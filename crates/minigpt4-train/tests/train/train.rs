@@ -499,3 +499,65 @@ fn nouns_warm_start_points_each_training_image_at_its_caption_noun() {
     let err = Trainer::prepare(&spec(), &both).err().unwrap().to_string();
     assert!(err.contains("--warm-start"), "{err}");
 }
+
+/// The MiniGPT-v2 fixture: EVA at 112 px, merge-4, and a LoRA adapter on the decoder from its
+/// checkpoint (scripts/make_lora_fixtures.py).
+fn v2_spec() -> ModelSpec {
+    ModelSpec::from_file(&fixture("lora/model.toml")).unwrap()
+}
+
+#[test]
+fn stage_3_trains_lora_and_projection_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_manifest(dir.path(), "m.jsonl", &train_records(4));
+    let mut full = options(dir.path(), Stage::Three, data.clone(), "full");
+    full.save_every = Some(3);
+    full.keep_checkpoints = Some(0);
+    let a = minigpt4_train::train(&v2_spec(), &full).unwrap();
+    assert_eq!(a.steps_done, 6);
+    let (first, last) = (a.losses[0].1, a.losses[a.losses.len() - 1].1);
+    assert!(last < first, "the loss goes down: {first} → {last}");
+
+    // The adapter trained: it moved away from the checkpoint's, and the PEFT folder it was
+    // written to loads back as a model file's `[llm] lora` with the trained projection.
+    let start = minigpt4_core::lora::LoraAdapter::open(&fixture("lora/minigptv2.pth"), 16.0, &Device::Cpu).unwrap();
+    let trained = minigpt4_core::lora::LoraAdapter::open(&dir.path().join("full/lora"), 16.0, &Device::Cpu).unwrap();
+    assert_eq!(trained.pairs.len(), start.pairs.len());
+    for (key, p) in &start.pairs {
+        let t = &trained.pairs[key];
+        assert_eq!(t.scale, p.scale);
+        let moved = (&t.b - &p.b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(moved > 0.0, "{key:?}: lora_B did not change");
+    }
+    let mut spec = v2_spec();
+    spec.projection.weights = dir.path().join("full/projection.safetensors");
+    spec.llm.lora = Some(dir.path().join("full/lora"));
+    let p = Pipeline::load(&spec, &Device::Cpu).unwrap();
+    assert!(p.image_embeds(&std::fs::read(fixture("images/cat.jpg")).unwrap(), "cat.jpg").is_ok());
+
+    // Killed after step 4 and resumed from step 3: the same adapter and projection, bit for bit.
+    let mut killed = options(dir.path(), Stage::Three, data.clone(), "resumed");
+    killed.save_every = Some(3);
+    killed.keep_checkpoints = Some(0);
+    killed.stop_after = Some(4);
+    assert!(minigpt4_train::train(&v2_spec(), &killed).unwrap().interrupted);
+    let mut again = TrainOptions::new(dir.path().join("resumed"));
+    again.progress = Progress::Quiet;
+    again.cache_dir = Some(dir.path().join("cache"));
+    again.resume = true;
+    let c = minigpt4_train::train(&v2_spec(), &again).unwrap();
+    assert_eq!(c.resumed_from, Some(3));
+    for f in ["lora/adapter_model.safetensors", "projection.safetensors", "checkpoints/step-00000006.safetensors"] {
+        let (x, y) = (load_st(&dir.path().join("full").join(f)), load_st(&dir.path().join("resumed").join(f)));
+        assert_eq!(x.tensors.len(), y.tensors.len(), "{f}");
+        for (n, t) in &x.tensors {
+            assert_eq!(bits(t), bits(&y.tensors[n]), "{f}: {n} differs after resume");
+        }
+    }
+    // The checkpoint is itself a MiniGPT-v2-layout file: projection and adapter in one.
+    let ckpt = dir.path().join("full/checkpoints/step-00000006.safetensors");
+    let from_ckpt = minigpt4_core::lora::LoraAdapter::open(&ckpt, 16.0, &Device::Cpu).unwrap();
+    for (key, p) in &trained.pairs {
+        assert_eq!(bits(&from_ckpt.pairs[key].a), bits(&p.a));
+    }
+}
