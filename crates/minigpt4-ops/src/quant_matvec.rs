@@ -13,6 +13,13 @@
 //! a 64K-entry f16 → f32 table shared by every matrix, since a per-matrix side table (4 bytes per
 //! 32 weights) came to 0.84 GB for a 7B model.
 //!
+//! Q4_K (`minigpt4 convert --quantize q4_k`, the published k-quant GGUFs) is read the same way:
+//! each 256-weight super-block holds 8 sub-blocks of 32 with 6-bit scales and minimums, so one
+//! sub-block of the dot product is d·sc_j·d_a·Σ q_w·q_a − dmin·m_j·s_a, Q4_1's form with the
+//! block's scales unpacked in the loop (no side table). candle 0.11 runs Q4_K through a repacked
+//! copy of every matrix that it keeps next to the original (+1.33× the Q4_K bytes: 5 GB for a 7B
+//! model), which this kernel does not need.
+//!
 //! Output rows are split over candle's persistent barrier pool (the threads its own quantized
 //! matmul uses; the calling thread works too), so no extra threads compete for the cores.
 
@@ -36,13 +43,43 @@ enum Format {
     Q4_1,
     /// `{ d: f16, qs: [i8; 32] }`: weight j is `d·qs[j]`.
     Q8_0,
+    /// `{ d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128] }` per 256 weights (ggml's
+    /// `block_q4_K`): sub-block j (32 weights) is `d·sc_j·q − dmin·m_j`, with 6-bit `sc_j`, `m_j`
+    /// packed in `scales` and q the low nibbles of `qs[32c..32c+32]` for j = 2c, the high ones
+    /// for j = 2c + 1.
+    Q4K,
+}
+
+/// Weights per Q4_K super-block, and its bytes.
+const QK_K: usize = 256;
+const Q4K_BYTES: usize = 144;
+
+/// Sub-block j's (scale, min) of a Q4_K super-block's 12 packed scale bytes (ggml's
+/// `get_scale_min_k4`).
+#[inline]
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
 }
 
 impl Format {
+    /// Bytes per 32 weights (a Q4_K super-block's 144 bytes over its 8 sub-blocks).
     fn block_bytes(self) -> usize {
         match self {
             Format::Q4_1 => 20,
             Format::Q8_0 => 34,
+            Format::Q4K => Q4K_BYTES / (QK_K / QK),
+        }
+    }
+
+    /// Weights a row's width must be a multiple of.
+    fn row_multiple(self) -> usize {
+        match self {
+            Format::Q4K => QK_K,
+            _ => QK,
         }
     }
 
@@ -50,7 +87,7 @@ impl Format {
     fn scales(self) -> usize {
         match self {
             Format::Q4_1 => 2,
-            Format::Q8_0 => 0,
+            Format::Q8_0 | Format::Q4K => 0,
         }
     }
 }
@@ -82,10 +119,11 @@ impl QuantMatvec {
         let format = match q.dtype() {
             GgmlDType::Q4_1 => Format::Q4_1,
             GgmlDType::Q8_0 => Format::Q8_0,
+            GgmlDType::Q4K => Format::Q4K,
             _ => return None,
         };
         let (rows, cols) = q.shape().dims2().ok()?;
-        if cols % QK != 0 || !q.device().is_cpu() {
+        if cols % format.row_multiple() != 0 || !q.device().is_cpu() {
             return None;
         }
         let data = q.data().ok()?;
@@ -139,10 +177,25 @@ impl QuantMatvec {
                                 *o = q as i8 as f32 * d;
                             }
                         }
+                        Format::Q4K => unreachable!("Q4_K rows are dequantized by super-block below"),
                     }
                 }
             }
         };
+        if self.format == Format::Q4K {
+            let row_bytes = self.cols / QK_K * Q4K_BYTES;
+            let run = |first: usize, out: &mut [f32]| {
+                for (k, row) in out.chunks_exact_mut(self.cols).enumerate() {
+                    let r = first + k;
+                    let w = &data[r * row_bytes..(r + 1) * row_bytes];
+                    for (sb, o) in w.chunks_exact(Q4K_BYTES).zip(row.chunks_exact_mut(QK_K)) {
+                        dequantize_q4k(sb, o);
+                    }
+                }
+            };
+            self.split_rows(&mut out, self.cols, self.rows * nb, run);
+            return out;
+        }
         self.split_rows(&mut out, self.cols, self.rows * nb, run);
         out
     }
@@ -221,6 +274,25 @@ impl candle_core::CustomOp1 for QuantMatvec {
     }
 }
 
+/// One Q4_K super-block as 256 f32, in the order and arithmetic of candle's (and ggml's)
+/// `dequantize_row_q4_K`, so prefill with the dequantized matrix is bit for bit candle's.
+fn dequantize_q4k(sb: &[u8], out: &mut [f32]) {
+    let d = half::f16::from_le_bytes([sb[0], sb[1]]).to_f32();
+    let dmin = half::f16::from_le_bytes([sb[2], sb[3]]).to_f32();
+    let (scales, qs) = (&sb[4..16], &sb[16..144]);
+    for c in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * c, scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (d1, min1, d2, min2) = (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32);
+        let q = &qs[32 * c..32 * c + 32];
+        let o = &mut out[64 * c..64 * c + 64];
+        for l in 0..32 {
+            o[l] = d1 * (q[l] & 0xF) as f32 - min1;
+            o[32 + l] = d2 * (q[l] >> 4) as f32 - min2;
+        }
+    }
+}
+
 /// Quantizes 32 values to 8 bits with one scale, rounding as ggml's Q8_0/Q8_1 (and candle's)
 /// do, scale stored as f16 included: greedy decoding can hinge on near-tied logits, and this
 /// keeps them where llama.cpp and the previous candle kernel put them.
@@ -249,12 +321,33 @@ fn dot_fn(format: Format) -> DotFn {
         return match format {
             Format::Q4_1 => avx2::dot_q4_1,
             Format::Q8_0 => avx2::dot_q8_0,
+            Format::Q4K => avx2::dot_q4k,
         };
     }
     match format {
         Format::Q4_1 => dot_q4_1_scalar,
         Format::Q8_0 => dot_q8_0_scalar,
+        Format::Q4K => dot_q4k_scalar,
     }
+}
+
+/// A row of Q4_K super-blocks against its activation blocks (8 per super-block).
+fn dot_q4k_scalar(w: &[u8], _: &[f32], a: &[ActBlock]) -> f32 {
+    let table = f16_table();
+    let mut acc = 0f32;
+    for (sb, ab) in w.chunks_exact(Q4K_BYTES).zip(a.chunks_exact(QK_K / QK)) {
+        let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize];
+        let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
+        let (scales, qs) = (&sb[4..16], &sb[16..144]);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let shift = 4 * (j % 2);
+            let isum: i32 = q.iter().zip(&ab[j].qs).map(|(&q, &x)| ((q >> shift) & 0xF) as i32 * x as i32).sum();
+            acc += d * sc as f32 * ab[j].d * isum as f32 - dmin * m as f32 * ab[j].s;
+        }
+    }
+    acc
 }
 
 fn dot_q4_1_scalar(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
@@ -312,6 +405,46 @@ mod avx2 {
         assert!(w.len() >= a.len() * 34);
         // SAFETY: as above.
         unsafe { dot_q8_0_impl(w, a) }
+    }
+
+    pub(super) fn dot_q4k(w: &[u8], _: &[f32], a: &[ActBlock]) -> f32 {
+        assert!(a.len() % 8 == 0 && w.len() >= a.len() / 8 * super::Q4K_BYTES);
+        // SAFETY: as above.
+        unsafe { dot_q4k_impl(w, a) }
+    }
+
+    /// Per super-block: d and dmin through the f16 table and the 8 (scale, min) pairs unpacked
+    /// once; then per 32 bytes of nibbles, the low nibbles against one activation block and
+    /// the high ones against the next, each as `dot_q4_1_impl` does a block (unsigned nibbles ×
+    /// signed activations in `maddubs`), scaled by d·sc_j·d_a; the minimums add −dmin·m_j·s_a.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_q4k_impl(w: &[u8], a: &[ActBlock]) -> f32 {
+        let table = super::f16_table();
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0f32;
+        for (s, ab) in a.chunks_exact(8).enumerate() {
+            let sb = &w[s * super::Q4K_BYTES..(s + 1) * super::Q4K_BYTES];
+            let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize];
+            let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
+            let scales = &sb[4..16];
+            for c in 0..4 {
+                // SAFETY: bytes 16 + 32c .. 48 + 32c of the super-block are in bounds (asserted).
+                let q = _mm256_loadu_si256(sb.as_ptr().add(16 + 32 * c) as *const __m256i);
+                for (h, wq) in
+                    [_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low)].into_iter().enumerate()
+                {
+                    let j = 2 * c + h;
+                    let (sc, m) = super::scale_min_k4(j, scales);
+                    let aq = _mm256_loadu_si256(ab[j].qs.as_ptr() as *const __m256i);
+                    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), ones);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * ab[j].d), _mm256_cvtepi32_ps(sums), acc);
+                    offsets -= dmin * m as f32 * ab[j].s;
+                }
+            }
+        }
+        hsum(acc) + offsets
     }
 
     /// Per block: the 16 nibble bytes expand to 32 unsigned lanes (low nibbles, then high ones,
@@ -436,6 +569,8 @@ mod tests {
             (GgmlDType::Q8_0, 4099, 576),
             (GgmlDType::Q4_1, 7, 64),
             (GgmlDType::Q8_0, 5, 96),
+            (GgmlDType::Q4K, 1029, 512),
+            (GgmlDType::Q4K, 3, 256),
         ] {
             let w = Tensor::from_vec(random(rows * cols, 1), (rows, cols), &dev).unwrap();
             let mv = QuantMatvec::new(Arc::new(QTensor::quantize(&w, dtype).unwrap())).unwrap();
@@ -450,8 +585,8 @@ mod tests {
     #[test]
     fn dequantize_is_candles_bit_for_bit() {
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let w = Tensor::from_vec(random(48 * 96, 7), (48, 96), &dev).unwrap();
+        for (dtype, cols) in [(GgmlDType::Q4_1, 96), (GgmlDType::Q8_0, 96), (GgmlDType::Q4K, 512)] {
+            let w = Tensor::from_vec(random(48 * cols, 7), (48, cols), &dev).unwrap();
             let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
             let mv = QuantMatvec::new(q.clone()).unwrap();
             let ours = mv.dequantize();
@@ -463,7 +598,7 @@ mod tests {
     #[test]
     fn scalar_and_simd_kernels_agree() {
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
             let w = Tensor::from_vec(random(8 * 256, 3), (8, 256), &dev).unwrap();
             let mv = QuantMatvec::new(Arc::new(QTensor::quantize(&w, dtype).unwrap())).unwrap();
             let act: Vec<ActBlock> = random(256, 4).chunks_exact(QK).map(quantize_block).collect();
@@ -471,6 +606,7 @@ mod tests {
             let scalar = match mv.format {
                 Format::Q4_1 => dot_q4_1_scalar as DotFn,
                 Format::Q8_0 => dot_q8_0_scalar as DotFn,
+                Format::Q4K => dot_q4k_scalar as DotFn,
             };
             let (a, b) = (scalar(&data, &mv.scales, &act), dot_fn(mv.format)(&data, &mv.scales, &act));
             assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{dtype:?}: {a} vs {b}");
