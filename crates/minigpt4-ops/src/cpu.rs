@@ -18,3 +18,43 @@ pub fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> candl
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: operand {:?} is not contiguous", l.dims()) };
     Ok(&T::cpu_storage_as_slice(s)?[start..end])
 }
+
+/// The instruction sets our kernels dispatch on, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CpuLevel {
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512 F/BW with VNNI (`vpdpbusd`): Ice Lake and later, Zen 4 and later.
+    Avx512Vnni,
+}
+
+/// The best level this CPU has, capped by `MINIGPT4_CPU=scalar|avx2|avx512` (to measure or test
+/// a lower path on a machine that has a higher one). Read once per process.
+pub fn cpu_level() -> CpuLevel {
+    static LEVEL: std::sync::OnceLock<CpuLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("MINIGPT4_CPU").as_deref().map(str::trim) {
+            Ok("scalar") => CpuLevel::Scalar,
+            Ok("avx2") => CpuLevel::Avx2,
+            _ => CpuLevel::Avx512Vnni,
+        };
+        detected().min(cap)
+    })
+}
+
+fn detected() -> CpuLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            return CpuLevel::Avx512Vnni;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return CpuLevel::Avx2;
+        }
+    }
+    CpuLevel::Scalar
+}
