@@ -14,9 +14,12 @@
 //! 32 weights) came to 0.84 GB for a 7B model.
 //!
 //! Q4_K (`minigpt4 convert --quantize q4_k`, the published k-quant GGUFs) is read the same way:
-//! each 256-weight super-block holds 8 sub-blocks of 32 with 6-bit scales and minimums, so one
-//! sub-block of the dot product is d·sc_j·d_a·Σ q_w·q_a − dmin·m_j·s_a, Q4_1's form with the
-//! block's scales unpacked in the loop (no side table). candle 0.11 runs Q4_K through a repacked
+//! each 256-weight super-block holds 8 sub-blocks of 32 with 6-bit scales and minimums. As in
+//! llama.cpp's `ggml_vec_dot_q4_K_q8_K`, the activation row is quantized with one scale d_a per
+//! 256 values (its 8 blocks share it), so a super-block's dot product is
+//!   d_w·d_a·Σ_j sc_j·Σ q_w·q_a − dmin·Σ_j m_j·s_j,
+//! the 6-bit scales applied in the integer domain (`madd`), one float multiply-add per 256
+//! weights (no side table). candle 0.11 runs Q4_K through a repacked
 //! copy of every matrix that it keeps next to the original (+1.33× the Q4_K bytes: 5 GB for a 7B
 //! model), which this kernel does not need.
 //!
@@ -224,7 +227,10 @@ impl QuantMatvec {
         assert_eq!(x.len() % self.cols, 0, "activation length is not a multiple of the width");
         let m = x.len() / self.cols;
         let nb = self.cols / QK;
-        let act: Vec<ActBlock> = x.chunks_exact(QK).map(quantize_block).collect();
+        let act: Vec<ActBlock> = match self.format {
+            Format::Q4K => x.chunks_exact(QK_K).flat_map(quantize_superblock).collect(),
+            _ => x.chunks_exact(QK).map(quantize_block).collect(),
+        };
         let data = self.q.data().expect("CPU QTensor data is a borrow");
         let (data, bb, ns) = (&data[..], self.format.block_bytes(), self.format.scales());
         // out_t[r·m + i] = row r · activation i: each thread then writes one contiguous range.
@@ -311,6 +317,22 @@ fn quantize_block(x: &[f32]) -> ActBlock {
     ActBlock { d, s: d * sum as f32, qs }
 }
 
+/// Quantizes 256 values to 8 bits with one f32 scale (ggml's Q8_K), as 8 blocks that share it:
+/// Q4_K's 6-bit sub-block scales then apply to integer sums.
+fn quantize_superblock(x: &[f32]) -> [ActBlock; QK_K / QK] {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let (d, id) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+    std::array::from_fn(|j| {
+        let mut qs = [0i8; QK];
+        let mut sum = 0i32;
+        for (q, v) in qs.iter_mut().zip(&x[j * QK..(j + 1) * QK]) {
+            *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+            sum += *q as i32;
+        }
+        ActBlock { d, s: d * sum as f32, qs }
+    })
+}
+
 /// One row's dot product: the row's block bytes, its side-table scales, the activation blocks.
 type DotFn = fn(&[u8], &[f32], &[ActBlock]) -> f32;
 
@@ -339,21 +361,25 @@ fn dot_fn(format: Format) -> DotFn {
     }
 }
 
-/// A row of Q4_K super-blocks against its activation blocks (8 per super-block).
+/// A row of Q4_K super-blocks against its activation blocks (8 per super-block, sharing their
+/// scale: `quantize_superblock`).
 fn dot_q4k_scalar(w: &[u8], _: &[f32], a: &[ActBlock]) -> f32 {
     let table = f16_table();
     let mut acc = 0f32;
     for (sb, ab) in w.chunks_exact(Q4K_BYTES).zip(a.chunks_exact(QK_K / QK)) {
-        let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize];
+        let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize] * ab[0].d;
         let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
         let (scales, qs) = (&sb[4..16], &sb[16..144]);
+        let (mut sumi, mut mins) = (0i32, 0f32);
         for j in 0..8 {
             let (sc, m) = scale_min_k4(j, scales);
             let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
             let shift = 4 * (j % 2);
             let isum: i32 = q.iter().zip(&ab[j].qs).map(|(&q, &x)| ((q >> shift) & 0xF) as i32 * x as i32).sum();
-            acc += d * sc as f32 * ab[j].d * isum as f32 - dmin * m as f32 * ab[j].s;
+            sumi += sc as i32 * isum;
+            mins += m as f32 * ab[j].s;
         }
+        acc += d * sumi as f32 - dmin * mins;
     }
     acc
 }
@@ -421,36 +447,44 @@ mod avx2 {
         unsafe { dot_q4k_impl(w, a) }
     }
 
-    /// Per super-block: d and dmin through the f16 table and the 8 (scale, min) pairs unpacked
-    /// once; then per 32 bytes of nibbles, the low nibbles against one activation block and
-    /// the high ones against the next, each as `dot_q4_1_impl` does a block (unsigned nibbles ×
-    /// signed activations in `maddubs`), scaled by d·sc_j·d_a; the minimums add −dmin·m_j·s_a.
+    /// Per super-block: per 32 bytes of nibbles, the low nibbles against one activation block
+    /// and the high ones against the next (unsigned nibbles × signed activations in `maddubs`,
+    /// ≤ 2·15·127 per pair), each `madd`ed with its sub-block's 6-bit scale into i32 sums; one
+    /// float multiply-add by d_w·d_a per super-block, and the minimums' −dmin·Σ m_j·s_j.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dot_q4k_impl(w: &[u8], a: &[ActBlock]) -> f32 {
         let table = super::f16_table();
         let low = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         let mut offsets = 0f32;
         for (s, ab) in a.chunks_exact(8).enumerate() {
             let sb = &w[s * super::Q4K_BYTES..(s + 1) * super::Q4K_BYTES];
-            let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize];
+            let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize] * ab[0].d;
             let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
             let scales = &sb[4..16];
+            let mut sumi = _mm256_setzero_si256();
+            let mut mins = 0f32;
             for c in 0..4 {
                 // SAFETY: bytes 16 + 32c .. 48 + 32c of the super-block are in bounds (asserted).
                 let q = _mm256_loadu_si256(sb.as_ptr().add(16 + 32 * c) as *const __m256i);
-                for (h, wq) in
-                    [_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low)].into_iter().enumerate()
-                {
-                    let j = 2 * c + h;
-                    let (sc, m) = super::scale_min_k4(j, scales);
-                    let aq = _mm256_loadu_si256(ab[j].qs.as_ptr() as *const __m256i);
-                    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), ones);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * ab[j].d), _mm256_cvtepi32_ps(sums), acc);
-                    offsets -= dmin * m as f32 * ab[j].s;
-                }
+                let (sc0, m0) = super::scale_min_k4(2 * c, scales);
+                let (sc1, m1) = super::scale_min_k4(2 * c + 1, scales);
+                let (a0, a1) = (&ab[2 * c], &ab[2 * c + 1]);
+                let lo = _mm256_maddubs_epi16(
+                    _mm256_and_si256(q, low),
+                    _mm256_loadu_si256(a0.qs.as_ptr() as *const __m256i),
+                );
+                let hi = _mm256_maddubs_epi16(
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+                    _mm256_loadu_si256(a1.qs.as_ptr() as *const __m256i),
+                );
+                let lo = _mm256_madd_epi16(lo, _mm256_set1_epi16(sc0 as i16));
+                let hi = _mm256_madd_epi16(hi, _mm256_set1_epi16(sc1 as i16));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo, hi));
+                mins += m0 as f32 * a0.s + m1 as f32 * a1.s;
             }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            offsets -= dmin * mins;
         }
         hsum(acc) + offsets
     }
@@ -522,9 +556,9 @@ mod avx512 {
 
     /// As the AVX2 kernel, two sub-blocks per instruction: the 32 nibble bytes of a pair of
     /// sub-blocks widen to 64 unsigned lanes (low nibbles in the lower half, high ones in the
-    /// upper), the two activation blocks fill one register alike, and one `vpdpbusd` gives 8 i32
-    /// partial sums per sub-block, scaled by each half's d·sc_j·d_a.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    /// upper), the two activation blocks fill one register alike, and one `maddubs` + `madd`
+    /// (with each half's 6-bit scale) gives both sub-blocks' scaled i32 sums.
+    #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn dot_q4k_impl(w: &[u8], a: &[ActBlock]) -> f32 {
         let table = super::f16_table();
         let low = _mm512_set1_epi8(0x0F);
@@ -532,29 +566,32 @@ mod avx512 {
         let mut offsets = 0f32;
         for (s, ab) in a.chunks_exact(8).enumerate() {
             let sb = &w[s * super::Q4K_BYTES..(s + 1) * super::Q4K_BYTES];
-            let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize];
+            let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize] * ab[0].d;
             let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
             let scales = &sb[4..16];
+            let mut sumi = _mm512_setzero_si512();
+            let mut mins = 0f32;
             for c in 0..4 {
                 // SAFETY: bytes 16 + 32c .. 48 + 32c of the super-block are in bounds (asserted).
                 let q = _mm256_loadu_si256(sb.as_ptr().add(16 + 32 * c) as *const __m256i);
                 let both = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
-                let wq = _mm512_and_si512(both, low);
                 let (a0, a1) = (&ab[2 * c], &ab[2 * c + 1]);
                 let lo = _mm256_loadu_si256(a0.qs.as_ptr() as *const __m256i);
                 let hi = _mm256_loadu_si256(a1.qs.as_ptr() as *const __m256i);
                 let aq = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, aq);
                 let (sc0, m0) = super::scale_min_k4(2 * c, scales);
                 let (sc1, m1) = super::scale_min_k4(2 * c + 1, scales);
-                let scale = _mm512_mask_blend_ps(
-                    0xFF00,
-                    _mm512_set1_ps(d * sc0 as f32 * a0.d),
-                    _mm512_set1_ps(d * sc1 as f32 * a1.d),
+                let sc = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_set1_epi16(sc0 as i16)),
+                    _mm256_set1_epi16(sc1 as i16),
+                    1,
                 );
-                acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums), acc);
-                offsets -= dmin * (m0 as f32 * a0.s + m1 as f32 * a1.s);
+                let p = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_and_si512(both, low), aq), sc);
+                sumi = _mm512_add_epi32(sumi, p);
+                mins += m0 as f32 * a0.s + m1 as f32 * a1.s;
             }
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+            offsets -= dmin * mins;
         }
         _mm512_reduce_add_ps(acc) + offsets
     }
@@ -661,7 +698,11 @@ mod tests {
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
             let w = Tensor::from_vec(random(8 * 256, 3), (8, 256), &dev).unwrap();
             let mv = QuantMatvec::new(Arc::new(QTensor::quantize(&w, dtype).unwrap())).unwrap();
-            let act: Vec<ActBlock> = random(256, 4).chunks_exact(QK).map(quantize_block).collect();
+            let x = random(256, 4);
+            let act: Vec<ActBlock> = match mv.format {
+                Format::Q4K => x.chunks_exact(QK_K).flat_map(quantize_superblock).collect(),
+                _ => x.chunks_exact(QK).map(quantize_block).collect(),
+            };
             let data = mv.q.data().unwrap();
             let scalar = match mv.format {
                 Format::Q4_1 => dot_q4_1_scalar as DotFn,
