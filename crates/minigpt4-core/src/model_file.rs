@@ -99,9 +99,10 @@ pub struct VisionSpec {
     /// the originals had, since its safetensors file would otherwise read as Hugging Face's.
     #[serde(default)]
     pub ln_vision_eps: Option<f64>,
-    /// How EVA ViT-g's block matrices are held in memory (computed in f32 either way): `f16`
-    /// or `f32`. Absent: f16 for an encoder of over 100 M parameters (the published ViT-g, 1 B:
-    /// 2 GB instead of 4, for 1.5e-3 on the image embeddings), f32 below.
+    /// How EVA ViT-g's block matrices, and a Q-Former's next to it, are held in memory
+    /// (computed in f32 either way): `f16` or `f32`. Absent: f16 for an encoder of over 100 M
+    /// parameters (the published ViT-g, 1 B: 2 GB instead of 4, and the Q-Former 0.21 GB instead
+    /// of 0.43), f32 below.
     #[serde(default)]
     pub storage: Option<WeightStorage>,
 }

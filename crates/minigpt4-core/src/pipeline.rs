@@ -178,6 +178,9 @@ impl VisionParts {
             Some(p) => Some((p, open_checkpoint(p, device, dtype)?)),
             None => None,
         };
+        // The dtype EVA's block matrices are held in; a Q-Former next to it holds its own alike
+        // (published: 0.43 GB in f32, 0.21 GB in f16).
+        let mut matrix_storage = dtype;
         let (vision, vision_dim) = match spec.vision.kind {
             VisionKind::EvaVitG => {
                 let cfg = blip2_config(spec.vision.config.as_ref())?.vision_config;
@@ -190,6 +193,7 @@ impl VisionParts {
                     None => dtype,
                 };
                 let encoder = EvaVit::load(&cfg, size, &vision_w.pp("vision_model"), storage)?;
+                matrix_storage = storage;
                 let ln_vision = match spec.ln_vision() {
                     LnVision::Unit => unit_layer_norm(cfg.hidden_size, LAVIS_LN_VISION_EPS, device, dtype)?,
                     LnVision::Checkpoint => {
@@ -254,7 +258,12 @@ impl VisionParts {
                     Error::Config("a qformer adapter needs `weights` (e.g. blip2_pretrained_flant5xxl.pth)".into())
                 })?;
                 let cfg = blip2_config(spec.adapter.config.as_ref())?;
-                Adapter::QFormer(Box::new(QFormer::load(&cfg.qformer_config, cfg.num_query_tokens, &w.pp(""))?))
+                Adapter::QFormer(Box::new(QFormer::load_stored(
+                    &cfg.qformer_config,
+                    cfg.num_query_tokens,
+                    &w.pp(""),
+                    matrix_storage,
+                )?))
             }
         };
 

@@ -2,11 +2,11 @@
 //! themselves and, every `cross_attention_frequency` layers, to the image tokens. Post-norm
 //! BERT layers with Hugging Face `Blip2QFormer*` tensor names. The text branch is never run.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_core::{DType, Module, Tensor};
+use candle_nn::LayerNorm;
 use serde::{Deserialize, Serialize};
 
-use crate::vit_layers::multi_head_attention;
+use crate::vit_layers::{multi_head_attention, StoredLinear};
 use crate::{Error, Result};
 use minigpt4_io::weights::VarBuilder;
 
@@ -40,24 +40,24 @@ impl Default for QFormerConfig {
 }
 
 struct MultiHeadAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    dense: Linear,
+    query: StoredLinear,
+    key: StoredLinear,
+    value: StoredLinear,
+    dense: StoredLinear,
     norm: LayerNorm,
     heads: usize,
 }
 
 impl MultiHeadAttention {
     /// `w` is `attention` or `crossattention`; `kv_dim` is the width of what is attended to.
-    fn load(cfg: &QFormerConfig, kv_dim: usize, w: &VarBuilder) -> Result<Self> {
+    fn load(cfg: &QFormerConfig, kv_dim: usize, w: &VarBuilder, storage: DType) -> Result<Self> {
         let d = cfg.hidden_size;
         let a = w.pp("attention");
         Ok(Self {
-            query: candle_nn::linear_b(d, d, true, a.pp("query"))?,
-            key: candle_nn::linear_b(kv_dim, d, true, a.pp("key"))?,
-            value: candle_nn::linear_b(kv_dim, d, true, a.pp("value"))?,
-            dense: candle_nn::linear_b(d, d, true, w.pp("output.dense"))?,
+            query: StoredLinear::load(&a.pp("query"), d, d, storage)?,
+            key: StoredLinear::load(&a.pp("key"), kv_dim, d, storage)?,
+            value: StoredLinear::load(&a.pp("value"), kv_dim, d, storage)?,
+            dense: StoredLinear::load(&w.pp("output.dense"), d, d, storage)?,
             norm: candle_nn::layer_norm(d, cfg.layer_norm_eps, w.pp("output.LayerNorm"))?,
             heads: cfg.num_attention_heads,
         })
@@ -74,24 +74,24 @@ impl MultiHeadAttention {
 struct Layer {
     self_attn: MultiHeadAttention,
     cross_attn: Option<MultiHeadAttention>,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: StoredLinear,
+    output: StoredLinear,
     output_norm: LayerNorm,
 }
 
 impl Layer {
-    fn load(cfg: &QFormerConfig, index: usize, w: &VarBuilder) -> Result<Self> {
+    fn load(cfg: &QFormerConfig, index: usize, w: &VarBuilder, storage: DType) -> Result<Self> {
         let d = cfg.hidden_size;
         let cross = index.is_multiple_of(cfg.cross_attention_frequency);
         Ok(Self {
-            self_attn: MultiHeadAttention::load(cfg, d, &w.pp("attention"))?,
+            self_attn: MultiHeadAttention::load(cfg, d, &w.pp("attention"), storage)?,
             cross_attn: if cross {
-                Some(MultiHeadAttention::load(cfg, cfg.encoder_hidden_size, &w.pp("crossattention"))?)
+                Some(MultiHeadAttention::load(cfg, cfg.encoder_hidden_size, &w.pp("crossattention"), storage)?)
             } else {
                 None
             },
-            intermediate: candle_nn::linear_b(d, cfg.intermediate_size, true, w.pp("intermediate_query.dense"))?,
-            output: candle_nn::linear_b(cfg.intermediate_size, d, true, w.pp("output_query.dense"))?,
+            intermediate: StoredLinear::load(&w.pp("intermediate_query.dense"), d, cfg.intermediate_size, storage)?,
+            output: StoredLinear::load(&w.pp("output_query.dense"), cfg.intermediate_size, d, storage)?,
             output_norm: candle_nn::layer_norm(d, cfg.layer_norm_eps, w.pp("output_query.LayerNorm"))?,
         })
     }
@@ -117,6 +117,17 @@ impl QFormer {
     /// `root` is the checkpoint's top level: the Q-Former lives under `qformer.` and its learned
     /// queries at `query_tokens`, as in `Blip2Model`.
     pub fn load(cfg: &QFormerConfig, num_query_tokens: usize, root: &VarBuilder) -> Result<Self> {
+        Self::load_stored(cfg, num_query_tokens, root, root.dtype())
+    }
+
+    /// As [`QFormer::load`], with the layers' matrices held in `storage` (f16 halves the published
+    /// Q-Former's 0.43 GB; see `StoredLinear`), everything computed in the builder's dtype.
+    pub fn load_stored(
+        cfg: &QFormerConfig,
+        num_query_tokens: usize,
+        root: &VarBuilder,
+        storage: DType,
+    ) -> Result<Self> {
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::Config(format!(
                 "Q-Former hidden_size {} is not divisible by num_attention_heads {}",
@@ -128,7 +139,7 @@ impl QFormer {
         }
         let w = root.pp("qformer");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(cfg, i, &w.pp("encoder.layer").pp(i)))
+            .map(|i| Layer::load(cfg, i, &w.pp("encoder.layer").pp(i), storage))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             query_tokens: root.get(&[1, num_query_tokens, cfg.hidden_size], "query_tokens")?,

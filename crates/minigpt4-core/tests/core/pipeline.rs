@@ -158,3 +158,21 @@ fn non_finite_projection_is_refused_at_load() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn f16_storage_holds_eva_and_the_qformer_in_half_the_bytes_close_to_f32() {
+    // `[vision] storage = "f16"` (the default for the published ViT-g) holds EVA's block
+    // matrices and the Q-Former's in f16, computed in f32: the image embeddings move by about
+    // the f16 rounding of the weights.
+    let f32_spec = ModelSpec::from_file(&fixture("minigpt4/qformer/model.toml")).unwrap();
+    let mut f16_spec = f32_spec.clone();
+    f16_spec.vision.storage = Some(minigpt4_core::model_file::WeightStorage::F16);
+    let image = std::fs::read(fixture("images/cat.jpg")).unwrap();
+    let embeds =
+        |spec: &ModelSpec| Pipeline::load(spec, &Device::Cpu).unwrap().image_embeds(&image, "cat.jpg").unwrap();
+    let (want, got) = (embeds(&f32_spec), embeds(&f16_spec));
+    let d = max_abs_diff(&got, &want);
+    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    println!("EVA + Q-Former in f16: image embeds max abs diff {d:.2e} (largest |value| {scale:.2})");
+    assert!(d > 0.0 && d <= 1e-2 * scale, "{d:e}");
+}
