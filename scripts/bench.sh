@@ -228,8 +228,18 @@ versions = {"minigpt4": os.environ["MG_VERSION"], "commit": os.environ["COMMIT"]
             "transformers": ver("transformers"), "python": platform.python_version(),
             "llama_cpp_system_info": info}
 commands = [os.environ["ARGS_LINE"] + "   # runs, per part:"] + ["  " + c for c in (run / "commands.txt").read_text().splitlines()]
+def cpu_features():
+    """The SIMD features our kernels and llama.cpp dispatch on, as /proc/cpuinfo lists them."""
+    want = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"]
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in want if f in flags]
+
 doc = {"machine": {"cpu": cpu(), "logical_cpus": os.cpu_count(), "ram_gb": ram_gb(),
-                   "os": f"{platform.system()} {platform.release()}"},
+                   "os": f"{platform.system()} {platform.release()}", "cpu_features": cpu_features(),
+                   "minigpt4_cpu": os.environ.get("MINIGPT4_CPU", "")},
        "versions": {k: v for k, v in versions.items() if v},
        "threads": int(os.environ["THREADS"]), "reps": int(os.environ["REPS"]), "warmup": int(os.environ["WARMUP"]),
        "train_reps": int(os.environ["TRAIN_REPS"]), "loadavg_start": os.environ["LOAD_START"],

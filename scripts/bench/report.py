@@ -249,6 +249,13 @@ def main():
     L.append("## Machine and versions")
     L.append("")
     L.append(f"- CPU: {m['cpu']} ({m['logical_cpus']} logical CPUs), RAM {m['ram_gb']:.1f} GB, {m['os']}")
+    if m.get("cpu_features") is not None:
+        level = m.get("minigpt4_cpu") or "the best the CPU has"
+        L.append(f"- CPU features: {', '.join(m['cpu_features']) or 'none of the SIMD ones'}; "
+                 f"minigpt4's kernels dispatched at `MINIGPT4_CPU` = {level} (a run on another machine class "
+                 "can order the ratios differently: compare runs by these lines)")
+    else:
+        L.append("- CPU features: not recorded by this run (older bench.sh)")
     L.append(f"- minigpt4 {v['minigpt4']} (commit {v['commit']}), {v['rustc']}, candle 0.11, `--release`, "
              "no `target-cpu` flags (SIMD kernels are picked at run time)")
     # What the peers report at run time (torch's local version tells CPU or CUDA build).
@@ -306,7 +313,8 @@ def update_readme(path: Path, rs, run):
     if start not in text or end not in text:
         return
     m = run["machine"]
-    S = [start, "", f"Last run: {m['cpu']}, {run['threads']} threads, medians of {run['reps']} runs "
+    feats = ", ".join(m.get("cpu_features") or []) or "not recorded"
+    S = [start, "", f"Last run: {m['cpu']} ({feats}), {run['threads']} threads, medians of {run['reps']} runs "
          f"(load average {run['loadavg_start']} at the start)."]
     if run.get("note"):
         S[-1] += f" {run['note']}"
