@@ -731,7 +731,7 @@ impl Llama {
         for (&(layer, target), pair) in &adapter.pairs {
             let pair = self.fitted_pair(&adapter.origin, layer, target, pair)?;
             let (a, b) = (Var::from_tensor(&pair.a)?, Var::from_tensor(&pair.b)?);
-            let name = |ab: &str| format!("base_model.model.model.layers.{layer}.{}.lora_{ab}.weight", target.module());
+            let name = |ab: &str| crate::lora::peft_name(layer, target, ab);
             let trainable = LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: pair.scale };
             vars.push((name("A"), a));
             vars.push((name("B"), b));

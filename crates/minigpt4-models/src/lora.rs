@@ -57,6 +57,12 @@ impl LoraTarget {
     }
 }
 
+/// PEFT's name of an adapter tensor: `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`
+/// (`ab` is "A" or "B"), what adapter folders hold and what a trained adapter is saved under.
+pub fn peft_name(layer: usize, target: LoraTarget, ab: &str) -> String {
+    format!("base_model.model.model.layers.{layer}.{}.lora_{ab}.weight", target.module())
+}
+
 /// One adapted matrix: `W + scale · B · A`.
 #[derive(Clone, Debug)]
 pub struct LoraPair {

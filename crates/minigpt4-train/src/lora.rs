@@ -89,7 +89,7 @@ pub fn save_peft(dir: &Path, adapter: &LoraAdapter, settings: LoraSettings, base
     crate::io::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for (&(layer, target), p) in &adapter.pairs {
-        let name = |ab: &str| format!("base_model.model.model.layers.{layer}.{}.lora_{ab}.weight", target.module());
+        let name = |ab: &str| minigpt4_core::lora::peft_name(layer, target, ab);
         named.push((name("A"), p.a.clone()));
         named.push((name("B"), p.b.clone()));
     }

@@ -214,8 +214,8 @@ struct Encoder<'a> {
 /// missing), and numbers the usable ones by content.
 ///
 /// With several ranks, each encodes the images of its own share of the records (every
-/// `size`-th distinct image), all wait for each other, and then every rank reads the keys of
-/// all images from the now complete cache (which must be on a file system all ranks share).
+/// `size`-th distinct image) into the cache, which must be on a file system all ranks share,
+/// and the ranks then swap the images' keys ([`gather_extraction`]).
 fn cache_image_features(
     records: &[minigpt4_data::Record],
     encoder: &Encoder,
