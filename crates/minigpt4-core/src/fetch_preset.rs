@@ -102,6 +102,15 @@ const LLAMA2_FILES: &[&str] = &[
     "model.safetensors.index.json",
 ];
 
+/// Llama-2-7b-chat, the LLM of MiniGPT-4's Llama-2 variant and of MiniGPT-v2 (gated on the Hub).
+const LLAMA2_7B_CHAT: HubSource = HubSource {
+    repo: "meta-llama/Llama-2-7b-chat-hf",
+    revision: "main",
+    dir: "Llama-2-7b-chat-hf",
+    files: HubFiles::Sharded(LLAMA2_FILES),
+    delta_for: None,
+};
+
 /// The published presets and where their files come from.
 pub const PRESET_SOURCES: [PresetSource; 4] = [
     PresetSource {
@@ -139,13 +148,7 @@ pub const PRESET_SOURCES: [PresetSource; 4] = [
     PresetSource {
         preset: "minigpt4-llama2-7b",
         lavis: &[EVA_VIT_G],
-        hub: HubSource {
-            repo: "meta-llama/Llama-2-7b-chat-hf",
-            revision: "main",
-            dir: "Llama-2-7b-chat-hf",
-            files: HubFiles::Sharded(LLAMA2_FILES),
-            delta_for: None,
-        },
+        hub: LLAMA2_7B_CHAT,
         projection: ProjectionSource {
             file: "pretrained_minigpt4_llama2_7b.pth",
             label: "MiniGPT-4 (LLaMA-2 Chat 7B)",
@@ -155,13 +158,7 @@ pub const PRESET_SOURCES: [PresetSource; 4] = [
     PresetSource {
         preset: "minigpt4-v2",
         lavis: &[EVA_VIT_G],
-        hub: HubSource {
-            repo: "meta-llama/Llama-2-7b-chat-hf",
-            revision: "main",
-            dir: "Llama-2-7b-chat-hf",
-            files: HubFiles::Sharded(LLAMA2_FILES),
-            delta_for: None,
-        },
+        hub: LLAMA2_7B_CHAT,
         // The projection and the LoRA adapter (after stage 3), one file.
         projection: ProjectionSource {
             file: "minigptv2_checkpoint.pth",

@@ -57,6 +57,15 @@ enum Format {
 const QK_K: usize = 256;
 const Q4K_BYTES: usize = 144;
 
+/// A Q4_K super-block's `d` and `dmin` (widened through the f16 table) and its 12 packed scale
+/// bytes.
+#[inline]
+fn q4k_header<'a>(sb: &'a [u8], table: &[f32; 1 << 16]) -> (f32, f32, &'a [u8]) {
+    let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize];
+    let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
+    (d, dmin, &sb[4..16])
+}
+
 /// Sub-block j's (scale, min) of a Q4_K super-block's 12 packed scale bytes (ggml's
 /// `get_scale_min_k4`).
 #[inline]
@@ -367,9 +376,8 @@ fn dot_q4k_scalar(w: &[u8], _: &[f32], a: &[ActBlock]) -> f32 {
     let table = f16_table();
     let mut acc = 0f32;
     for (sb, ab) in w.chunks_exact(Q4K_BYTES).zip(a.chunks_exact(QK_K / QK)) {
-        let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize] * ab[0].d;
-        let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
-        let (scales, qs) = (&sb[4..16], &sb[16..144]);
+        let (d, dmin, scales) = q4k_header(sb, table);
+        let (d, qs) = (d * ab[0].d, &sb[16..144]);
         let (mut sumi, mut mins) = (0i32, 0f32);
         for j in 0..8 {
             let (sc, m) = scale_min_k4(j, scales);
@@ -459,9 +467,8 @@ mod avx2 {
         let mut offsets = 0f32;
         for (s, ab) in a.chunks_exact(8).enumerate() {
             let sb = &w[s * super::Q4K_BYTES..(s + 1) * super::Q4K_BYTES];
-            let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize] * ab[0].d;
-            let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
-            let scales = &sb[4..16];
+            let (d, dmin, scales) = super::q4k_header(sb, table);
+            let d = d * ab[0].d;
             let mut sumi = _mm256_setzero_si256();
             let mut mins = 0f32;
             for c in 0..4 {
@@ -566,9 +573,8 @@ mod avx512 {
         let mut offsets = 0f32;
         for (s, ab) in a.chunks_exact(8).enumerate() {
             let sb = &w[s * super::Q4K_BYTES..(s + 1) * super::Q4K_BYTES];
-            let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize] * ab[0].d;
-            let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
-            let scales = &sb[4..16];
+            let (d, dmin, scales) = super::q4k_header(sb, table);
+            let d = d * ab[0].d;
             let mut sumi = _mm512_setzero_si512();
             let mut mins = 0f32;
             for c in 0..4 {

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn fixture(rel: &str) -> PathBuf {
+pub(crate) fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../minigpt4-core/tests/fixtures").join(rel)
 }
 
-fn manifest(dir: &Path) -> PathBuf {
-    let lines: Vec<String> = [
+/// Manifest lines of four fixture images with captions, all in the training split.
+pub(crate) fn captioned_lines() -> Vec<String> {
+    [
         ("cat.jpg", "A cat sitting on a wooden floor."),
         ("coffee.jpg", "A cup of coffee on a saucer."),
         ("rocket.jpg", "A rocket launching into the sky."),
@@ -23,8 +24,16 @@ fn manifest(dir: &Path) -> PathBuf {
             fixture(&format!("images/{f}")).display()
         )
     })
-    .chain([r#"{"image": "does-not-exist.png", "caption": "held out", "source": "t", "split": "heldout"}"#.to_string()])
-    .collect();
+    .collect()
+}
+
+fn manifest(dir: &Path) -> PathBuf {
+    let lines: Vec<String> = captioned_lines()
+        .into_iter()
+        .chain([
+            r#"{"image": "does-not-exist.png", "caption": "held out", "source": "t", "split": "heldout"}"#.to_string()
+        ])
+        .collect();
     let p = dir.join("m.jsonl");
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     p

@@ -11,31 +11,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../minigpt4-core/tests/fixtures").join(rel)
-}
+use crate::train_cli::{captioned_lines, fixture};
 
 fn manifest(dir: &Path) -> PathBuf {
-    let lines: Vec<String> = [
-        ("cat.jpg", "A cat sitting on a wooden floor."),
-        ("coffee.jpg", "A cup of coffee on a saucer."),
-        ("rocket.jpg", "A rocket launching into the sky."),
-        ("noise.png", "Colourful random noise."),
-    ]
-    .iter()
-    .map(|(f, c)| {
-        format!(
-            r#"{{"image": "{}", "caption": "{c}", "source": "t", "split": "train"}}"#,
-            fixture(&format!("images/{f}")).display()
-        )
-    })
-    // Two broken images, one in each rank's share of the distinct images: skipped by both.
-    .chain(["broken-a.png", "broken-b.png"].iter().map(|f| {
-        let p = dir.join(f);
-        std::fs::write(&p, b"not an image").unwrap();
-        format!(r#"{{"image": "{}", "caption": "Nothing.", "source": "t", "split": "train"}}"#, p.display())
-    }))
-    .collect();
+    let lines: Vec<String> = captioned_lines()
+        .into_iter()
+        // Two broken images, one in each rank's share of the distinct images: skipped by both.
+        .chain(["broken-a.png", "broken-b.png"].iter().map(|f| {
+            let p = dir.join(f);
+            std::fs::write(&p, b"not an image").unwrap();
+            format!(r#"{{"image": "{}", "caption": "Nothing.", "source": "t", "split": "train"}}"#, p.display())
+        }))
+        .collect();
     let p = dir.join("m.jsonl");
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     p
