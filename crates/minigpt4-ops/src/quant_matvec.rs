@@ -165,12 +165,19 @@ impl QuantMatvec {
     /// `d·q + m` in f32), but from the f32 scale table and on candle's barrier pool, like `matmul`: candle's is one thread
     /// converting f16 scales per block, and at 128 prompt tokens it was a third of the prefill.
     pub fn dequantize(&self) -> Vec<f32> {
+        self.dequantize_rows(0..self.rows)
+    }
+
+    /// Rows `rows` of the matrix as f32 [rows.len(), cols] (see [`QuantMatvec::dequantize`]).
+    pub fn dequantize_rows(&self, rows: std::ops::Range<usize>) -> Vec<f32> {
+        assert!(rows.end <= self.rows, "rows {rows:?} of a {}-row matrix", self.rows);
         let data = self.q.data().expect("CPU QTensor data is a borrow");
         let (bb, ns, nb) = (self.format.block_bytes(), self.format.scales(), self.cols / QK);
-        let mut out = vec![0f32; self.rows * self.cols];
+        let n_rows = rows.len();
+        let mut out = vec![0f32; n_rows * self.cols];
         let run = |first: usize, out: &mut [f32]| {
             for (k, row) in out.chunks_exact_mut(self.cols).enumerate() {
-                let r = first + k;
+                let r = rows.start + first + k;
                 let w = &data[r * nb * bb..(r + 1) * nb * bb];
                 let sc = &self.scales[r * nb * ns..(r + 1) * nb * ns];
                 for (b, (block, o)) in w.chunks_exact(bb).zip(row.chunks_exact_mut(QK)).enumerate() {
@@ -198,29 +205,41 @@ impl QuantMatvec {
             let row_bytes = self.cols / QK_K * Q4K_BYTES;
             let run = |first: usize, out: &mut [f32]| {
                 for (k, row) in out.chunks_exact_mut(self.cols).enumerate() {
-                    let r = first + k;
+                    let r = rows.start + first + k;
                     let w = &data[r * row_bytes..(r + 1) * row_bytes];
                     for (sb, o) in w.chunks_exact(Q4K_BYTES).zip(row.chunks_exact_mut(QK_K)) {
                         dequantize_q4k(sb, o);
                     }
                 }
             };
-            self.split_rows(&mut out, self.cols, self.rows * nb, run);
+            self.split_rows(&mut out, self.cols, n_rows, n_rows * nb, run);
             return out;
         }
-        self.split_rows(&mut out, self.cols, self.rows * nb, run);
+        self.split_rows(&mut out, self.cols, n_rows, n_rows * nb, run);
         out
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
 
     /// Runs `run(first row, rows' outputs)` over disjoint row ranges of `out` (`per_row` values
     /// per row) on candle's barrier pool, or on the calling thread when `blocks` is little work.
-    fn split_rows(&self, out: &mut [f32], per_row: usize, blocks: usize, run: impl Fn(usize, &mut [f32]) + Sync) {
+    fn split_rows(
+        &self,
+        out: &mut [f32],
+        per_row: usize,
+        n_rows: usize,
+        blocks: usize,
+        run: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
         let pool = candle_core::utils::barrier_pool();
         let threads = (pool.n_workers() + 1).min(blocks / MIN_BLOCKS_PER_THREAD).max(1);
         if threads == 1 {
             return run(0, out);
         }
-        let per = self.rows.div_ceil(threads);
+        let per = n_rows.div_ceil(threads);
         // One uncontended lock per thread hands each its own disjoint output range.
         let parts: Vec<Mutex<&mut [f32]>> = out.chunks_mut(per * per_row).map(Mutex::new).collect();
         pool.execute(|tid| {
@@ -255,7 +274,7 @@ impl QuantMatvec {
                 }
             }
         };
-        self.split_rows(&mut out_t, m, self.rows * nb * m, run);
+        self.split_rows(&mut out_t, m, self.rows, self.rows * nb * m, run);
         if m == 1 {
             return out_t;
         }
