@@ -138,18 +138,5 @@ echo "<!-- mpi:end -->"
 } | tee "$OUT/bench-mpi.md"
 
 if [[ -n "$BENCHMARKS" ]]; then
-    python3 - "$OUT/bench-mpi.md" "$BENCHMARKS" <<'EOF'
-import sys
-from pathlib import Path
-block, path = Path(sys.argv[1]).read_text().strip(), Path(sys.argv[2])
-text = path.read_text() if path.exists() else "# Benchmarks\n"
-start, end = "<!-- mpi:start -->", "<!-- mpi:end -->"
-if start in text and end in text:
-    a, b = text.index(start), text.index(end) + len(end)
-    text = text[:a] + block + text[b:]
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-path.write_text(text)
-print(f"wrote the data-parallel section of {path}", file=sys.stderr)
-EOF
+    python3 "$ROOT/scripts/bench/report.py" --mpi-section "$OUT/bench-mpi.md" "$BENCHMARKS"
 fi

@@ -3,6 +3,7 @@
 
     report.py RUN_DIR OUT_DIR
     report.py --full-size RUN_DIR OUT_DIR   # only BENCHMARKS.md's "Full size" section
+    report.py --mpi-section SECTION.md BENCHMARKS.md   # scripts/bench-mpi.sh's section
 
 RUN_DIR holds ours-PART.json / peer-PART.json for every part that ran and run.json (machine,
 versions, commands, settings), all written by bench.sh.
@@ -191,21 +192,29 @@ def full_size(run_dir: Path, out_dir: Path):
              "PyTorch's is EVA + Q-Former + projection from ready pixels. Prefill and decode are measured on "
              "the GGUF `minigpt4 convert` wrote, loaded by each side.")
     L.append(FULL_END)
-    path = out_dir / "BENCHMARKS.md"
+    put_section(out_dir / "BENCHMARKS.md", FULL_START, FULL_END, "\n".join(L))
+
+
+def put_section(path: Path, start: str, end: str, block: str):
+    """Replaces the section between `start` and `end` of `path` (markers included in `block`), or
+    appends it; the other runs' sections stay as they are."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "\n".join(L)
-    if FULL_START in text and FULL_END in text:
-        a, b = text.index(FULL_START), text.index(FULL_END) + len(FULL_END)
+    if start in text and end in text:
+        a, b = text.index(start), text.index(end) + len(end)
         text = text[:a] + block + text[b:]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
-    print(f"wrote the full-size section of {path}", file=sys.stderr)
+    print(f"wrote the section {start} of {path}", file=sys.stderr)
 
 
 def main():
     if sys.argv[1] == "--full-size":
         full_size(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    if sys.argv[1] == "--mpi-section":
+        # scripts/bench-mpi.sh: its section (markers included) from a file.
+        put_section(Path(sys.argv[3]), MPI_START, MPI_END, Path(sys.argv[2]).read_text().strip())
         return
     run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     run = load(run_dir / "run.json")

@@ -86,13 +86,18 @@ pub fn run(args: DescribeArgs) -> Result<bool> {
         let result = describe_one(&pipeline, file, &prompt, &cfg, stream);
         let total_s = started.elapsed().as_secs_f64();
         let result = result.and_then(|(answer, first_token_s, tokens)| {
-            let image = minigpt4_core::image::load_rgb_file(file, &pipeline.limits)?;
-            let grounded = grounding::parse_answer(&answer, image.width(), image.height());
+            // The image is decoded again only when its size matters: for boxes, or to draw.
+            let image = match args.draw.is_some() || grounding::has_markup(&answer) {
+                true => Some(minigpt4_core::image::load_rgb_file(file, &pipeline.limits)?),
+                false => None,
+            };
+            let (w, h) = image.as_ref().map_or((0, 0), |i| i.dimensions());
+            let grounded = grounding::parse_answer(&answer, w, h);
             for w in &grounded.warnings {
                 eprintln!("warning: {}: a box in the answer was left out: {w}", file.display());
             }
-            if let Some(out) = &args.draw {
-                draw(&image, &grounded, file, out, files.len() > 1)?;
+            if let (Some(out), Some(image)) = (&args.draw, &image) {
+                draw(image, &grounded, file, out, files.len() > 1)?;
             }
             Ok((answer, grounded, first_token_s, tokens))
         });

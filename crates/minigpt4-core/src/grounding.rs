@@ -107,12 +107,18 @@ fn read_box(s: &str) -> (Result<[f32; 4], String>, usize) {
     (Ok(v), end + 1)
 }
 
+/// Whether `answer` holds any box markup (`<p>`, `{`, `<delim>`): without it there is nothing to
+/// parse, nor an image size to know.
+pub fn has_markup(answer: &str) -> bool {
+    ["<p>", "{", "<delim>"].iter().any(|m| answer.contains(m))
+}
+
 /// Splits `answer` into text and boxes for an image of `width` × `height` pixels. Corners are
 /// clamped to the 0–100 grid and put in order (x1 ≤ x2, y1 ≤ y2); malformed boxes are left out
 /// with a warning, never an error.
 pub fn parse_answer(answer: &str, width: u32, height: u32) -> Grounded {
     let mut out = Grounded::default();
-    if !["<p>", "{", "<delim>"].iter().any(|m| answer.contains(m)) {
+    if !has_markup(answer) {
         // No markup: the answer as written, line breaks and all.
         out.text = answer.to_string();
         return out;

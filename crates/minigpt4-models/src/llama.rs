@@ -488,6 +488,33 @@ struct Block {
     mlp: Mlp,
 }
 
+impl Block {
+    /// The matrix a LoRA target names.
+    fn matrix(&self, target: LoraTarget) -> &Weight {
+        match target {
+            LoraTarget::Q => &self.attn.q,
+            LoraTarget::K => &self.attn.k,
+            LoraTarget::V => &self.attn.v,
+            LoraTarget::O => &self.attn.o,
+            LoraTarget::Gate => &self.mlp.gate,
+            LoraTarget::Up => &self.mlp.up,
+            LoraTarget::Down => &self.mlp.down,
+        }
+    }
+
+    fn matrix_mut(&mut self, target: LoraTarget) -> &mut Weight {
+        match target {
+            LoraTarget::Q => &mut self.attn.q,
+            LoraTarget::K => &mut self.attn.k,
+            LoraTarget::V => &mut self.attn.v,
+            LoraTarget::O => &mut self.attn.o,
+            LoraTarget::Gate => &mut self.mlp.gate,
+            LoraTarget::Up => &mut self.mlp.up,
+            LoraTarget::Down => &mut self.mlp.down,
+        }
+    }
+}
+
 /// Token embeddings: a dense table, or (GGUF on CPU) the quantized table itself, which a tied LM
 /// head shares. Looking up dequantizes only the requested rows, which keeps a vocabulary × width
 /// f32 copy out of memory (113 MB for SmolLM2, more than half its quantized weights).
@@ -736,7 +763,7 @@ impl Llama {
     pub fn apply_lora(&mut self, adapter: &LoraAdapter) -> Result<()> {
         for (&(layer, target), pair) in &adapter.pairs {
             let pair = self.fitted_pair(&adapter.origin, layer, target, pair)?;
-            let slot = self.lora_slot(layer, target);
+            let slot = self.blocks[layer].matrix_mut(target);
             *slot = slot.clone().with_lora(Arc::new(pair))?;
         }
         Ok(())
@@ -757,32 +784,19 @@ impl Llama {
             let trainable = LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: pair.scale };
             vars.push((name("A"), a));
             vars.push((name("B"), b));
-            let slot = self.lora_slot(layer, target);
+            let slot = self.blocks[layer].matrix_mut(target);
             *slot = Weight::Lora(Box::new(slot.clone()), Arc::new(trainable));
         }
         Ok(vars)
     }
 
-    fn lora_slot(&mut self, layer: usize, target: LoraTarget) -> &mut Weight {
-        let block = &mut self.blocks[layer];
-        match target {
-            LoraTarget::Q => &mut block.attn.q,
-            LoraTarget::K => &mut block.attn.k,
-            LoraTarget::V => &mut block.attn.v,
-            LoraTarget::O => &mut block.attn.o,
-            LoraTarget::Gate => &mut block.mlp.gate,
-            LoraTarget::Up => &mut block.mlp.up,
-            LoraTarget::Down => &mut block.mlp.down,
-        }
-    }
-
     /// `pair` checked against the matrix it adapts, on this decoder's device and row order.
-    fn fitted_pair(&mut self, origin: &str, layer: usize, target: LoraTarget, pair: &LoraPair) -> Result<LoraPair> {
+    fn fitted_pair(&self, origin: &str, layer: usize, target: LoraTarget, pair: &LoraPair) -> Result<LoraPair> {
         let what = format!("{origin}: layers.{layer}.{}", target.module());
-        if layer >= self.blocks.len() {
+        let Some(block) = self.blocks.get(layer) else {
             return Err(Error::Config(format!("{what}: the decoder has {} layers", self.cfg.num_hidden_layers)));
-        }
-        let (out_dim, in_dim) = self.lora_slot(layer, target).dims()?;
+        };
+        let (out_dim, in_dim) = block.matrix(target).dims()?;
         let (a, b) = (pair.a.dims(), pair.b.dims());
         if a[1] != in_dim || b[0] != out_dim {
             return Err(Error::Config(format!(
@@ -811,17 +825,8 @@ impl Llama {
         let mut out = LoraAdapter { origin: "the decoder".into(), ..Default::default() };
         let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads());
         for (layer, block) in self.blocks.iter().enumerate() {
-            let slots = [
-                (LoraTarget::Q, &block.attn.q),
-                (LoraTarget::K, &block.attn.k),
-                (LoraTarget::V, &block.attn.v),
-                (LoraTarget::O, &block.attn.o),
-                (LoraTarget::Gate, &block.mlp.gate),
-                (LoraTarget::Up, &block.mlp.up),
-                (LoraTarget::Down, &block.mlp.down),
-            ];
-            for (target, w) in slots {
-                if let Weight::Lora(_, pair) = w {
+            for target in LoraTarget::ALL {
+                if let Weight::Lora(_, pair) = block.matrix(target) {
                     let mut p = LoraPair { a: pair.a.copy()?, b: pair.b.copy()?, scale: pair.scale };
                     if self.interleaved_rope {
                         match target {

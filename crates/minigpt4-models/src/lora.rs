@@ -31,6 +31,16 @@ pub enum LoraTarget {
 }
 
 impl LoraTarget {
+    pub const ALL: [LoraTarget; 7] = [
+        LoraTarget::Q,
+        LoraTarget::K,
+        LoraTarget::V,
+        LoraTarget::O,
+        LoraTarget::Gate,
+        LoraTarget::Up,
+        LoraTarget::Down,
+    ];
+
     fn parse(module: &str) -> Option<Self> {
         Some(match module {
             "self_attn.q_proj" => LoraTarget::Q,

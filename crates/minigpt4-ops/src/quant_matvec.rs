@@ -179,6 +179,12 @@ impl QuantMatvec {
             for (k, row) in out.chunks_exact_mut(self.cols).enumerate() {
                 let r = rows.start + first + k;
                 let w = &data[r * nb * bb..(r + 1) * nb * bb];
+                if self.format == Format::Q4K {
+                    for (sb, o) in w.chunks_exact(Q4K_BYTES).zip(row.chunks_exact_mut(QK_K)) {
+                        dequantize_q4k(sb, o);
+                    }
+                    continue;
+                }
                 let sc = &self.scales[r * nb * ns..(r + 1) * nb * ns];
                 for (b, (block, o)) in w.chunks_exact(bb).zip(row.chunks_exact_mut(QK)).enumerate() {
                     match self.format {
@@ -196,25 +202,11 @@ impl QuantMatvec {
                                 *o = q as i8 as f32 * d;
                             }
                         }
-                        Format::Q4K => unreachable!("Q4_K rows are dequantized by super-block below"),
+                        Format::Q4K => unreachable!("handled by super-block above"),
                     }
                 }
             }
         };
-        if self.format == Format::Q4K {
-            let row_bytes = self.cols / QK_K * Q4K_BYTES;
-            let run = |first: usize, out: &mut [f32]| {
-                for (k, row) in out.chunks_exact_mut(self.cols).enumerate() {
-                    let r = rows.start + first + k;
-                    let w = &data[r * row_bytes..(r + 1) * row_bytes];
-                    for (sb, o) in w.chunks_exact(Q4K_BYTES).zip(row.chunks_exact_mut(QK_K)) {
-                        dequantize_q4k(sb, o);
-                    }
-                }
-            };
-            self.split_rows(&mut out, self.cols, n_rows, n_rows * nb, run);
-            return out;
-        }
         self.split_rows(&mut out, self.cols, n_rows, n_rows * nb, run);
         out
     }
@@ -311,9 +303,8 @@ impl candle_core::CustomOp1 for QuantMatvec {
 /// One Q4_K super-block as 256 f32, in the order and arithmetic of candle's (and ggml's)
 /// `dequantize_row_q4_K`, so prefill with the dequantized matrix is bit for bit candle's.
 fn dequantize_q4k(sb: &[u8], out: &mut [f32]) {
-    let d = half::f16::from_le_bytes([sb[0], sb[1]]).to_f32();
-    let dmin = half::f16::from_le_bytes([sb[2], sb[3]]).to_f32();
-    let (scales, qs) = (&sb[4..16], &sb[16..144]);
+    let (d, dmin, scales) = q4k_header(sb, f16_table());
+    let qs = &sb[16..144];
     for c in 0..4 {
         let (sc1, m1) = scale_min_k4(2 * c, scales);
         let (sc2, m2) = scale_min_k4(2 * c + 1, scales);

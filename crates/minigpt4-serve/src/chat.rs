@@ -255,7 +255,7 @@ fn answer_boxes(
     image: Option<&api::ImageInput>,
     limits: &minigpt4_core::image::Limits,
 ) -> Vec<GroundedBox> {
-    let Some(image) = image.filter(|_| text.contains('{')) else { return Vec::new() };
+    let Some(image) = image.filter(|_| grounding::has_markup(text)) else { return Vec::new() };
     match minigpt4_core::image::load_rgb(&image.bytes, &image.param, limits) {
         Ok(img) => {
             let g = grounding::parse_answer(text, img.width(), img.height());
