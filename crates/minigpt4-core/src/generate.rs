@@ -27,8 +27,8 @@ pub trait Decoder {
     ///
     /// Beam search clones a parent's cache for each child and then appends to the clones
     /// independently, so cloning must behave like a deep copy: appending to one clone must not
-    /// change another. Caches that grow by `Tensor::cat` satisfy this for the price of an `Arc`
-    /// clone; caches that write into a preallocated buffer in place (`slice_set`) do not.
+    /// change another. The LLaMA cache writes into preallocated buffers in place (`slice_set`)
+    /// and copies a buffer that a clone shares before writing to it.
     type Cache: Clone;
 
     fn new_cache(&self) -> Result<Self::Cache>;

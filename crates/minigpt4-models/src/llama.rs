@@ -20,6 +20,7 @@ use crate::lora::{LoraAdapter, LoraPair, LoraTarget};
 use crate::names;
 use crate::{Error, Result};
 use minigpt4_io::weights::VarBuilder;
+use minigpt4_ops::decode_attention::decode_attention;
 use minigpt4_ops::quant_matvec::QuantMatvec;
 use minigpt4_ops::train_ops;
 
@@ -545,17 +546,76 @@ impl Embedding {
     }
 }
 
-/// Per-layer keys and values of the positions seen so far. Cloning is cheap (tensors are
-/// reference-counted), which is what beam search needs.
+/// Per-layer keys and values of the positions seen so far. Cloning is cheap (the layers are
+/// reference-counted, which is what beam search needs); a layer shared with a clone is copied
+/// before it is appended to, so clones never see each other's positions.
 #[derive(Clone, Debug)]
 pub struct LlamaCache {
-    kv: Vec<Option<(Tensor, Tensor)>>,
+    kv: Vec<Option<Arc<LayerKv>>>,
     pos: usize,
 }
 
 impl LlamaCache {
     pub fn position(&self) -> usize {
         self.pos
+    }
+}
+
+/// Positions a layer's key/value buffers grow by. Appending into spare room instead of
+/// concatenating a new tensor per token saves copying the whole cache every token (on SmolLM2,
+/// 4 % of decoding went to that `memmove`); growing in small steps keeps the spare room at most
+/// 31 positions, 31 MB at 7B in f32.
+const KV_GROWTH: usize = 32;
+
+/// One layer's keys and values, `len` positions filled: values [B, KV heads, capacity, head dim],
+/// keys transposed, [B, KV heads, head dim, capacity], so that decoding's scores `q·kⱼ` run
+/// over positions in vector lanes with each score still one sequential sum over the head's
+/// dimensions (the order of the gemm it replaces, see `minigpt4_ops::decode_attention`).
+#[derive(Debug)]
+struct LayerKv {
+    k_t: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Appends `k`, `v` [B, KV heads, T, head dim] after the filled positions.
+    fn append(slot: &mut Option<Arc<LayerKv>>, k: &Tensor, v: &Tensor) -> Result<()> {
+        let (b, kv, t, hd) = k.dims4()?;
+        let (len, cap) = match slot.as_ref() {
+            Some(c) => (c.len, c.v.dim(2)?),
+            None => (0, 0),
+        };
+        // Copy on write: a beam-search sibling may still read these buffers.
+        let shared = slot.as_mut().is_some_and(|c| Arc::get_mut(c).is_none());
+        if len + t > cap || shared {
+            let cap = (len + t).next_multiple_of(KV_GROWTH).max(cap);
+            // A new buffer with the filled positions of `old` (along `dim`) copied in.
+            let grown = |old: Option<&Tensor>, shape: (usize, usize, usize, usize), dim: usize| -> Result<Tensor> {
+                let buf = Tensor::zeros(shape, k.dtype(), k.device())?;
+                if let Some(old) = old.filter(|_| len > 0) {
+                    buf.slice_set(&old.narrow(dim, 0, len)?.contiguous()?, dim, 0)?;
+                }
+                Ok(buf)
+            };
+            let k_t = grown(slot.as_deref().map(|c| &c.k_t), (b, kv, hd, cap), 3)?;
+            let v = grown(slot.as_deref().map(|c| &c.v), (b, kv, cap, hd), 2)?;
+            *slot = Some(Arc::new(LayerKv { k_t, v, len }));
+        }
+        let c = slot
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .ok_or_else(|| Error::Internal("key/value buffers still shared after copying".into()))?;
+        c.k_t.slice_set(&k.transpose(2, 3)?.contiguous()?, 3, len)?;
+        c.v.slice_set(&v.contiguous()?, 2, len)?;
+        c.len += t;
+        Ok(())
+    }
+
+    /// The filled positions as keys and values [B, KV heads, len, head dim], contiguous.
+    fn filled(&self) -> Result<(Tensor, Tensor)> {
+        let k = self.k_t.narrow(3, 0, self.len)?.transpose(2, 3)?.contiguous()?;
+        Ok((k, self.v.narrow(2, 0, self.len)?.contiguous()?))
     }
 }
 
@@ -953,7 +1013,7 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<Arc<LayerKv>>>,
         mode: Mode,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -965,11 +1025,19 @@ impl Llama {
         let mut k = self.rope(&shape(&a.k, a.kv_heads)?, cos, sin, mode)?;
         let mut v = shape(&a.v, a.kv_heads)?;
         if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+            let had_positions = slot.is_some();
+            LayerKv::append(slot, &k, &v)?;
+            let c = slot.as_ref().expect("appended above");
+            if t == 1 && mode == Mode::Inference && minigpt4_ops::cpu::fused_f32(&q) {
+                // candle's `scores / √d` multiplies by the f64 reciprocal rounded to f32.
+                let scale = (1.0 / (hd as f64).sqrt()) as f32;
+                let out = decode_attention(&q, &c.k_t, &c.v, c.len, scale)?;
+                return a.o.forward(&out, mode);
             }
-            *slot = Some((k.clone(), v.clone()));
+            // A first prompt attends to its own keys, already at hand; later ones to them all.
+            if had_positions {
+                (k, v) = c.filled()?;
+            }
         }
         let n_rep = a.heads / a.kv_heads;
         if t == 1 && n_rep > 1 && mode == Mode::Inference {

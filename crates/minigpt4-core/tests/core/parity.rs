@@ -157,6 +157,42 @@ fn llama_kv_cache_matches_full_recompute() {
     }
 }
 
+/// The cache grows in place past its spare room (one token at a time, and by a prompt chunk
+/// that overflows a partly filled buffer), and a clone written to apart from its parent leaves
+/// the parent's positions alone: every step equals the full recompute of its sequence.
+#[test]
+fn llama_kv_cache_grows_and_clones_apart() {
+    let model = hf_llama("llama");
+    let seq: Vec<u32> = (0..90u32).map(|i| (i * 37 + 11) % 512).collect();
+    let full = |ids: &[u32]| {
+        let all = model.forward_all(&model.embed(ids).unwrap(), Mode::Inference).unwrap();
+        all.squeeze(0).unwrap().get(ids.len() - 1).unwrap()
+    };
+    let mut cache = model.new_cache();
+    model.forward_last(&model.embed(&seq[..5]).unwrap(), &mut cache).unwrap();
+    let mut branch = None;
+    let mut at = 5;
+    while at < seq.len() {
+        // One token at a time, except one 30-token chunk landing across a growth step.
+        let n = if at == 20 { 30 } else { 1 };
+        let step = model.forward_last(&model.embed(&seq[at..at + n]).unwrap(), &mut cache).unwrap();
+        at += n;
+        let d = max_abs_diff(&step, &full(&seq[..at]));
+        assert!(d <= TOL, "cached step to {at}: {d}");
+        if at == 60 {
+            // A clone takes another token; the parent must not see it.
+            let mut clone = cache.clone();
+            let other = model.forward_last(&model.embed(&[7]).unwrap(), &mut clone).unwrap();
+            let mut alt = seq[..at].to_vec();
+            alt.push(7);
+            assert!(max_abs_diff(&other, &full(&alt)) <= TOL, "clone's step");
+            branch = Some(clone);
+        }
+    }
+    assert_eq!(cache.position(), seq.len());
+    assert_eq!(branch.expect("cloned at 60").position(), 61);
+}
+
 #[test]
 fn llama_greedy_generation_matches_hf() {
     let g: serde_json::Value =
