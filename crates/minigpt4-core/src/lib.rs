@@ -25,6 +25,6 @@ pub use minigpt4_io::{error, files, torch_pickle, weights};
 pub use minigpt4_models::{
     adapter, dinov2, efficientnet_lite, eva_vit, llama, lora, minigpt4, names, onnx, projector, qformer, vit_layers,
 };
-pub use minigpt4_ops::quant_matvec;
+pub use minigpt4_ops::{quant_gemm, quant_matvec};
 
 pub use error::{Error, Result};

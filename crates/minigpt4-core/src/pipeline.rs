@@ -538,7 +538,7 @@ pub(crate) fn hf_llm_files(llm: &LlmSpec) -> (PathBuf, PathBuf) {
 /// Storage of a dense LLM when the model file does not say: q8_0 above 1 B parameters on the
 /// CPU (the reference's 8-bit `low_resource` mode), as stored below.
 pub(crate) fn default_quantize(cfg: &LlamaConfig, device: &Device) -> Quantize {
-    if device.is_cpu() && llm_parameters(cfg) > 1_000_000_000 {
+    if device.is_cpu() && cfg.parameters() > 1_000_000_000 {
         Quantize::Q8_0
     } else {
         Quantize::None
@@ -549,16 +549,6 @@ pub(crate) fn default_quantize(cfg: &LlamaConfig, device: &Device) -> Quantize {
 fn eva_parameters(cfg: &crate::eva_vit::EvaVitConfig) -> u64 {
     let (d, ff) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
     cfg.num_hidden_layers as u64 * (4 * d * d + 2 * d * ff)
-}
-
-/// Parameters of a LLaMA of this shape (embeddings, attention, MLP, the head when untied).
-fn llm_parameters(cfg: &LlamaConfig) -> u64 {
-    let (d, ff, v) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, cfg.vocab_size as u64);
-    let kv = (cfg.num_kv_heads() * cfg.head_dim()) as u64;
-    let q = (cfg.num_attention_heads * cfg.head_dim()) as u64;
-    let layer = d * q * 2 + d * kv * 2 + 3 * d * ff;
-    let head = if cfg.tie_word_embeddings { 0 } else { v * d };
-    v * d + head + layer * cfg.num_hidden_layers as u64
 }
 
 #[cfg(test)]
@@ -578,9 +568,9 @@ mod tests {
             }))
             .unwrap()
             };
-        let llama7b = llm_parameters(&cfg(4096, 11008, 32, 32, 32, 32000, false));
+        let llama7b = cfg(4096, 11008, 32, 32, 32, 32000, false).parameters();
         assert!((6_700_000_000..6_800_000_000).contains(&llama7b), "{llama7b}");
-        let smollm = llm_parameters(&cfg(576, 1536, 30, 9, 3, 49152, true));
+        let smollm = cfg(576, 1536, 30, 9, 3, 49152, true).parameters();
         assert!((130_000_000..140_000_000).contains(&smollm), "{smollm}");
     }
 }

@@ -23,6 +23,10 @@
 //! copy of every matrix that it keeps next to the original (+1.33× the Q4_K bytes: 5 GB for a 7B
 //! model), which this kernel does not need.
 //!
+//! From 4 activation rows on (prefill), a matrix with `set_int8_prefill` on a CPU with AVX-512
+//! VNNI multiplies through [`crate::quant_gemm`] instead: the same blocks against 8-bit activations, a tile of weight
+//! rows at a time.
+//!
 //! Output rows are split over candle's persistent barrier pool (the threads its own quantized
 //! matmul uses; the calling thread works too), so no extra threads compete for the cores.
 
@@ -30,6 +34,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{GgmlDType, QTensor};
+
+use crate::quant_gemm;
 use candle_core::{CpuStorage, Layout, Shape};
 
 /// Weights per block (both formats).
@@ -39,12 +45,16 @@ const QK: usize = 32;
 /// pool costs a few microseconds, about what 2k block products take.
 const MIN_BLOCKS_PER_THREAD: usize = 2048;
 
+/// From this many activation rows on, products go through the 8-bit integer gemm
+/// (`quant_gemm`) where it is on: its tiles take 4 rows at a time.
+const INT8_GEMM_ROWS: usize = 4;
+
 /// Output row ranges per thread in one product (see `split_rows`).
 const RANGES_PER_THREAD: usize = 4;
 
 /// The block formats this kernel reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     /// `{ d: f16, m: f16, qs: [u8; 16] }`: weight j is `d·q + m`, q the low nibble of `qs[j]` for
     /// j < 16 and the high nibble of `qs[j - 16]` otherwise.
     Q4_1,
@@ -59,12 +69,12 @@ enum Format {
 
 /// Weights per Q4_K super-block, and its bytes.
 const QK_K: usize = 256;
-const Q4K_BYTES: usize = 144;
+pub(crate) const Q4K_BYTES: usize = 144;
 
 /// A Q4_K super-block's `d` and `dmin` (widened through the f16 table) and its 12 packed scale
 /// bytes.
 #[inline]
-fn q4k_header<'a>(sb: &'a [u8], table: &[f32; 1 << 16]) -> (f32, f32, &'a [u8]) {
+pub(crate) fn q4k_header<'a>(sb: &'a [u8], table: &[f32; 1 << 16]) -> (f32, f32, &'a [u8]) {
     let d = table[u16::from_le_bytes([sb[0], sb[1]]) as usize];
     let dmin = table[u16::from_le_bytes([sb[2], sb[3]]) as usize];
     (d, dmin, &sb[4..16])
@@ -73,7 +83,7 @@ fn q4k_header<'a>(sb: &'a [u8], table: &[f32; 1 << 16]) -> (f32, f32, &'a [u8]) 
 /// Sub-block j's (scale, min) of a Q4_K super-block's 12 packed scale bytes (ggml's
 /// `get_scale_min_k4`).
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -83,7 +93,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 impl Format {
     /// Bytes per 32 weights (a Q4_K super-block's 144 bytes over its 8 sub-blocks).
-    fn block_bytes(self) -> usize {
+    pub(crate) fn block_bytes(self) -> usize {
         match self {
             Format::Q4_1 => 20,
             Format::Q8_0 => 34,
@@ -111,21 +121,23 @@ impl Format {
 /// One block of a quantized activation row: `x[j] ≈ d·qs[j]`, and `s = d·Σ qs`.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
-struct ActBlock {
-    d: f32,
-    s: f32,
-    qs: [i8; QK],
+pub(crate) struct ActBlock {
+    pub(crate) d: f32,
+    pub(crate) s: f32,
+    pub(crate) qs: [i8; QK],
 }
 
 /// A [rows, cols] Q4_1 or Q8_0 matrix ready for `forward`; shares the `QTensor`'s blocks.
 #[derive(Debug)]
 pub struct QuantMatvec {
     q: Arc<QTensor>,
-    format: Format,
+    pub(crate) format: Format,
     rows: usize,
-    cols: usize,
+    pub(crate) cols: usize,
     /// Per block, row-major: `d` (and `m` for Q4_1) as f32.
-    scales: Vec<f32>,
+    pub(crate) scales: Vec<f32>,
+    /// Products of ≥ 4 rows go through `quant_gemm` (where the CPU has it).
+    int8_prefill: bool,
 }
 
 impl QuantMatvec {
@@ -157,7 +169,18 @@ impl QuantMatvec {
             }
         }
         drop(data);
-        Some(Self { q, format, rows, cols, scales })
+        Some(Self { q, format, rows, cols, scales, int8_prefill: false })
+    }
+
+    /// Lets products of many activation rows (prompts) run in 8-bit integers, on a CPU that has
+    /// AVX-512 VNNI ([`quant_gemm::available`]).
+    pub fn set_int8_prefill(&mut self, on: bool) {
+        self.int8_prefill = on;
+    }
+
+    /// Whether products of many rows run in 8-bit integers here.
+    pub fn int8_prefill(&self) -> bool {
+        self.int8_prefill && quant_gemm::available()
     }
 
     pub fn qtensor(&self) -> &Arc<QTensor> {
@@ -254,23 +277,29 @@ impl QuantMatvec {
         assert_eq!(x.len() % self.cols, 0, "activation length is not a multiple of the width");
         let m = x.len() / self.cols;
         let nb = self.cols / QK;
-        let act = quantize_activations(self.format, x);
         let data = self.q.data().expect("CPU QTensor data is a borrow");
         let (data, bb, ns) = (&data[..], self.format.block_bytes(), self.format.scales());
         // out_t[r·m + i] = row r · activation i: each thread then writes one contiguous range.
         let mut out_t = vec![0f32; self.rows * m];
-        let dot = dot_fn(self.format);
-        let run = |first: usize, out: &mut [f32]| {
-            for (k, o) in out.chunks_exact_mut(m).enumerate() {
-                let r = first + k;
-                let w = &data[r * nb * bb..(r + 1) * nb * bb];
-                let sc = &self.scales[r * nb * ns..(r + 1) * nb * ns];
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = dot(w, sc, &act[i * nb..(i + 1) * nb]);
+        if m >= INT8_GEMM_ROWS && self.int8_prefill() {
+            let acts = quant_gemm::Activations::new(&quantize_activations(Format::Q8_0, x), m);
+            let run = |first: usize, out: &mut [f32]| quant_gemm::rows_times_activations(self, data, &acts, first, out);
+            self.split_rows(&mut out_t, m, self.rows, self.rows * nb * m, run);
+        } else {
+            let act = quantize_activations(self.format, x);
+            let dot = dot_fn(self.format);
+            let run = |first: usize, out: &mut [f32]| {
+                for (k, o) in out.chunks_exact_mut(m).enumerate() {
+                    let r = first + k;
+                    let w = &data[r * nb * bb..(r + 1) * nb * bb];
+                    let sc = &self.scales[r * nb * ns..(r + 1) * nb * ns];
+                    for (i, o) in o.iter_mut().enumerate() {
+                        *o = dot(w, sc, &act[i * nb..(i + 1) * nb]);
+                    }
                 }
-            }
-        };
-        self.split_rows(&mut out_t, m, self.rows, self.rows * nb * m, run);
+            };
+            self.split_rows(&mut out_t, m, self.rows, self.rows * nb * m, run);
+        }
         if m == 1 {
             return out_t;
         }
@@ -323,7 +352,7 @@ fn dequantize_q4k(sb: &[u8], out: &mut [f32]) {
 }
 
 /// The activation rows `x` as the blocks `format`'s kernel takes.
-fn quantize_activations(format: Format, x: &[f32]) -> Vec<ActBlock> {
+pub(crate) fn quantize_activations(format: Format, x: &[f32]) -> Vec<ActBlock> {
     #[inline(always)]
     fn run(format: Format, x: &[f32]) -> Vec<ActBlock> {
         // Plain loops: `collect` would run the closures in a generic `from_iter` compiled
@@ -404,6 +433,9 @@ fn dot_fn(format: Format) -> DotFn {
     {
         use crate::cpu::{cpu_level, CpuLevel};
         let level = cpu_level();
+        // Q4_1 and Q8_0 kernels with `vpdpbusd` (two blocks per instruction) decoded SmolLM2 no
+        // faster than these AVX2 ones (93–96 tokens/s either way, medians of 4 alternating runs):
+        // at this size decoding waits on memory, so they were not kept.
         if level >= CpuLevel::Avx512Vnni && format == Format::Q4K {
             return avx512::dot_q4k;
         }
@@ -460,7 +492,7 @@ fn dot_q4_1_scalar(w: &[u8], sc: &[f32], a: &[ActBlock]) -> f32 {
 
 /// Every f16 value as f32, indexed by its bits: Q8_0's block scales are widened by one lookup.
 /// (A fixed-size array, so a `u16` index needs no bounds check.)
-fn f16_table() -> &'static [f32; 1 << 16] {
+pub(crate) fn f16_table() -> &'static [f32; 1 << 16] {
     static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut t = Box::new([0f32; 1 << 16]);
